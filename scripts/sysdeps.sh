@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs the Debian packages that tests, training and benchmarks use (not the runtime:
+# `make run` needs only Python). As root it runs apt-get; otherwise it names what is missing.
+set -euo pipefail
+pkgs=(ffmpeg espeak-ng flite sox libportaudio2 alsa-utils
+      asterisk-core-sounds-en-g722 asterisk-core-sounds-es-g722 asterisk-core-sounds-it-g722
+      chromium redis-server)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" -eq 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  echo "missing system packages (install them as root): ${missing[*]}" >&2
+  echo "  sudo apt-get install ${missing[*]}" >&2
+  exit 1
+fi

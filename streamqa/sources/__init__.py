@@ -1,0 +1,40 @@
+"""Audio sources (RTP, microphone, file replay, demo) and the sink interface they feed.
+
+Every source is a thin asyncio shell around a sans-I/O core. It reports what it hears to an
+:class:`AudioSink` (the scoring engine), always from the event-loop thread, so that the
+sink never needs locks on its per-stream state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+
+@dataclass
+class StreamInfo:
+    """What a subscriber learns about a stream when it starts (protocol v1 ``info``)."""
+
+    stream_id: str
+    source: str  # "rtp" | "mic" | "file"
+    sample_rate: int  # rate of the PCM handed to AudioSink.audio
+    info: dict[str, Any] = field(default_factory=dict)  # codec, ssrc, remote, device, path...
+
+
+class AudioSink(Protocol):
+    """Receiver of decoded audio; implemented by the engine, by tests and benchmarks."""
+
+    def start(self, info: StreamInfo) -> None:
+        """A new stream appeared."""
+
+    def audio(self, stream_id: str, pcm: np.ndarray, arrival: float) -> None:
+        """Mono float32 PCM in [-1, 1] at the stream's rate; ``arrival`` is the
+        ``time.monotonic()`` at which its last sample arrived (latency is measured from it)."""
+
+    def net(self, stream_id: str, stats: dict[str, Any]) -> None:
+        """Network statistics of an RTP stream (loss, jitter_ms, emodel_mos, ...)."""
+
+    def end(self, stream_id: str) -> None:
+        """The stream is over (quiet timeout, end of file, device closed)."""
