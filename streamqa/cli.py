@@ -1,0 +1,193 @@
+"""The ``streamqa`` command: score files, monitor live streams, list bundled models.
+
+Contract: ARCHITECTURE section 3, mirrored in docs/protocol.md and the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from streamqa.model import Model, ModelError, bundled_models, load_model
+
+MIN_SCORE_SECONDS = 1.0  # shorter files carry too little speech to judge
+
+
+class AudioFileError(ValueError):
+    """A file that cannot be scored, with the reason in words."""
+
+
+def read_mono(path: Path, rate: int) -> np.ndarray:
+    """Read any soundfile-readable file as mono float32 at ``rate``; clear errors otherwise."""
+    import soundfile as sf
+    import soxr
+
+    try:
+        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as exc:  # soundfile raises LibsndfileError, RuntimeError, TypeError...
+        raise AudioFileError(f"cannot read audio: {exc}") from None
+    if data.shape[0] == 0:
+        raise AudioFileError("file holds no samples")
+    bad = int((~np.isfinite(data)).sum())
+    if bad:
+        raise AudioFileError(f"{bad} non-finite (NaN/Inf) samples: refusing to score corrupt audio")
+    mono = data.mean(axis=1)
+    if sr != rate:
+        mono = soxr.resample(mono, sr, rate).astype(np.float32)
+    return mono
+
+
+def score_file(model: Model, path: Path) -> dict[str, Any]:
+    """One ``streamqa score`` result: model outputs, duration and speech fraction."""
+    from streamqa.activity import MIN_SPEECH_FRACTION, speech_fraction
+
+    info = model.info
+    audio = read_mono(path, info.sample_rate)
+    duration = len(audio) / info.sample_rate
+    if duration < MIN_SCORE_SECONDS:
+        raise AudioFileError(f"too short to judge: {duration:.2f} s (need at least {MIN_SCORE_SECONDS:.2f} s)")
+    fraction = speech_fraction(audio, info.frame_samples)
+    result: dict[str, Any] = {"file": str(path)}
+    if fraction < MIN_SPEECH_FRACTION:
+        result.update({name: None for name in info.outputs})
+        result["reason"] = "no speech"
+    else:
+        result.update({k: round(v, 4) for k, v in model.score(audio).items()})
+    result.update(duration_s=round(duration, 3), speech_fraction=round(fraction, 3))
+    return result
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    try:
+        model = load_model(args.model, threads=args.threads)
+    except ModelError as exc:
+        print(f"streamqa: {exc}", file=sys.stderr)
+        return 2
+    failed = 0
+    for name in args.files:
+        try:
+            res = score_file(model, Path(name))
+        except (AudioFileError, OSError) as exc:
+            print(f"{name}: error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        if args.json:
+            print(json.dumps(res), flush=True)
+        else:
+            extra = "  ".join(f"{k} {res[k]:.2f}" for k in model.info.outputs[1:] if res.get(k) is not None)
+            mos = "  n/a" if res["mos"] is None else f"{res['mos']:.2f}"
+            note = f"  ({res['reason']})" if "reason" in res else ""
+            print(f"{name}\tMOS {mos}  {extra}  [{res['duration_s']:.1f} s, speech {res['speech_fraction']:.0%}]{note}", flush=True)
+    return 1 if failed else 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    cards = bundled_models()
+    if args.json:
+        for c in cards:
+            print(json.dumps(c))
+        return 0
+    print(f"{'name':<14}{'params':>10}{'MMAC/s':>9}  {'outputs':<18}{'teacher':<20}accuracy (held out)")
+    for c in cards:
+        acc = c.get("accuracy", {})
+        acc_text = " ".join(f"{k}={v:.3f}" for k, v in acc.items() if isinstance(v, float))
+        print(
+            f"{c['name']:<14}{c['params']:>10,}{c['macs_per_second'] / 1e6:>9.1f}  "
+            f"{','.join(c['outputs']):<18}{c['teacher']:<20}{acc_text}"
+        )
+    return 0
+
+
+def _host_port(spec: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
+    host, _, port = spec.rpartition(":")
+    try:
+        return host or default_host, int(port)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {spec!r}") from None
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    from streamqa.monitor import MonitorOptions, run_monitor
+
+    try:
+        model = load_model(args.model, threads=args.threads)
+    except ModelError as exc:
+        print(f"streamqa: {exc}", file=sys.stderr)
+        return 2
+    if not (args.rtp or args.mic is not None or args.file or args.demo):
+        print("streamqa monitor: give at least one source: --rtp, --mic, --file or --demo", file=sys.stderr)
+        return 2
+    opts = MonitorOptions(
+        rtp=[_host_port(s) for s in args.rtp],
+        rtp_map=args.rtp_map,
+        mic=args.mic,
+        files=[Path(f) for f in args.file],
+        fast=args.fast,
+        demo=args.demo,
+        ws=_host_port(args.ws),
+        token=args.token,
+        origins=args.origin,
+        window_s=args.window,
+        hop_s=args.hop,
+        idle_timeout=args.idle_timeout,
+        duration=args.duration,
+        quiet=args.quiet,
+    )
+    try:
+        return asyncio.run(run_monitor(model, opts))
+    except KeyboardInterrupt:
+        return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="streamqa", description="Real-time speech-quality (MOS) monitor.")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    sc = sub.add_parser("score", help="score audio files (one line per file)")
+    sc.add_argument("files", nargs="+", metavar="FILE")
+    sc.add_argument("--model", help="bundled model name or path to an .onnx student")
+    sc.add_argument("--json", action="store_true", help="one JSON object per line")
+    sc.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    sc.set_defaults(func=cmd_score)
+
+    mo = sub.add_parser("monitor", help="score live streams and publish over websockets")
+    mo.add_argument("--rtp", action="append", default=[], metavar="HOST:PORT", help="listen for RTP on UDP")
+    mo.add_argument("--rtp-map", action="append", default=[], metavar="PT=codec/rate[/ch]", help="dynamic payload type")
+    mo.add_argument("--mic", nargs="?", const="", default=None, metavar="DEVICE", help="capture a microphone (name or index)")
+    mo.add_argument("--file", action="append", default=[], metavar="WAV", help="replay a file in real time")
+    mo.add_argument("--fast", action="store_true", help="replay --file as fast as possible")
+    mo.add_argument("--demo", action="store_true", help="send the bundled demo call over loopback RTP")
+    mo.add_argument("--ws", default="127.0.0.1:8765", metavar="HOST:PORT", help="websocket + overlay + /metrics")
+    mo.add_argument("--token", help="require this token from websocket and HTTP clients")
+    mo.add_argument("--origin", action="append", default=None, metavar="ORIGIN", help="allowed websocket Origin")
+    mo.add_argument("--model", help="bundled model name or path to an .onnx student")
+    mo.add_argument("--window", type=float, help="window in seconds (default: the model's)")
+    mo.add_argument("--hop", type=float, help="hop in seconds (default: the model's)")
+    mo.add_argument("--idle-timeout", type=float, default=3.0, help="seconds of RTP silence that end a stream")
+    mo.add_argument("--duration", type=float, help="stop after this many seconds")
+    mo.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    mo.add_argument("--quiet", action="store_true", help="no live terminal lines")
+    mo.set_defaults(func=cmd_monitor)
+
+    md = sub.add_parser("models", help="list bundled models")
+    md.add_argument("--json", action="store_true")
+    md.set_defaults(func=cmd_models)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if hasattr(signal, "SIGPIPE"):  # `streamqa score ... | head` should not print a traceback
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    sys.exit(args.func(args))
+
+
+if __name__ == "__main__":
+    main()

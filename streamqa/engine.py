@@ -1,0 +1,268 @@
+"""Scoring engine: the AudioSink that turns every stream's audio into protocol v1 messages.
+
+Threading model (ARCHITECTURE section 7): sources call the sink on the event loop; the
+loop only buffers and cuts hops (cheap). One worker thread owns every stream's model state
+and activity detector, and scores the hops of *all* streams that are ready in one batched
+ONNX Runtime call, so hundreds of streams cost one call per tick rather than one each.
+Results come back to the loop with ``call_soon_threadsafe``, where rolling statistics are
+updated and messages published. Per stream, hops and the end marker are kept in order, so
+a stream's end summary is always published after its last score.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from streamqa.activity import ActivityDetector
+from streamqa.metrics import Metrics
+from streamqa.model import Model, State, split_state, stack_states
+from streamqa.rolling import RollingMos, StreamSummary
+from streamqa.sources import StreamInfo
+from streamqa.windowing import Hop, Windower
+
+_END = object()  # marker queued behind a stream's last hop
+
+
+@dataclass
+class _Stream:
+    """Everything the engine keeps per stream; worker-owned fields are marked."""
+
+    info: StreamInfo
+    windower: Windower
+    rolling: RollingMos
+    summary: StreamSummary
+    queue: deque = field(default_factory=deque)  # Hop | _END, shared under the engine lock
+    state: State | None = None  # worker-owned
+    activity: ActivityDetector | None = None  # worker-owned
+    net: dict[str, Any] | None = None
+    started: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One hop's result handed from the worker to the loop."""
+
+    stream_id: str
+    hop: Hop
+    scores: np.ndarray | None  # None: not judgeable (non-finite input or model failure)
+    speech: bool
+    speech_fraction: float
+    judgeable: bool
+
+
+class Engine:
+    """Batches hops across streams through one model; publishes through ``publish``."""
+
+    def __init__(
+        self,
+        model: Model,
+        publish: Callable[[dict[str, Any]], None],
+        *,
+        loop: asyncio.AbstractEventLoop,
+        metrics: Metrics | None = None,
+        window_s: float | None = None,
+        hop_s: float | None = None,
+        max_batch: int = 256,
+        max_pending_hops: int = 30,
+        rolling_horizon_s: float = 10.0,
+    ):
+        info = model.info
+        self.model = model
+        self.publish = publish
+        self.loop = loop
+        self.metrics = metrics
+        self.window_s = window_s if window_s is not None else info.window_seconds
+        hop = info.hop_samples if hop_s is None else round(hop_s * info.sample_rate)
+        frame = info.frame_samples
+        self.hop_samples = max(frame, round(hop / frame) * frame)  # a whole number of frames
+        self.window_frames = model.window_frames(self.window_s)
+        self.max_batch = max_batch
+        self.max_pending_hops = max_pending_hops
+        self.rolling_horizon_s = rolling_horizon_s
+        self.streams: dict[str, _Stream] = {}
+        self.counters: dict[str, int] = {"hops_scored": 0, "hops_dropped": 0, "hops_nonfinite": 0, "batches": 0}
+        self._lock = threading.Condition()
+        self._ready: deque[str] = deque()  # stream ids with queued work, in arrival order
+        self._stopping = False
+        self._worker = threading.Thread(target=self._run, name="streamqa-scorer", daemon=True)
+        self._worker.start()
+
+    @property
+    def hop_s(self) -> float:
+        return self.hop_samples / self.model.info.sample_rate
+
+    def model_hello(self) -> dict[str, Any]:
+        """Protocol v1 hello ``model`` object with the hop and window in force."""
+        return {**self.model.info.hello(), "hop_s": self.hop_s, "window_s": self.window_s}
+
+    # --- AudioSink (event loop) -----------------------------------------------------------
+    def start(self, info: StreamInfo) -> None:
+        if info.stream_id in self.streams:
+            return
+        sr = self.model.info.sample_rate
+        self.streams[info.stream_id] = _Stream(
+            info=info,
+            windower=Windower(info.sample_rate, sr, self.hop_samples),
+            rolling=RollingMos(horizon_s=self.rolling_horizon_s),
+            summary=StreamSummary(),
+        )
+        self.publish(
+            {"type": "stream", "event": "start", "stream": info.stream_id, "source": info.source, "info": info.info}
+        )
+
+    def audio(self, stream_id: str, pcm: np.ndarray, arrival: float) -> None:
+        st = self.streams.get(stream_id)
+        if st is None:
+            return
+        hops = st.windower.feed(pcm, arrival)
+        if hops:
+            self._enqueue(stream_id, st, hops)
+
+    def net(self, stream_id: str, stats: dict[str, Any]) -> None:
+        st = self.streams.get(stream_id)
+        if st is not None:
+            st.net = stats
+
+    def end(self, stream_id: str) -> None:
+        st = self.streams.get(stream_id)
+        if st is not None:
+            self._enqueue(stream_id, st, [_END])
+
+    def _enqueue(self, stream_id: str, st: _Stream, items: list) -> None:
+        with self._lock:
+            was_idle = not st.queue
+            st.queue.extend(items)
+            while len(st.queue) > self.max_pending_hops and st.queue[0] is not _END:
+                st.queue.popleft()  # overload: the oldest hop is the least useful
+                self.counters["hops_dropped"] += 1
+            if was_idle:
+                self._ready.append(stream_id)
+            self._lock.notify()
+
+    # --- worker thread --------------------------------------------------------------------
+    def _take_batch(self) -> tuple[list[tuple[str, _Stream, Hop]], list[str]]:
+        """Under the lock: at most one hop per stream (states are sequential), plus ends."""
+        batch, ended = [], []
+        requeue = []
+        while self._ready and len(batch) < self.max_batch:
+            sid = self._ready.popleft()
+            st = self.streams.get(sid)
+            if st is None or not st.queue:
+                continue
+            item = st.queue.popleft()
+            if item is _END:
+                ended.append(sid)
+                continue
+            batch.append((sid, st, item))
+            if st.queue:
+                requeue.append(sid)
+        self._ready.extend(requeue)
+        return batch, ended
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._ready and not self._stopping:
+                    self._lock.wait()
+                if self._stopping:
+                    return
+                batch, ended = self._take_batch()
+            results = self._score(batch) if batch else []
+            if results or ended:
+                try:
+                    self.loop.call_soon_threadsafe(self._deliver, results, ended)
+                except RuntimeError:  # loop closed during shutdown
+                    return
+
+    def _score(self, batch: list[tuple[str, _Stream, Hop]]) -> list[Scored]:
+        frame = self.model.info.frame_samples
+        prepared = []
+        for sid, st, hop in batch:
+            if st.state is None:
+                st.state = self.model.init_state(1, self.window_s)
+                st.activity = ActivityDetector(frame, self.window_frames)
+            speech, fraction = st.activity.update(hop.audio)
+            prepared.append((sid, st, hop, speech, fraction))
+        audio = np.stack([hop.audio for _, _, hop, _, _ in prepared])
+        try:
+            scores, state = self.model.step(audio, stack_states([st.state for _, st, _, _, _ in prepared]))
+            states = split_state(state, len(prepared))
+        except Exception:  # a model failure must not stop the monitor: reset and report null
+            scores, states = None, [self.model.init_state(1, self.window_s) for _ in prepared]
+        self.counters["batches"] += 1
+        out = []
+        for i, (sid, st, hop, speech, fraction) in enumerate(prepared):
+            row = None if scores is None else scores[i]
+            if row is not None and not np.isfinite(row).all():
+                row, states[i] = None, self.model.init_state(1, self.window_s)
+            st.state = states[i]
+            if not hop.finite:
+                row = None
+                self.counters["hops_nonfinite"] += 1
+            out.append(Scored(sid, hop, row, speech, fraction, st.activity.judgeable(fraction)))
+        self.counters["hops_scored"] += len(out)
+        return out
+
+    # --- back on the event loop -----------------------------------------------------------
+    def _deliver(self, results: list[Scored], ended: list[str]) -> None:
+        now_wall, now_mono = time.time(), time.monotonic()
+        names = self.model.info.outputs
+        for r in results:
+            st = self.streams.get(r.stream_id)
+            if st is None:
+                continue
+            values = None if r.scores is None else {n: float(v) for n, v in zip(names, r.scores)}
+            mos = values["mos"] if values is not None and r.judgeable else None
+            outputs = {n: (values[n] if mos is not None else None) for n in names[1:]}
+            rolling = st.rolling.update(r.hop.t, mos, mos is not None)
+            st.summary.update(r.hop.t, mos, mos is not None, {k: v for k, v in outputs.items() if v is not None})
+            msg: dict[str, Any] = {
+                "type": "score",
+                "stream": r.stream_id,
+                "t": round(r.hop.t, 3),
+                "ts": now_wall,
+                "mos": mos,
+                "mos_rolling": rolling,
+                "speech": r.speech,
+                "speech_fraction": round(r.speech_fraction, 3),
+                "outputs": outputs,
+            }
+            if not r.hop.finite:
+                msg["error"] = "non-finite audio"
+            if st.net is not None:
+                msg["net"] = st.net
+            self.publish(msg)
+            if self.metrics is not None:
+                self.metrics.inc("streamqa_hops_scored_total")
+                self.metrics.observe("streamqa_score_latency_seconds", max(0.0, now_mono - r.hop.arrival))
+        for sid in ended:
+            st = self.streams.pop(sid, None)
+            if st is None:
+                continue
+            summary = st.summary.as_dict()
+            if st.net is not None:
+                summary["net"] = st.net
+            self.publish(
+                {
+                    "type": "stream",
+                    "event": "end",
+                    "stream": sid,
+                    "source": st.info.source,
+                    "info": st.info.info,
+                    "summary": summary,
+                }
+            )
+
+    def close(self) -> None:
+        """Stop the worker; pending hops are discarded."""
+        with self._lock:
+            self._stopping = True
+            self._lock.notify_all()
+        self._worker.join(timeout=5)

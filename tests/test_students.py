@@ -1,0 +1,75 @@
+"""The student's one code path: chunked == whole, batched == one-by-one, ONNX == torch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from train.students import FAMILY, FRAME_SAMPLES, Student, count_params, macs_per_second  # noqa: E402
+
+
+def _speechlike(n: int, seed: int = 0) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    env = np.repeat(rng.uniform(0, 1, n // 1600 + 1), 1600)[:n]
+    return torch.from_numpy((rng.standard_normal(n) * env * 0.1).astype(np.float32))
+
+
+@pytest.mark.parametrize("hop_frames", [1, 5, 25, 48])
+def test_chunked_equals_whole(hop_frames):
+    torch.manual_seed(1)
+    m = Student(FAMILY["xs"]).eval()
+    x = torch.stack([_speechlike(192 * FRAME_SAMPLES, s) for s in range(2)])
+    with torch.no_grad():
+        whole = m(x)
+        state = m.init_state(2, 192)
+        hop = hop_frames * FRAME_SAMPLES
+        for i in range(0, x.shape[1], hop):
+            out, state = m.step(x[:, i : i + hop], state)
+    torch.testing.assert_close(out, whole, atol=1e-4, rtol=1e-4)
+
+
+def test_features_path_equals_audio_path():
+    torch.manual_seed(2)
+    m = Student(FAMILY["xs"]).eval()
+    x = _speechlike(96 * FRAME_SAMPLES)[None]
+    with torch.no_grad():
+        logmel, _ = m.log_energies(x, torch.zeros(1, 240))
+        torch.testing.assert_close(m.forward_features(logmel), m(x), atol=1e-5, rtol=1e-5)
+
+
+def test_window_is_the_ring_length():
+    """Audio older than the window cannot change the score: the ring forgot it."""
+    torch.manual_seed(3)
+    m = Student(FAMILY["xs"]).eval()
+    tail = _speechlike(50 * FRAME_SAMPLES, 7)[None]
+    scores = []
+    with torch.no_grad():
+        for seed in (1, 2):
+            state = m.init_state(1, 10)
+            _, state = m.step(_speechlike(100 * FRAME_SAMPLES, seed)[None], state)
+            scores.append(m.step(tail, state)[0])
+    # Conv caches (a few frames) carry over, the ring does not: scores agree closely.
+    assert torch.allclose(scores[0], scores[1], atol=1e-3)
+
+
+def test_family_spans_orders_of_magnitude():
+    sizes = {n: count_params(Student(c)) for n, c in FAMILY.items()}
+    assert max(sizes.values()) / min(sizes.values()) >= 10**2.5
+    assert sizes["s"] <= 250_000 and macs_per_second(FAMILY["s"]) <= 20e6
+
+
+@pytest.mark.parametrize("name", ["xxs", "s", "m"])
+def test_macs_counter_matches_torch_flop_counter(name):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    m = Student(FAMILY[name]).eval()
+    x = torch.zeros(1, 16000)
+    state = m.init_state(1, 192)
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        m.step(x, state)
+    measured = fc.get_total_flops() / 2  # one MAC = two FLOPs
+    analytical = macs_per_second(FAMILY[name], 192)
+    # The counter skips elementwise work (norms, activations); convs and matmuls must agree.
+    assert abs(measured - analytical) / analytical < 0.05, (measured, analytical)

@@ -1,0 +1,276 @@
+"""Knowledge distillation of a streaming student from teacher pseudo-labels.
+
+    python -m train.distill --labels train/labels/train.csv --student s --out runs/s/student.pt
+
+The loss is the mean squared error to the teacher's outputs (Distill-MOS ``mos``, DNSMOS
+``sig``/``bak``/``ovrl``), masked per output where a teacher did not label a clip. With
+``--human CSV`` (``path,mos``) a share of every batch (``--human-ratio``, the paper's best
+mix was about 20 %) comes from human-labelled MOS and supervises the ``mos`` output.
+
+The student's Gabor frontend is fixed, so log band energies are computed once per clip and
+training runs the encoder only; level augmentation is applied on the cached energies
+exactly (``log(E * g^2 + eps)``), because Distill-MOS peak-normalises and a student must not
+read quality from loudness. Under ``torchrun`` (WORLD_SIZE set) it trains with DDP on gloo
+or NCCL; each rank takes a disjoint shard of every epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from train.export import save_checkpoint
+from train.students import FAMILY, FRAME_SAMPLES, OUTPUTS, Student, StudentConfig, count_params, macs_per_second
+
+EPS = 1e-7
+
+
+@dataclass
+class LabelledSet:
+    """Cached log energies [N, bands, frames] and targets [N, K] (NaN = not labelled)."""
+
+    ids: list[str]
+    speakers: list[str]
+    feats: Tensor
+    targets: Tensor
+
+
+def read_labels(path: Path, split: str | None = None) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [r for r in rows if split is None or r.get("split") == split]
+
+
+def _target(row: dict[str, str]) -> list[float]:
+    return [float(row[k]) if row.get(k) not in (None, "") else math.nan for k in OUTPUTS]
+
+
+def clip_audio(row: dict[str, str], audio_dir: Path) -> np.ndarray:
+    """The clip's audio: the labeller's int16 cache, else a path column (user corpora)."""
+    cached = audio_dir / f"{row['sha256']}.npy"
+    if cached.exists():
+        return np.load(cached).astype(np.float32) / 32768.0
+    if row.get("path"):
+        from train.data.corpus import load_audio_16k
+
+        return load_audio_16k(Path(row["path"]))
+    raise FileNotFoundError(f"no audio for clip {row.get('clip_id')}: {cached} missing (rerun train.label)")
+
+
+@torch.no_grad()
+def featurise(student: Student, clips: list[np.ndarray], batch: int = 64) -> Tensor:
+    """Log band energies of equal-length clips (trimmed to whole 40 ms frames)."""
+    n = min(len(c) for c in clips)
+    n -= n % FRAME_SAMPLES
+    out = []
+    for i in range(0, len(clips), batch):
+        x = torch.from_numpy(np.stack([c[:n] for c in clips[i : i + batch]]))
+        cache = torch.zeros(x.shape[0], 240)
+        out.append(student.log_energies(x, cache)[0])
+    return torch.cat(out)
+
+
+def load_set(rows: list[dict[str, str]], student: Student, audio_dir: Path) -> LabelledSet:
+    clips = [clip_audio(r, audio_dir) for r in rows]
+    return LabelledSet(
+        ids=[r["clip_id"] for r in rows],
+        speakers=[r.get("speaker", "") for r in rows],
+        feats=featurise(student, clips),
+        targets=torch.tensor([_target(r) for r in rows], dtype=torch.float32),
+    )
+
+
+def regain(logmel: Tensor, gain_db: Tensor) -> Tensor:
+    """Exact level change on cached log energies: log((exp(L) - eps) * g^2 + eps)."""
+    g2 = torch.pow(10.0, gain_db / 10.0)[:, None, None]
+    return torch.log(torch.clamp(torch.exp(logmel) - EPS, min=0.0) * g2 + EPS)
+
+
+def masked_mse(pred: Tensor, target: Tensor) -> Tensor:
+    mask = torch.isfinite(target)
+    diff = torch.where(mask, pred - torch.nan_to_num(target), torch.zeros_like(pred))
+    return diff.pow(2).sum() / mask.sum().clamp(min=1)
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    return float((a * b).sum() / (np.sqrt((a * a).sum() * (b * b).sum()) + 1e-12))
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    rank = lambda x: np.argsort(np.argsort(x)).astype(np.float64)  # noqa: E731
+    return pearson(rank(a), rank(b))
+
+
+@torch.no_grad()
+def evaluate(student: Student, data: LabelledSet, batch: int = 128) -> dict[str, float]:
+    """PCC/SRCC/RMSE per output against the teacher labels."""
+    student.eval()
+    preds = torch.cat([student.forward_features(data.feats[i : i + batch]) for i in range(0, len(data.ids), batch)])
+    result: dict[str, float] = {}
+    for k, name in enumerate(student.cfg.outputs):
+        t = data.targets[:, k].numpy()
+        ok = np.isfinite(t)
+        if ok.sum() < 3:
+            continue
+        p = preds[ok, k].numpy()
+        result[f"pcc_{name}"] = pearson(p, t[ok])
+        result[f"srcc_{name}"] = spearman(p, t[ok])
+        result[f"rmse_{name}"] = float(np.sqrt(np.mean((p - t[ok]) ** 2)))
+    return result
+
+
+def init_feature_norm(student: Student, feats: Tensor) -> None:
+    """Set the per-band affine so that training features start near zero mean, unit std."""
+    mean = feats.mean(dim=(0, 2))
+    std = feats.std(dim=(0, 2)).clamp(min=1e-3)
+    with torch.no_grad():
+        student.feat_scale.copy_(1.0 / std)
+        student.feat_bias.copy_(-mean / std)
+
+
+class _FeatureModel(torch.nn.Module):
+    """Training entry point (features in), so that DDP's gradient hooks see the forward."""
+
+    def __init__(self, student: Student):
+        super().__init__()
+        self.student = student
+
+    def forward(self, logmel: Tensor) -> Tensor:
+        return self.student.forward_features(logmel)
+
+
+def _ddp() -> tuple[int, int]:
+    if "WORLD_SIZE" not in os.environ:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def train(
+    student: Student,
+    train_set: LabelledSet,
+    val_set: LabelledSet | None,
+    *,
+    epochs: int,
+    batch: int,
+    lr: float,
+    seed: int,
+    human: LabelledSet | None = None,
+    human_ratio: float = 0.2,
+    gain_db: float = 10.0,
+    log=print,
+) -> dict[str, float]:
+    """Train in place; returns the final validation metrics (empty without a val set)."""
+    rank, world = _ddp()
+    model: torch.nn.Module = _FeatureModel(student)
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model)
+    opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=1e-4)
+    steps_per_epoch = max(1, len(train_set.ids) // (batch * world))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.1)
+    gen = torch.Generator().manual_seed(seed)
+    n_human = int(round(batch * human_ratio)) if human is not None else 0
+    metrics: dict[str, float] = {}
+    t0 = time.time()
+    for epoch in range(epochs):
+        student.train()
+        order = torch.randperm(len(train_set.ids), generator=gen)[rank::world]
+        total = 0.0
+        for s in range(steps_per_epoch):
+            idx = order[s * (batch - n_human) : (s + 1) * (batch - n_human)]
+            if len(idx) == 0:
+                break
+            x, y = train_set.feats[idx], train_set.targets[idx]
+            if n_human:
+                h = torch.randint(len(human.ids), (n_human,), generator=gen)
+                x = torch.cat([x, human.feats[h]])
+                y = torch.cat([y, human.targets[h]])
+            x = regain(x, (torch.rand(len(x), generator=gen) * 2 - 1) * gain_db)
+            loss = masked_mse(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss)
+        if val_set is not None and rank == 0:
+            metrics = evaluate(student, val_set)
+        if rank == 0:
+            shown = " ".join(f"{k}={v:.3f}" for k, v in metrics.items() if k.startswith("pcc"))
+            log(f"epoch {epoch + 1}/{epochs} loss={total / steps_per_epoch:.4f} {shown} ({time.time() - t0:.0f}s)")
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--labels", type=Path, required=True, help="label CSV from train.label (split column used)")
+    ap.add_argument("--student", default="s", help=f"family member ({', '.join(FAMILY)}) or a config JSON file")
+    ap.add_argument("--out", type=Path, required=True, help="checkpoint to write")
+    ap.add_argument("--audio-dir", type=Path, default=Path("cache/audio"), help="int16 clip cache of train.label")
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    ap.add_argument("--human", type=Path, help="label CSV with human MOS (path,mos) to mix in")
+    ap.add_argument("--human-ratio", type=float, default=0.2, help="share of each batch from --human")
+    ap.add_argument("--teacher", default="distillmos+dnsmos", help="recorded in the checkpoint and model card")
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    cfg = FAMILY[args.student] if args.student in FAMILY else StudentConfig.from_json(Path(args.student).read_text())
+    student = Student(cfg)
+    rows = read_labels(args.labels)
+    train_rows = [r for r in rows if r.get("split", "train") == "train"]
+    val_rows = [r for r in rows if r.get("split") == "val"]
+    print(f"loading {len(train_rows)} train / {len(val_rows)} val clips", file=sys.stderr)
+    train_set = load_set(train_rows, student, args.audio_dir)
+    val_set = load_set(val_rows, student, args.audio_dir) if val_rows else None
+    human = None
+    if args.human:
+        from train.data.corpus import load_audio_16k, read_corpus_csv
+
+        items = [(p, m) for p, m in read_corpus_csv(args.human) if m is not None]
+        clips = [load_audio_16k(p) for p, _ in items]
+        human = LabelledSet(
+            ids=[str(p) for p, _ in items],
+            speakers=["human"] * len(items),
+            feats=featurise(student, clips),
+            targets=torch.tensor([[m] + [math.nan] * (len(OUTPUTS) - 1) for _, m in items]),
+        )
+    init_feature_norm(student, train_set.feats)
+    metrics = train(
+        student, train_set, val_set, epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed,
+        human=human, human_ratio=args.human_ratio,
+    )
+    rank, _ = _ddp()
+    if rank == 0:
+        meta = {
+            "teacher": args.teacher,
+            "training_data": f"{len(train_rows)} clips from {args.labels.name}",
+            "epochs": args.epochs,
+            "val": metrics,
+            "params": count_params(student),
+            "macs_per_second": macs_per_second(cfg),
+        }
+        save_checkpoint(args.out, student, meta)
+        print(f"saved {args.out} ({count_params(student)} params)", file=sys.stderr)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
