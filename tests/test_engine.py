@@ -1,0 +1,102 @@
+"""Engine: one score per hop per stream, batching across streams, order, NaN isolation."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+
+import numpy as np
+import pytest
+
+from streamqa.engine import Engine
+from streamqa.metrics import Metrics
+from streamqa.model import Model
+from streamqa.sources import StreamInfo
+
+
+def _speech(seconds: float, sr: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    n = int(seconds * sr)
+    gate = (np.arange(n) // int(0.2 * sr)) % 2 == 0
+    return (rng.standard_normal(n) * 0.1 * gate).astype(np.float32)
+
+
+async def _run(model: Model, feeds: dict[str, tuple[int, np.ndarray]], *, hop_s=0.5, nan_stream=None):
+    loop = asyncio.get_running_loop()
+    messages: list[dict] = []
+    metrics = Metrics()
+    engine = Engine(model, messages.append, loop=loop, metrics=metrics, hop_s=hop_s, window_s=2.0)
+    for sid, (sr, _) in feeds.items():
+        engine.start(StreamInfo(sid, "file", sr, {}))
+    block = 0.02
+    longest = max(len(x) / sr for sr, x in feeds.values())
+    for k in range(int(longest / block)):
+        for sid, (sr, x) in feeds.items():
+            n = int(block * sr)
+            chunk = x[k * n : (k + 1) * n].copy()
+            if sid == nan_stream and 40 <= k < 42:
+                chunk[:] = np.nan
+            if len(chunk):
+                engine.audio(sid, chunk, loop.time())
+        if k % 10 == 0:
+            await asyncio.sleep(0)
+    for sid in feeds:
+        engine.end(sid)
+    for _ in range(200):
+        if not engine.streams:
+            break
+        await asyncio.sleep(0.02)
+    engine.close()
+    return engine, messages, metrics
+
+
+def test_scores_every_hop_in_order(tiny_onnx):
+    model = Model(tiny_onnx)
+    feeds = {"a": (16000, _speech(4.0, 16000, 1)), "b": (8000, _speech(4.0, 8000, 2)), "c": (48000, _speech(3.0, 48000, 3))}
+    engine, msgs, metrics = asyncio.run(_run(model, feeds))
+    for sid, (sr, x) in feeds.items():
+        mine = [m for m in msgs if m["stream"] == sid]
+        assert mine[0]["type"] == "stream" and mine[0]["event"] == "start"
+        assert mine[-1]["type"] == "stream" and mine[-1]["event"] == "end"
+        scores = [m for m in mine if m["type"] == "score"]
+        expected = int(len(x) / sr / 0.5 + 1e-9)
+        assert expected - 1 <= len(scores) <= expected  # the resampler may hold back a few samples
+        assert [m["t"] for m in scores] == sorted(m["t"] for m in scores)
+        assert mine[-1]["summary"]["hops"] == len(scores)
+    assert engine.counters["hops_scored"] == sum(1 for m in msgs if m["type"] == "score")
+    assert engine.counters["batches"] < engine.counters["hops_scored"]  # streams shared calls
+    assert metrics.value("streamqa_hops_scored_total") == engine.counters["hops_scored"]
+
+
+def test_nan_audio_gives_null_not_nan(tiny_onnx):
+    model = Model(tiny_onnx)
+    feeds = {"good": (16000, _speech(4.0, 16000, 4)), "bad": (16000, _speech(4.0, 16000, 5))}
+    engine, msgs, _ = asyncio.run(_run(model, feeds, nan_stream="bad"))
+    text = json.dumps(msgs, allow_nan=False)  # raises if any NaN slipped through
+    assert "NaN" not in text
+    bad = [m for m in msgs if m["stream"] == "bad" and m["type"] == "score"]
+    assert any(m.get("error") == "non-finite audio" and m["mos"] is None for m in bad)
+    assert bad[-1]["mos"] is not None  # the stream recovers once the hop has passed
+    good = [m for m in msgs if m["stream"] == "good" and m["type"] == "score"]
+    assert all(m["mos"] is not None and math.isfinite(m["mos"]) for m in good[2:])
+
+
+def test_silence_is_not_judged(tiny_onnx):
+    model = Model(tiny_onnx)
+    feeds = {"quiet": (16000, np.zeros(16000 * 3, np.float32))}
+    _, msgs, _ = asyncio.run(_run(model, feeds))
+    scores = [m for m in msgs if m["type"] == "score"]
+    assert scores and all(m["mos"] is None and m["speech"] is False for m in scores)
+    end = msgs[-1]["summary"]
+    assert end["mean"] is None and end["speech_fraction"] == 0.0
+
+
+def test_hop_rounds_to_frames(tiny_onnx):
+    async def make():
+        e = Engine(Model(tiny_onnx), lambda m: None, loop=asyncio.get_running_loop(), hop_s=0.3)
+        e.close()
+        return e
+
+    e = asyncio.run(make())
+    assert e.hop_samples % 640 == 0 and e.hop_s == pytest.approx(0.32)
