@@ -215,7 +215,7 @@ def train(
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--labels", type=Path, required=True, help="label CSV from train.label (split column used)")
+    ap.add_argument("--labels", type=Path, nargs="+", required=True, help="label CSVs from train.label (split column used)")
     ap.add_argument("--student", default="s", help=f"family member ({', '.join(FAMILY)}) or a config JSON file")
     ap.add_argument("--out", type=Path, required=True, help="checkpoint to write")
     ap.add_argument("--audio-dir", type=Path, default=Path("cache/audio"), help="int16 clip cache of train.label")
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     cfg = FAMILY[args.student] if args.student in FAMILY else StudentConfig.from_json(Path(args.student).read_text())
     student = Student(cfg)
-    rows = read_labels(args.labels)
+    rows = [r for path in args.labels for r in read_labels(path)]
     train_rows = [r for r in rows if r.get("split", "train") == "train"]
     val_rows = [r for r in rows if r.get("split") == "val"]
     print(f"loading {len(train_rows)} train / {len(val_rows)} val clips", file=sys.stderr)
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
     if rank == 0:
         meta = {
             "teacher": args.teacher,
-            "training_data": f"{len(train_rows)} clips from {args.labels.name}",
+            "training_data": f"{len(train_rows)} clips from {', '.join(p.name for p in args.labels)}",
             "epochs": args.epochs,
             "val": metrics,
             "params": count_params(student),

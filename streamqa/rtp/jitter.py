@@ -1,0 +1,218 @@
+"""Per-stream jitter buffer and network statistics (sans-I/O).
+
+The buffer puts packets back in sequence order, holding at most ``depth`` packets while it
+waits for a missing one; when it gives up it emits a :class:`Lost` frame whose duration comes
+from the RTP timestamps, so the decoder can conceal exactly the missing stretch and the audio
+timeline handed to the scorer stays continuous. It never sees a clock: arrival times are
+passed in, which keeps it deterministic under test (aiortc's JitterBuffer is the model).
+
+Sequence numbers are extended past 16 bits (RFC 3550 A.1) and timestamp differences are taken
+modulo 2**32, so wrap-around of either is invisible to the caller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+from .packet import RtpPacket
+
+_TS_MASK = 0xFFFFFFFF
+_TS_HALF = 0x80000000
+# Longest believable packet duration; a timestamp step beyond it (a sender restart, a
+# corrupted header) must not turn into a multi-minute concealment.
+MAX_PACKET_SECONDS = 0.2
+DEFAULT_PACKET_SECONDS = 0.02
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """A packet released in sequence order."""
+
+    packet: RtpPacket
+    arrival: float
+    ext_sequence: int
+
+
+@dataclass(frozen=True, slots=True)
+class Lost:
+    """``packets`` consecutive packets that never arrived in time, spanning ``duration``
+    RTP timestamp units; ``arrival`` is when the gap was given up on."""
+
+    packets: int
+    duration: int
+    arrival: float
+
+
+Frame = Union[Received, Lost]
+
+
+@dataclass(slots=True)
+class JitterStats:
+    """Counters of one stream. Every pushed packet is exactly one of received, duplicates
+    or late; ``expected`` and ``lost`` count slots already released (played out)."""
+
+    clock_rate: int
+    received: int = 0
+    expected: int = 0
+    lost: int = 0
+    duplicates: int = 0
+    late: int = 0
+    reordered: int = 0
+    resyncs: int = 0
+    bursts: int = 0
+    jitter: float = 0.0  # RFC 3550 A.8 interarrival jitter, RTP timestamp units
+
+    @property
+    def pushed(self) -> int:
+        return self.received + self.duplicates + self.late
+
+    @property
+    def jitter_ms(self) -> float:
+        return 1000.0 * self.jitter / self.clock_rate
+
+    @property
+    def loss_fraction(self) -> float:
+        return self.lost / self.expected if self.expected else 0.0
+
+    @property
+    def mean_burst(self) -> float:
+        """Mean length (packets) of a run of consecutive losses; 0 without losses."""
+        return self.lost / self.bursts if self.bursts else 0.0
+
+    @property
+    def burst_ratio(self) -> float:
+        """BurstR of ITU-T G.107/G.113: observed mean loss-burst length divided by the mean
+        expected under random (Bernoulli) loss at the same rate, which is 1 / (1 - p).
+        1 for random loss, > 1 for bursty loss; 1 when nothing was lost."""
+        if not self.lost or self.lost >= self.expected:
+            return 1.0
+        return self.mean_burst * (1.0 - self.loss_fraction)
+
+
+class JitterBuffer:
+    """Reorders one RTP stream (one SSRC) and turns gaps into :class:`Lost` frames.
+
+    ``depth``: packets held while waiting for a missing one (latency vs. late losses).
+    ``max_gap``: a sequence jump (forward, or backward beyond the recent history) larger
+    than this is a sender restart, not loss: the buffer flushes and resynchronises on it.
+    """
+
+    def __init__(self, clock_rate: int, *, depth: int = 3, max_gap: int = 100) -> None:
+        if clock_rate <= 0:
+            raise ValueError(f"clock rate must be positive, got {clock_rate}")
+        if depth < 0 or max_gap < 1:
+            raise ValueError(f"need depth >= 0 and max_gap >= 1, got {depth}, {max_gap}")
+        self.clock_rate = clock_rate
+        self.depth = depth
+        self.max_gap = max_gap
+        self.stats = JitterStats(clock_rate)
+        self._max_step = int(MAX_PACKET_SECONDS * clock_rate)
+        self._step = max(1, int(DEFAULT_PACKET_SECONDS * clock_rate))
+        self._buffer: dict[int, Received] = {}
+        self._next: int | None = None  # extended sequence of the next slot to release
+        self._highest = 0  # highest extended sequence accepted
+        self._last_ts = 0  # timestamp of the last released packet
+        # Ring of recently released extended sequences: tells a duplicate of a played
+        # packet from a late arrival of a slot already concealed, in O(1) and bounded memory.
+        self._ring_size = max_gap + depth + 1
+        self._ring = [-1] * self._ring_size
+        self._prev_arrival: float | None = None
+        self._prev_ts = 0
+
+    def push(self, pkt: RtpPacket, arrival: float) -> list[Frame]:
+        """Accept one packet (``arrival`` in seconds, any monotonic origin); return the
+        frames that became releasable, in order."""
+        stats = self.stats
+        if self._next is None:
+            return self._begin(pkt, arrival, [])
+        delta = ((pkt.sequence - self._highest + 0x8000) & 0xFFFF) - 0x8000
+        ext = self._highest + delta
+        if delta > self.max_gap or ext < self._next - self.max_gap:
+            out = self.flush()
+            stats.resyncs += 1
+            return self._begin(pkt, arrival, out)
+        if ext < self._next:
+            if self._ring[ext % self._ring_size] == ext:
+                stats.duplicates += 1
+            else:
+                stats.late += 1
+            return []
+        if ext in self._buffer:
+            stats.duplicates += 1
+            return []
+        stats.received += 1
+        if ext < self._highest:
+            stats.reordered += 1
+        else:
+            self._highest = ext
+        self._update_jitter(pkt.timestamp, arrival)
+        self._buffer[ext] = Received(pkt, arrival, ext)
+        return self._release(arrival, self.depth, [])
+
+    def flush(self) -> list[Frame]:
+        """Release everything held (end of stream), concealing the gaps between."""
+        if not self._buffer:
+            return []
+        last_arrival = max(r.arrival for r in self._buffer.values())
+        return self._release(last_arrival, 0, [])
+
+    def _begin(self, pkt: RtpPacket, arrival: float, out: list[Frame]) -> list[Frame]:
+        # Pick a fresh extended number above everything in the ring, with the packet's
+        # 16 low bits, so old ring entries can never match new packets.
+        base = self._highest + self._ring_size + 1
+        ext = base + ((pkt.sequence - base) & 0xFFFF)
+        self._next = ext
+        self._highest = ext
+        self._prev_arrival = None
+        self.stats.received += 1
+        self._update_jitter(pkt.timestamp, arrival)
+        self._buffer[ext] = Received(pkt, arrival, ext)
+        return self._release(arrival, self.depth, out)
+
+    def _release(self, arrival: float, hold: int, out: list[Frame]) -> list[Frame]:
+        buffer = self._buffer
+        stats = self.stats
+        assert self._next is not None
+        while buffer:
+            nxt = self._next
+            item = buffer.pop(nxt, None)
+            if item is not None:
+                ts = item.packet.timestamp
+                step = (ts - self._last_ts) & _TS_MASK
+                if 0 < step <= self._max_step:
+                    self._step = step
+                self._last_ts = ts
+                self._ring[nxt % self._ring_size] = nxt
+                self._next = nxt + 1
+                stats.expected += 1
+                out.append(item)
+            elif len(buffer) > hold:
+                target = min(buffer)
+                lost = target - nxt
+                out.append(Lost(lost, self._gap_duration(lost, buffer[target].packet.timestamp), arrival))
+                stats.lost += lost
+                stats.expected += lost
+                stats.bursts += 1
+                self._next = target
+            else:
+                break
+        return out
+
+    def _gap_duration(self, lost: int, next_ts: int) -> int:
+        """Timestamp units covered by ``lost`` packets between the last released packet
+        and the one at ``next_ts``; falls back to the last packet step if the timestamps
+        are implausible (backwards, or more than MAX_PACKET_SECONDS per packet)."""
+        span = (next_ts - self._last_ts) & _TS_MASK
+        if span < _TS_HALF and 0 < span <= self._max_step * (lost + 1):
+            return span * lost // (lost + 1)
+        return self._step * lost
+
+    def _update_jitter(self, ts: int, arrival: float) -> None:
+        # RFC 3550 A.8: D = (Rj - Ri) - (Sj - Si) in timestamp units, J += (|D| - J) / 16.
+        if self._prev_arrival is not None:
+            ts_delta = ((ts - self._prev_ts + _TS_HALF) & _TS_MASK) - _TS_HALF
+            d = (arrival - self._prev_arrival) * self.clock_rate - ts_delta
+            self.stats.jitter += (abs(d) - self.stats.jitter) / 16.0
+        self._prev_arrival = arrival
+        self._prev_ts = ts

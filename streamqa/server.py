@@ -1,0 +1,467 @@
+"""Websocket publisher (protocol v1), overlay page and /metrics on one port.
+
+One port for everything because the people who run this paste one URL into OBS or a
+browser and one scrape target into Prometheus; a second port is a second firewall rule.
+
+Shape (websockets' broadcast guide explains the why): the engine calls ``Hub.publish``
+on the event loop; each message is encoded once and offered to every client's bounded
+queue; a per-client task drains its queue to the socket. A client that cannot keep up
+loses its oldest *score* messages (counted), never "stream" start/end messages, and is
+disconnected if it stays behind; a slow phone on the overlay must never delay the
+engine or the other clients, nor grow memory without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import hmac
+import http
+import json
+import logging
+import math
+import time
+import weakref
+from collections import deque
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection
+from websockets.asyncio.server import serve as ws_serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+from websockets.protocol import State
+
+from .metrics import Metrics
+
+__all__ = ["Hub", "serve", "PROTOCOL_VERSION"]
+
+PROTOCOL_VERSION = 1
+WEB_DIR = Path(__file__).parent / "web"
+STATIC_FILES = {
+    "/": ("overlay.html", "text/html; charset=utf-8"),
+    "/overlay.html": ("overlay.html", "text/html; charset=utf-8"),
+    "/overlay.js": ("overlay.js", "text/javascript; charset=utf-8"),
+    "/overlay.css": ("overlay.css", "text/css; charset=utf-8"),
+}
+WS_PATHS = ("/", "/ws")
+MAX_SUBSCRIBE_STREAMS = 256
+
+log = logging.getLogger(__name__)
+
+
+def jsonable(obj: object) -> object:
+    """Copy ``obj`` into plain JSON types with every non-finite float turned into null.
+
+    JSON has no NaN; Python's json would write the token ``NaN`` that browsers' JSON.parse
+    rejects, killing the overlay. numpy scalars (anything with ``.item()``) are unwrapped.
+    """
+    if obj is None or isinstance(obj, (str, bool, int)):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    item = getattr(obj, "item", None)
+    if callable(item):
+        return jsonable(item())
+    raise TypeError(f"cannot encode {type(obj).__name__} as JSON")
+
+
+def encode(msg: Mapping) -> str:
+    """Compact JSON text of a message; never emits NaN/Infinity."""
+    return json.dumps(jsonable(msg), separators=(",", ":"), allow_nan=False)
+
+
+class _Client:
+    """One websocket subscriber: a bounded queue of encoded messages and its filter."""
+
+    def __init__(self, conn: ServerConnection, queue_size: int, stall_timeout_s: float):
+        self.conn = conn
+        self.queue_size = queue_size
+        self.stall_timeout_s = stall_timeout_s
+        # (droppable, text): droppable is True for score messages only.
+        self.queue: deque[tuple[bool, str]] = deque()
+        self.wakeup = asyncio.Event()
+        self.streams: frozenset[str] | None = None  # None = every stream
+        self.dropped = 0
+        self.peak = 0  # high-water mark of len(queue), for tests and debugging
+        self.full_since: float | None = None
+        self.closing = False
+
+    def wants(self, stream: str) -> bool:
+        return self.streams is None or stream in self.streams
+
+    def offer(self, text: str, droppable: bool, now: float) -> tuple[int, str | None]:
+        """Queue one message. Returns (messages dropped, reason to disconnect or None).
+
+        Full queue: the oldest queued score goes (or the new score itself if the queue
+        holds only must-deliver messages). The client counts as stalled from its first
+        drop until its queue drains to half; stalled longer than ``stall_timeout_s`` or
+        unable to take a must-deliver message, it is disconnected.
+        """
+        dropped = 0
+        if len(self.queue) >= self.queue_size:
+            if self.full_since is None:
+                self.full_since = now
+            elif now - self.full_since > self.stall_timeout_s:
+                return 0, f"client too slow: queue full for over {self.stall_timeout_s:g} s"
+            victim = next((i for i, (d, _) in enumerate(self.queue) if d), None)
+            if victim is None:
+                if droppable:
+                    return 1, None
+                return 0, "client too slow: queue full of undelivered stream events"
+            del self.queue[victim]
+            dropped = 1
+        self.queue.append((droppable, text))
+        self.peak = max(self.peak, len(self.queue))
+        self.wakeup.set()
+        return dropped, None
+
+    async def pump(self) -> None:
+        """Send queued messages in order until the connection closes."""
+        while True:
+            while not self.queue:
+                self.wakeup.clear()
+                await self.wakeup.wait()
+            _, text = self.queue.popleft()
+            if self.full_since is not None and len(self.queue) <= self.queue_size // 2:
+                self.full_since = None
+            await self.conn.send(text)
+
+
+class Hub:
+    """Fan-out of engine messages to websocket clients; remembers the active streams.
+
+    ``model_info`` = {"name", "outputs", "hop_s", "window_s"} goes into every hello.
+    With a ``metrics`` registry the hub keeps streamqa_streams, streamqa_stream_mos
+    {stream}, streamqa_ws_clients and streamqa_ws_dropped_total up to date (the engine
+    owns the packet, hop and latency series). Use from the event loop thread only.
+    """
+
+    def __init__(self, model_info: Mapping, *, metrics: Metrics | None = None) -> None:
+        self.model_info = dict(model_info)
+        self.metrics = metrics
+        self._clients: dict[ServerConnection, _Client] = {}
+        self._active: dict[str, str] = {}  # stream id -> encoded start message
+        self._latest: dict[str, str] = {}  # active stream id -> its last encoded score
+        self._closing: set[asyncio.Task] = set()
+        self._hello = encode(
+            {"type": "hello", "protocol": PROTOCOL_VERSION, "model": self.model_info}
+        )
+
+    # -- engine side -------------------------------------------------------------------------
+    @property
+    def active_streams(self) -> list[str]:
+        return list(self._active)
+
+    @property
+    def clients(self) -> list[_Client]:
+        return list(self._clients.values())
+
+    def publish(self, msg: Mapping) -> None:
+        """Send a protocol "stream" or "score" message to every subscribed client.
+
+        Raises ValueError for a message that is not one of those two (an engine bug
+        should be loud, not a silent gap on every screen).
+        """
+        kind = msg.get("type")
+        stream = msg.get("stream")
+        if kind not in ("stream", "score"):
+            raise ValueError(f"publish takes 'stream' or 'score' messages, got {kind!r}")
+        if not isinstance(stream, str) or not stream:
+            raise ValueError(f"message needs a non-empty string 'stream', got {stream!r}")
+        text = encode(msg)
+        if kind == "stream":
+            event = msg.get("event")
+            if event == "start":
+                self._active[stream] = text
+                self._latest.pop(stream, None)
+            elif event == "end":
+                self._active.pop(stream, None)
+                self._latest.pop(stream, None)
+            else:
+                raise ValueError(f"stream event must be 'start' or 'end', got {event!r}")
+            if self.metrics is not None:
+                self.metrics.set("streamqa_streams", len(self._active))
+                if event == "end":
+                    self.metrics.remove("streamqa_stream_mos", stream=stream)
+        else:
+            if stream in self._active:
+                self._latest[stream] = text
+            if self.metrics is not None:
+                rolling = jsonable(msg.get("mos_rolling"))  # finite number or None now
+                if isinstance(rolling, (int, float)) and not isinstance(rolling, bool):
+                    self.metrics.set("streamqa_stream_mos", rolling, stream=stream)
+                else:
+                    self.metrics.remove("streamqa_stream_mos", stream=stream)
+        self._fan_out(text, stream, droppable=(kind == "score"))
+
+    def _fan_out(self, text: str, stream: str, droppable: bool) -> None:
+        now = time.monotonic()
+        dropped = 0
+        for client in list(self._clients.values()):
+            if client.closing or not client.wants(stream):
+                continue
+            n, reason = client.offer(text, droppable, now)
+            client.dropped += n
+            dropped += n
+            if reason is not None:
+                self._kick(client, reason)
+        if dropped and self.metrics is not None:
+            self.metrics.inc("streamqa_ws_dropped_total", dropped)
+
+    def _send(self, client: _Client, msg: Mapping | str) -> None:
+        """Queue a message (hello, start, error, ...) that must reach this one client;
+        ``msg`` is a message or its already encoded text."""
+        if client.closing:
+            return
+        text = msg if isinstance(msg, str) else encode(msg)
+        n, reason = client.offer(text, False, time.monotonic())
+        client.dropped += n
+        if n and self.metrics is not None:
+            self.metrics.inc("streamqa_ws_dropped_total", n)
+        if reason is not None:
+            self._kick(client, reason)
+
+    def _kick(self, client: _Client, reason: str) -> None:
+        """Close a client that fell behind (1008) without awaiting it here."""
+        if client.closing:
+            return
+        client.closing = True
+        client.queue.clear()
+        log.warning("disconnecting websocket client %s: %s", client.conn.remote_address, reason)
+        task = asyncio.get_running_loop().create_task(_disconnect(client.conn, reason))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    # -- connection side ---------------------------------------------------------------------
+    def _register(self, conn: ServerConnection, queue_size: int, stall_s: float) -> _Client:
+        """Add a client and queue, atomically, its hello and the active streams' state,
+        so a late joiner neither misses nor duplicates a start/end pair."""
+        client = _Client(conn, queue_size, stall_s)
+        self._clients[conn] = client
+        self._send(client, self._hello)
+        for stream in self._active:
+            self._send_state(client, stream)
+        self._count_clients()
+        return client
+
+    def _unregister(self, conn: ServerConnection) -> None:
+        self._clients.pop(conn, None)
+        self._count_clients()
+
+    def _count_clients(self) -> None:
+        if self.metrics is not None:
+            self.metrics.set("streamqa_ws_clients", len(self._clients))
+
+    def _handle(self, client: _Client, raw: str | bytes) -> None:
+        """Answer one client message; bad input gets an error message, nothing else."""
+        if isinstance(raw, bytes):
+            self._send(client, {"type": "error", "error": "binary frames are not supported"})
+            return
+        try:
+            msg = json.loads(raw)
+        except ValueError as exc:
+            self._send(client, {"type": "error", "error": f"malformed JSON: {exc}"})
+            return
+        if not isinstance(msg, dict):
+            self._send(client, {"type": "error", "error": "a message must be a JSON object"})
+            return
+        kind = msg.get("type")
+        if kind != "subscribe":
+            self._send(client, {"type": "error", "error": f"unknown message type {kind!r}"[:200]})
+            return
+        streams = msg.get("streams", ["*"])
+        if (
+            not isinstance(streams, list)
+            or not all(isinstance(s, str) for s in streams)
+            or len(streams) > MAX_SUBSCRIBE_STREAMS
+        ):
+            self._send(client, {
+                "type": "error",
+                "error": f"'streams' must be a list of at most {MAX_SUBSCRIBE_STREAMS} strings",
+            })
+            return
+        before = client.streams
+        client.streams = None if "*" in streams else frozenset(streams)
+        self._send(client, {"type": "subscribed", "streams": sorted(set(streams))})
+        for stream in self._active:
+            was_shown = before is None or stream in before
+            if client.wants(stream) and not was_shown:
+                self._send_state(client, stream)
+
+    def _send_state(self, client: _Client, stream: str) -> None:
+        """A stream's start message, then its latest score: a page opened mid-call (or
+        during a long silence) shows the current value at once, not after the next hop."""
+        self._send(client, self._active[stream])
+        latest = self._latest.get(stream)
+        if latest is not None:
+            self._send(client, latest)
+
+
+async def _disconnect(conn: ServerConnection, reason: str) -> None:
+    """Close with 1008 and a reason; abort if that does not finish in close_timeout.
+
+    A client that stopped reading also cannot take the close frame: websockets' close()
+    then waits on the full socket buffer (its own close deadline starts only after the
+    frame is written), so the deadline is enforced here.
+    """
+    try:
+        await asyncio.wait_for(conn.close(1008, reason[:120]), conn.close_timeout or 10.0)
+    except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
+        conn.transport.abort()
+
+
+def _response(status: int, body: bytes | str, content_type: str, **extra: str) -> Response:
+    if isinstance(body, str):
+        body = body.encode()
+    code = http.HTTPStatus(status)
+    headers = Headers([
+        ("Date", email.utils.formatdate(usegmt=True)),
+        ("Connection", "close"),
+        ("Content-Length", str(len(body))),
+        ("Content-Type", content_type),
+        ("Cache-Control", "no-store"),
+        ("X-Content-Type-Options", "nosniff"),
+    ])
+    for name, value in extra.items():
+        headers[name.replace("_", "-")] = value
+    return Response(code.value, code.phrase, headers, body)
+
+
+def _text(status: int, message: str, **extra: str) -> Response:
+    return _response(status, message + "\n", "text/plain; charset=utf-8", **extra)
+
+
+def _token_ok(request: Request, query: dict[str, list[str]], token: str | None) -> bool:
+    """Constant-time check of ``?token=`` or ``Authorization: Bearer``."""
+    if token is None:
+        return True
+    expected = token.encode()
+    offered = [v.encode() for v in query.get("token", [])]
+    auth = request.headers.get("Authorization", "")
+    if auth[:7].lower() == "bearer ":
+        offered.append(auth[7:].strip().encode())
+    ok = False
+    for candidate in offered:
+        ok |= hmac.compare_digest(candidate, expected)
+    return ok
+
+
+def _origin_ok(request: Request, origins: list[str] | None) -> bool:
+    """Browser Origin against the allow-list; the overlay's own origin is always allowed.
+
+    Requests without an Origin header (scripts, OBS's non-browser clients) pass: Origin
+    only defends against other web sites driving a visitor's browser, and the token is
+    what authenticates everything else.
+    """
+    if origins is None:
+        return True
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    host = request.headers.get("Host", "")
+    own = {f"http://{host}", f"https://{host}"}
+    return origin in origins or origin in own
+
+
+async def serve(
+    hub: Hub,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    *,
+    token: str | None = None,
+    origins: list[str] | None = None,
+    max_clients: int = 1000,
+    queue_size: int = 256,
+    max_message_bytes: int = 4096,
+    metrics: Metrics | None = None,
+    stall_timeout_s: float = 10.0,
+    close_timeout: float = 5.0,
+) -> Server:
+    """Start the websocket + HTTP server; returns the running websockets ``Server``.
+
+    HTTP GET: ``/`` (overlay page), ``/overlay.js``, ``/overlay.css``, ``/metrics``
+    (needs the token when one is set), ``/healthz``. Websocket upgrade on ``/`` or
+    ``/ws``: token (401), Origin allow-list (403), ``max_clients`` (503) are checked
+    before the upgrade. ``metrics`` defaults to the hub's registry, and is given to the
+    hub if it has none. Close the server with ``server.close(); await server.wait_closed()``.
+    """
+    if queue_size < 2:
+        raise ValueError(f"queue_size must be >= 2, got {queue_size}")
+    if max_clients < 1 or max_message_bytes < 64:
+        raise ValueError("max_clients must be >= 1 and max_message_bytes >= 64")
+    if metrics is None:
+        metrics = hub.metrics
+    elif hub.metrics is None:
+        hub.metrics = metrics
+    static = {
+        path: ((WEB_DIR / name).read_bytes(), ctype)
+        for path, (name, ctype) in STATIC_FILES.items()
+    }
+    admitted: weakref.WeakSet[ServerConnection] = weakref.WeakSet()
+
+    def process_request(conn: ServerConnection, request: Request) -> Response | None:
+        url = urlsplit(request.path)
+        query = parse_qs(url.query)
+        upgrade = "websocket" in request.headers.get("Upgrade", "").lower()
+        if not upgrade:
+            if url.path in static:
+                body, ctype = static[url.path]
+                return _response(200, body, ctype)
+            if url.path == "/healthz":
+                return _response(200, encode({
+                    "status": "ok", "clients": len(hub.clients),
+                    "streams": len(hub.active_streams),
+                }), "application/json")
+            if url.path == "/metrics":
+                if metrics is None:
+                    return _text(404, "metrics are not enabled")
+                if not _token_ok(request, query, token):
+                    return _text(401, "token required", WWW_Authenticate="Bearer")
+                return _response(200, metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
+            return _text(404, "not found")
+        if url.path not in WS_PATHS:
+            return _text(404, "websocket endpoint is / or /ws")
+        if not _token_ok(request, query, token):
+            return _text(401, "missing or wrong token", WWW_Authenticate="Bearer")
+        if not _origin_ok(request, origins):
+            return _text(403, "origin not allowed")
+        live = sum(1 for c in admitted if c.state is not State.CLOSED)
+        if live >= max_clients:
+            return _text(503, f"too many clients (limit {max_clients})", Retry_After="5")
+        admitted.add(conn)
+        return None
+
+    async def handler(conn: ServerConnection) -> None:
+        client = hub._register(conn, queue_size, stall_timeout_s)
+        pump = asyncio.create_task(client.pump())
+        try:
+            async for raw in conn:
+                hub._handle(client, raw)
+        except ConnectionClosed:
+            pass
+        finally:
+            hub._unregister(conn)
+            pump.cancel()
+            try:
+                await pump
+            except (asyncio.CancelledError, ConnectionClosed):
+                pass
+
+    return await ws_serve(
+        handler,
+        host,
+        port,
+        process_request=process_request,
+        max_size=max_message_bytes,
+        # Per-connection deflate costs CPU per client for ~300-byte messages that barely
+        # compress; fan-out to hundreds of overlays matters more.
+        compression=None,
+        close_timeout=close_timeout,
+    )

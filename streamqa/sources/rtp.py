@@ -1,0 +1,257 @@
+"""Live RTP input: a thin asyncio UDP shell around the sans-I/O RTP core.
+
+Each datagram is parsed (rtp.packet), routed to its stream by (SSRC, remote address), put
+in order by that stream's jitter buffer (rtp.jitter), decoded or concealed (rtp.codecs) and
+handed to the AudioSink, all synchronously in the datagram callback: no per-packet tasks or
+queues, so hundreds of streams at 50 packets/s stay cheap. Anything hostile or unexpected
+(malformed datagrams, unknown payload types, SSRC floods, decoder failures, a sink that
+raises) is counted in ``counters`` and dropped; the callback never raises into the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+from ..rtp.codecs import STATIC_PAYLOAD_TYPES, Decoder, make_decoder, safe_decode
+from ..rtp.emodel import emodel_mos
+from ..rtp.jitter import JitterBuffer, Lost
+from ..rtp.packet import MalformedPacket, parse
+from . import AudioSink, StreamInfo
+
+log = logging.getLogger(__name__)
+
+NET_INTERVAL = 1.0  # seconds between sink.net reports of one stream
+_RCVBUF = 4 * 1024 * 1024  # room for bursts of many streams between loop iterations
+
+
+class _Stream:
+    """Per-stream state of the shell: the sans-I/O parts plus bookkeeping for reports."""
+
+    __slots__ = (
+        "stream_id", "codec", "payload_type", "decoder", "jitter", "last_seen",
+        "last_arrival", "fallback", "next_net", "net_mark",
+    )
+
+    def __init__(self, stream_id: str, codec: str, payload_type: int, decoder: Decoder,
+                 jitter: JitterBuffer, now: float) -> None:
+        self.stream_id = stream_id
+        self.codec = codec
+        self.payload_type = payload_type
+        self.decoder = decoder
+        self.jitter = jitter
+        self.last_seen = now
+        self.last_arrival = now
+        self.fallback = decoder.sample_rate // 50  # conceal 20 ms if a first payload fails
+        self.next_net = now + NET_INTERVAL
+        self.net_mark = (0, 0, 0)  # (expected, lost, bursts) at the previous report
+
+
+class _Protocol(asyncio.DatagramProtocol):
+    def __init__(self, source: RtpSource) -> None:
+        self._source = source
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self._source.handle_datagram(data, addr, time.monotonic())
+
+    def error_received(self, exc: Exception) -> None:
+        self._source.counters["socket_error"] += 1
+
+
+class RtpSource:
+    """Receives RTP on one UDP socket and feeds every stream on it to ``sink``.
+
+    ``rtp_map`` adds or overrides payload types (``{96: ("opus", 48000, 2)}``) on top of
+    the RFC 3551 static ones. A stream ends after ``idle_timeout`` seconds without packets;
+    at most ``max_streams`` are tracked at once (packets of further SSRCs are dropped).
+    """
+
+    def __init__(
+        self,
+        sink: AudioSink,
+        *,
+        rtp_map: dict[int, tuple[str, int, int]] | None = None,
+        idle_timeout: float = 3.0,
+        max_streams: int = 1000,
+        jitter_depth: int = 3,
+    ) -> None:
+        self.sink = sink
+        self.payload_types = {**STATIC_PAYLOAD_TYPES, **(rtp_map or {})}
+        for codec, rate, channels in self.payload_types.values():
+            make_decoder(codec, rate, channels)  # fail at start-up, not on the first packet
+        self.idle_timeout = idle_timeout
+        self.max_streams = max_streams
+        self.jitter_depth = jitter_depth
+        self.counters: dict[str, int] = defaultdict(int)
+        self._streams: dict[tuple[int, Any], _Stream] = {}
+        self._started = 0
+        self._transport: asyncio.DatagramTransport | None = None
+        self._reaper: asyncio.Task | None = None
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        """Bind (``port`` 0 picks a free one) and return the bound ``(host, port)``."""
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), local_addr=(host, port))
+        sock = transport.get_extra_info("socket")
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
+        except OSError:
+            pass  # the kernel's default buffer still works, just with less burst headroom
+        self._transport = transport
+        self._reaper = loop.create_task(self._reap_idle())
+        bound = transport.get_extra_info("sockname")
+        return bound[0], bound[1]
+
+    def close(self) -> None:
+        """Stop receiving and end every open stream (flushing its jitter buffer)."""
+        if self._reaper is not None:
+            self._reaper.cancel()
+            self._reaper = None
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+        for key in list(self._streams):
+            self._end(key)
+
+    @property
+    def streams(self) -> int:
+        return len(self._streams)
+
+    def handle_datagram(self, data: bytes, addr: Any, now: float) -> None:
+        """Process one datagram received at ``now`` (time.monotonic()). Never raises."""
+        try:
+            self._handle(data, addr, now)
+        except Exception:  # noqa: BLE001 - a bug or a sink failure must not stop the socket
+            self.counters["internal_error"] += 1
+            if self.counters["internal_error"] == 1:
+                log.exception("RTP datagram handling failed (further failures only counted)")
+
+    def _handle(self, data: bytes, addr: Any, now: float) -> None:
+        try:
+            pkt = parse(data)
+        except MalformedPacket as exc:
+            self.counters[exc.reason] += 1
+            return
+        key = (pkt.ssrc, addr)
+        stream = self._streams.get(key)
+        if stream is None:
+            stream = self._open(key, pkt.payload_type, pkt.ssrc, addr, now)
+            if stream is None:
+                return
+        stream.last_seen = now
+        frames = stream.jitter.push(pkt, now)
+        if frames:
+            self._deliver(stream, frames)
+        if now >= stream.next_net:
+            stream.next_net = now + NET_INTERVAL
+            self.sink.net(stream.stream_id, self._net_stats(stream))
+
+    def _open(self, key: tuple[int, Any], pt: int, ssrc: int, addr: Any, now: float) -> _Stream | None:
+        if len(self._streams) >= self.max_streams:
+            self.counters["max_streams"] += 1
+            return None
+        spec = self.payload_types.get(pt)
+        if spec is None:
+            self.counters["unknown_payload_type"] += 1
+            return None
+        codec, rate, channels = spec
+        decoder = make_decoder(codec, rate, channels)
+        self._started += 1
+        stream_id = f"rtp-{ssrc:08x}-{self._started}"
+        jitter = JitterBuffer(rate, depth=self.jitter_depth)
+        stream = _Stream(stream_id, codec, pt, decoder, jitter, now)
+        self._streams[key] = stream
+        self.counters["streams_started"] += 1
+        if isinstance(addr, tuple):
+            host = f"[{addr[0]}]" if ":" in str(addr[0]) else addr[0]  # IPv6 in brackets
+            remote = f"{host}:{addr[1]}"
+        else:
+            remote = str(addr)
+        self.sink.start(StreamInfo(stream_id, "rtp", decoder.sample_rate, {
+            "codec": codec, "payload_type": pt, "ssrc": ssrc, "remote": remote,
+            "clock_rate": rate, "channels": channels,
+        }))
+        return stream
+
+    def _deliver(self, stream: _Stream, frames: list) -> None:
+        decoder = stream.decoder
+        chunks = []
+        arrival = stream.last_arrival
+        for frame in frames:
+            if type(frame) is Lost:
+                pcm = decoder.conceal(frame.duration * decoder.sample_rate // decoder.clock_rate)
+            elif frame.packet.payload_type != stream.payload_type:
+                # DTMF events (RFC 4733), comfort noise or a codec switch inside one SSRC:
+                # they share the sequence space (so they pass the jitter buffer and are not
+                # counted as loss) but are not audio for this stream's decoder.
+                self.counters["payload_type_changed"] += 1
+                continue
+            else:
+                pcm, error = safe_decode(decoder, frame.packet.payload, stream.fallback)
+                if error is not None:
+                    self.counters[error] += 1
+                elif pcm.size:
+                    stream.fallback = pcm.size
+            arrival = max(arrival, frame.arrival)
+            if pcm.size:
+                chunks.append(pcm)
+        stream.last_arrival = arrival
+        if chunks:
+            pcm = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+            self.sink.audio(stream.stream_id, pcm, arrival)
+
+    def _net_stats(self, stream: _Stream) -> dict[str, Any]:
+        """Loss and burstiness over the last report interval (the live picture), jitter as
+        RFC 3550's running estimate, packet counts since the stream started."""
+        st = stream.jitter.stats
+        expected0, lost0, bursts0 = stream.net_mark
+        stream.net_mark = (st.expected, st.lost, st.bursts)
+        expected, lost, bursts = st.expected - expected0, st.lost - lost0, st.bursts - bursts0
+        loss = lost / expected if expected else 0.0
+        burst_ratio = (lost / bursts) * (1.0 - loss) if bursts and loss < 1.0 else 1.0
+        return {
+            "loss": loss,
+            "jitter_ms": st.jitter_ms,
+            "emodel_mos": emodel_mos(stream.codec, 100.0 * loss, burst_ratio),
+            "burst_ratio": burst_ratio,
+            "packets": st.received,
+            "lost": st.lost,
+            "loss_total": st.loss_fraction,
+            "duplicates": st.duplicates,
+            "late": st.late,
+            "reordered": st.reordered,
+            "resyncs": st.resyncs,
+        }
+
+    def _end(self, key: tuple[int, Any]) -> None:
+        """Flush, report and end one stream; a failing sink is counted, never raised, so
+        one bad stream cannot keep the others open."""
+        stream = self._streams.pop(key)
+        self.counters["streams_ended"] += 1
+        try:
+            frames = stream.jitter.flush()
+            if frames:
+                self._deliver(stream, frames)
+            self.sink.net(stream.stream_id, self._net_stats(stream))
+        except Exception:  # noqa: BLE001
+            self.counters["internal_error"] += 1
+            log.exception("flushing RTP stream %s failed", stream.stream_id)
+        try:
+            self.sink.end(stream.stream_id)
+        except Exception:  # noqa: BLE001
+            self.counters["internal_error"] += 1
+            log.exception("ending RTP stream %s failed", stream.stream_id)
+
+    async def _reap_idle(self) -> None:
+        period = min(0.5, self.idle_timeout / 2.0)
+        while True:
+            await asyncio.sleep(period)
+            deadline = time.monotonic() - self.idle_timeout
+            for key in [k for k, s in self._streams.items() if s.last_seen < deadline]:
+                self._end(key)

@@ -1,0 +1,188 @@
+"""Clip manifests (speaker-held-out splits, CSV round trip, deterministic rendering) and
+user corpus CSVs. Utterances here are small user WAV files, so no speech cache is needed."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from train.data.corpus import load_audio_16k, read_corpus_csv
+from train.data.manifest import (CLIP_SAMPLES, FIELDS, ClipRow, build_manifest, main,
+                                 read_manifest, render_clip, split_of, write_manifest)
+from train.data.speech import SAMPLE_RATE, Utterance
+
+SPEAKERS = ["asterisk-allison", "asterisk-carlo", "espeak-sv+m1", "espeak-sv+f2",
+            "espeak-de+m1", "espeak-pl+f4", "flite-awb", "flite-slt", "flite-kal", "flite-rms"]
+
+
+@pytest.fixture(scope="module")
+def utterances(tmp_path_factory) -> list[Utterance]:
+    """Three 8-10 s 'utterances' per speaker: harmonic tones at speaker-specific pitch."""
+    d = tmp_path_factory.mktemp("utts")
+    out = []
+    for si, spk in enumerate(SPEAKERS):
+        for k in range(3):
+            n = int((8 + k) * SAMPLE_RATE)
+            t = np.arange(n) / SAMPLE_RATE
+            x = sum(np.sin(2 * np.pi * h * (100 + 15 * si) * t) / h for h in range(1, 8))
+            x *= np.sin(2 * np.pi * 2.5 * t) > -0.2
+            path = d / f"{spk}-{k}.wav"
+            sf.write(path, 0.1 * x, SAMPLE_RATE, subtype="PCM_16")
+            out.append(Utterance(f"user:{path}", spk, "xx", "user", (str(path),)))
+    return out
+
+
+def test_splits_hold_out_whole_speakers(utterances):
+    rows = build_manifest(utterances, 300, seed=0)
+    assert len(rows) == 300
+    assert len({r.clip_id for r in rows}) == 300
+    by_speaker: dict[str, set[str]] = {}
+    for r in rows:
+        by_speaker.setdefault(r.speaker, set()).add(r.split)
+    assert all(len(s) == 1 for s in by_speaker.values()), by_speaker
+    assert by_speaker["asterisk-carlo"] == {"test"}
+    assert by_speaker["espeak-sv+m1"] == by_speaker["flite-awb"] == {"val"}
+    assert by_speaker["asterisk-allison"] == {"train"}
+    split_of_utt = {u.id: split_of(u.speaker, ("espeak-sv+*", "flite-awb"),
+                                   ("asterisk-carlo", "espeak-pl+*", "flite-slt"))
+                    for u in utterances}
+    for r in rows:
+        assert 0 <= r.offset <= 10 * SAMPLE_RATE - CLIP_SAMPLES
+        for step in json.loads(r.chain):
+            for talker in step.get("talkers", []):
+                assert split_of_utt[talker] == r.split, "babble from another split"
+    assert any("talkers" in r.chain for r in rows)
+
+
+def test_build_manifest_is_deterministic_and_seeded(utterances):
+    a = build_manifest(utterances, 50, seed=3)
+    assert a == build_manifest(utterances, 50, seed=3)
+    assert a != build_manifest(utterances, 50, seed=4)
+    assert build_manifest(utterances, 0) == []
+    custom = build_manifest(utterances, 60, val_speakers=["flite-*"], test_speakers=["espeak-*"])
+    assert {r.split for r in custom if r.speaker.startswith("flite")} == {"val"}
+    with pytest.raises(ValueError, match="both"):
+        build_manifest(utterances, 10, val_speakers=["flite-*"], test_speakers=["flite-slt"])
+
+
+def test_manifest_csv_round_trip_and_bad_files(utterances, tmp_path):
+    rows = build_manifest(utterances, 40, seed=1)
+    path = tmp_path / "m" / "train.csv"
+    write_manifest(rows, path)
+    assert path.read_text().splitlines()[0] == ",".join(FIELDS)
+    assert read_manifest(path) == rows
+    bad = tmp_path / "bad.csv"
+    bad.write_text("clip,utt\n")
+    with pytest.raises(ValueError, match="header"):
+        read_manifest(bad)
+    lines = path.read_text().splitlines()
+    bad.write_text("\n".join(lines[:2] + [lines[2] + ",extra"]))
+    with pytest.raises(ValueError, match=":3:"):
+        read_manifest(bad)
+    r = rows[0]
+    bad.write_text(",".join(FIELDS) + f"\n{r.clip_id},{r.utterance_id},{r.speaker},{r.lang},"
+                   f"{r.split},notanumber,[],1\n")
+    with pytest.raises(ValueError, match=":2:"):
+        read_manifest(bad)
+
+
+def _row(utt: Utterance, chain: list, seed: int = 5) -> ClipRow:
+    return ClipRow("c", utt.id, utt.speaker, utt.lang, "train", 1234, json.dumps(chain), seed)
+
+
+def test_render_clip_is_deterministic(utterances):
+    from train.data import manifest
+
+    chain = [{"op": "reverb", "rt60": 0.4},
+             {"op": "noise", "kind": "babble", "snr_db": 5.0,
+              "talkers": [utterances[3].id, utterances[7].id]},
+             {"op": "packet_loss", "rate": 0.1, "burst": 2.0}]
+    row = _row(utterances[0], chain)
+    a = render_clip(row)
+    manifest._load.cache_clear()
+    b = render_clip(row)
+    assert a.dtype == np.float32 and a.shape == (CLIP_SAMPLES,)
+    assert a.tobytes() == b.tobytes()
+    assert np.isfinite(a).all() and np.abs(a).max() <= 1
+    clean = render_clip(_row(utterances[0], []))
+    assert not np.array_equal(a, clean)
+    short = _row(utterances[0], [])
+    short = ClipRow(**{**short.__dict__, "offset": 9 * SAMPLE_RATE})
+    tail = render_clip(short)
+    assert not tail[-SAMPLE_RATE:].any(), "past the end: zero-padded, not an error"
+
+
+def test_render_clip_speed_without_codecs(utterances):
+    import time
+
+    rows = [r for r in build_manifest(utterances, 60, seed=2) if '"codec"' not in r.chain]
+    start = time.process_time()
+    for r in rows:
+        render_clip(r)
+    assert (time.process_time() - start) / len(rows) < 0.15
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_render_clip_with_ffmpeg_codecs_is_deterministic(utterances):
+    for codec, rate in (("libopus", 12000), ("gsm", None), ("libmp3lame", 16000)):
+        step = {"op": "codec", "codec": codec, **({"bitrate": rate} if rate else {})}
+        row = _row(utterances[2], [{"op": "noise", "kind": "pink", "snr_db": 20.0}, step])
+        assert render_clip(row).tobytes() == render_clip(row).tobytes()
+
+
+def test_cli_help_documents_every_option(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    for opt in ("--clips", "--out", "--seed", "--cache", "--langs", "--no-tts",
+                "--val-speakers", "--test-speakers"):
+        assert opt in text
+
+
+def test_cli_rejects_unknown_language(tmp_path, capsys):
+    assert main(["--clips", "5", "--out", str(tmp_path), "--langs", "fr",
+                 "--cache", str(tmp_path / "c")]) == 2
+    assert "fr" in capsys.readouterr().err
+
+
+# --- user corpora -----------------------------------------------------------------------------
+
+
+def test_corpus_csv_with_and_without_header(tmp_path):
+    (tmp_path / "a.csv").write_text("path,mos\nx.wav,3.5\n/abs/y.flac,\n\n# note\nsub/z.wav\n")
+    assert read_corpus_csv(tmp_path / "a.csv") == [
+        (tmp_path / "x.wav", 3.5), (Path("/abs/y.flac"), None), (tmp_path / "sub/z.wav", None)]
+    (tmp_path / "b.csv").write_text("x.wav, 4\n")
+    assert read_corpus_csv(tmp_path / "b.csv") == [(tmp_path / "x.wav", 4.0)]
+
+
+@pytest.mark.parametrize("body,match", [
+    ("path,mos\nx.wav,good\n", "not a number"),
+    ("x.wav,nan\n", "not finite"),
+    ("x.wav,3,extra\n", "fields"),
+    ("ok.wav,3\n,2\n", ":2: empty path"),
+])
+def test_corpus_csv_bad_rows(tmp_path, body, match):
+    (tmp_path / "c.csv").write_text(body)
+    with pytest.raises(ValueError, match=match):
+        read_corpus_csv(tmp_path / "c.csv")
+
+
+def test_load_audio_16k_mixes_down_and_resamples(tmp_path):
+    t = np.arange(48000) / 48000
+    stereo = np.stack([0.5 * np.sin(2 * np.pi * 440 * t), np.zeros_like(t)], axis=1)
+    sf.write(tmp_path / "s.flac", stereo, 48000)
+    audio = load_audio_16k(tmp_path / "s.flac")
+    assert audio.dtype == np.float32 and len(audio) == 16000
+    assert np.max(np.abs(audio[1000:-1000])) == pytest.approx(0.25, abs=0.01)
+    (tmp_path / "junk.wav").write_bytes(b"not audio at all")
+    with pytest.raises(ValueError, match="junk.wav"):
+        load_audio_16k(tmp_path / "junk.wav")
+    with pytest.raises(ValueError, match="missing.wav"):
+        load_audio_16k(tmp_path / "missing.wav")
+    sf.write(tmp_path / "empty.wav", np.zeros(0), 16000)
+    with pytest.raises(ValueError, match="no audio"):
+        load_audio_16k(tmp_path / "empty.wav")

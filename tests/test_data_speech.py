@@ -1,0 +1,145 @@
+"""Clean speech sources: level measurement, text generation, and (integration) the Debian
+prompt sets and TTS engines, plus the bundled demo assets built from them."""
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from train.data import demo
+from train.data.speech import (ASTERISK_SPEAKERS, NON_SPEECH, SAMPLE_RATE, Utterance,
+                               _pauses, _synthesise, _trim, active_rms, find_utterance,
+                               list_utterances, load_utterance, make_text, normalise_level,
+                               utterance_samples)
+
+# Shared by test runs: the first run decodes the it prompt set (~10 s), later runs reuse it.
+CACHE = Path(os.environ.get("STREAMQA_TEST_SPEECH_CACHE",
+                            Path(tempfile.gettempdir()) / "streamqa-test-speech"))
+DEMO = Path(__file__).resolve().parents[1] / "streamqa" / "demo"
+
+
+def test_active_rms_ignores_pauses():
+    tone = 0.1 * np.sin(np.arange(SAMPLE_RATE) * 0.2)
+    with_pauses = np.concatenate([tone, np.zeros(3 * SAMPLE_RATE), tone])
+    assert active_rms(with_pauses) == pytest.approx(0.1 / np.sqrt(2), rel=0.02)
+    assert active_rms(np.zeros(1000)) == 0.0
+    assert active_rms(np.zeros(0)) == 0.0
+
+
+def test_normalise_level_hits_target_and_never_clips():
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(SAMPLE_RATE) * 0.001).astype(np.float32)
+    y = normalise_level(x)
+    assert 20 * np.log10(active_rms(y)) == pytest.approx(-26.0, abs=0.05)
+    spiky = np.zeros(SAMPLE_RATE, np.float32)
+    spiky[::4000] = 1.0
+    spiky[1:100] = 1e-4
+    assert np.max(np.abs(normalise_level(spiky))) <= 0.99 + 1e-6
+    assert not normalise_level(np.zeros(100, np.float32)).any()
+
+
+def test_trim_keeps_margin():
+    x = np.zeros(10000, np.float32)
+    x[5000:6000] = 0.5
+    assert len(_trim(x)) == 1000 + 2 * 800
+    assert len(_trim(np.zeros(100, np.float32))) == 0
+
+
+def test_non_speech_prompts_are_recognised():
+    for name in ("beep", "beeperr", "ascending-2tone", "spy-jingle", "tt-monkeys",
+                 "confbridge-begin-glorious-b"):
+        assert NON_SPEECH.match(name)
+    for name in ("tt-monkeysintro", "tt-weasels", "at-tone-time-exactly", "vm-youhave"):
+        assert not NON_SPEECH.match(name)
+
+
+def test_text_and_pauses_are_deterministic():
+    for lang in ("en", "en-us", "de", "nl", "sv", "pl", "pt", "es", "it"):
+        a = make_text(lang, np.random.default_rng(1))
+        assert a == make_text(lang, np.random.default_rng(1))
+        assert len(a.split()) >= 26
+    assert make_text("de", np.random.default_rng(1)) != make_text("de", np.random.default_rng(2))
+    p = _pauses("ast-en-0001", 5)
+    assert p == _pauses("ast-en-0001", 5) and len(p) == 4
+    assert all(0.2 * SAMPLE_RATE <= s <= 0.5 * SAMPLE_RATE for s in p)
+
+
+def test_unknown_ids_and_languages_are_clear_errors(tmp_path):
+    with pytest.raises(KeyError):
+        find_utterance("ast-en-9999", tmp_path)
+    with pytest.raises(ValueError, match="fr"):
+        list_utterances(tmp_path, langs=("fr",), tts=False)
+    with pytest.raises(ValueError, match="kind"):
+        load_utterance(Utterance("x", "s", "en", "vinyl", ()), tmp_path)
+
+
+def test_user_utterance_loads_through_corpus_loader(tmp_path):
+    path = tmp_path / "u.wav"
+    sf.write(path, 0.3 * np.sin(np.arange(44100) * 0.05), 44100)
+    u = find_utterance(f"user:{path}", tmp_path)
+    assert u.kind == "user" and utterance_samples(u) == SAMPLE_RATE
+    audio = load_utterance(u)
+    assert audio.dtype == np.float32 and len(audio) == SAMPLE_RATE
+    assert 20 * np.log10(active_rms(audio)) == pytest.approx(-26, abs=0.1)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_asterisk_listing_builds_long_single_speaker_utterances():
+    utts = list_utterances(CACHE, langs=("it",), tts=False)
+    assert utts == list_utterances(CACHE, langs=("it",), tts=False), "deterministic order"
+    assert len(utts) > 80
+    assert {u.speaker for u in utts} == {ASTERISK_SPEAKERS["it"]}
+    assert len({u.id for u in utts}) == len(utts)
+    parts = [p for u in utts for p in u.parts]
+    assert len(parts) == len(set(parts)), "each prompt used once"
+    assert not any(p.startswith("silence/") or NON_SPEECH.match(p.split("/")[-1])
+                   for p in parts)
+    for u in utts[:: max(1, len(utts) // 8)]:
+        audio = load_utterance(u, CACHE)
+        assert audio.dtype == np.float32 and len(audio) >= 7.68 * SAMPLE_RATE
+        assert len(audio) == utterance_samples(u, CACHE)
+        assert 20 * np.log10(active_rms(audio)) == pytest.approx(-26, abs=0.5)
+        assert np.abs(audio).max() < 1
+    assert find_utterance(utts[3].id, CACHE) == utts[3]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("engine,voice", [("espeak-ng", "de+f2"), ("flite", "kal"),
+                                          ("flite", "slt")])
+def test_tts_engines_render_16k_speech(engine, voice):
+    rng = np.random.default_rng(0)
+    text = make_text(voice.split("+")[0] if engine == "espeak-ng" else "en", rng, 8)
+    audio = _synthesise(engine, voice, text, rng)
+    assert audio.dtype == np.float32
+    assert 1.5 * SAMPLE_RATE < len(audio) < 12 * SAMPLE_RATE
+    assert active_rms(audio) > 0.01
+
+
+def test_bundled_demo_assets_match_the_schedule():
+    schedule = json.loads((DEMO / "schedule.json").read_text())
+    assert schedule["segments"] == demo.SEGMENTS
+    segs = schedule["segments"]
+    assert segs[0]["start"] == 0 and segs[-1]["end"] == 60
+    assert all(a["end"] == b["start"] for a, b in zip(segs, segs[1:]))
+    assert [s["loss"] for s in segs] == [0.0, 0.0, 0.15, 0.0]
+    legs = {}
+    for name in ("caller", "callee"):
+        path = DEMO / schedule["legs"][name]
+        assert path.stat().st_size < 1.5e6
+        audio, sr = sf.read(path, dtype="float32")
+        assert sr == SAMPLE_RATE and audio.ndim == 1 and len(audio) == 60 * SAMPLE_RATE
+        legs[name] = audio
+    frame = SAMPLE_RATE // 10
+    power = {k: np.mean(v.reshape(-1, frame) ** 2, axis=1) for k, v in legs.items()}
+    clean = np.r_[0:150, 450:600]
+    talking = {k: p > 10 ** (-45 / 10) for k, p in power.items()}
+    both = np.mean(talking["caller"][clean] & talking["callee"][clean])
+    assert both < 0.05, "turn-taking: the legs rarely talk at once"
+    assert talking["caller"][clean].mean() > 0.2 and talking["callee"][clean].mean() > 0.2
+    for p in power.values():
+        quiet_noisy = np.percentile(p[150:300], 10)
+        assert 10 * np.log10(quiet_noisy) > -45, "noise baked in during 15-30 s"

@@ -1,0 +1,231 @@
+"""Clip manifests: which 7.68 s of which utterance, degraded how, with which seed.
+
+Audio is never stored: ``render_clip`` regenerates a row's clip bit-identically from the
+speech cache, so a manifest of 100k clips is a few MB and teacher labels can be cached by row.
+Splits are by speaker (``fnmatch`` patterns on the speaker id), never by clip, so val/test
+measure generalisation to unheard voices and languages. Babble noise is mixed from other
+utterances of the SAME split, picked at build time and written into the chain step
+(``"talkers"``), so a row is self-contained and no test voice leaks into training clips.
+
+CLI: ``python -m train.data.manifest --clips N --out cache/manifests/ --seed 0``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import functools
+import json
+import sys
+import time
+from dataclasses import astuple, dataclass, fields
+from fnmatch import fnmatch
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from train.data.degrade import apply_chain, sample_chain
+from train.data.speech import (Utterance, find_utterance, list_utterances, load_utterance,
+                               utterance_samples)
+
+CLIP_SAMPLES = 122880  # 7.68 s at 16 kHz: Distill-MOS's segment length
+SPLITS = ("train", "val", "test")
+# Held out: one unseen espeak language (all variants) + one flite voice for val; the only male
+# real voice (Asterisk it) + another espeak language + another flite voice for test.
+DEFAULT_VAL_SPEAKERS = ("espeak-sv+*", "flite-awb")
+DEFAULT_TEST_SPEAKERS = ("asterisk-carlo", "espeak-pl+*", "flite-slt")
+BABBLE_TALKERS = (3, 6)
+
+
+@dataclass(frozen=True)
+class ClipRow:
+    clip_id: str
+    utterance_id: str
+    speaker: str
+    lang: str
+    split: str
+    offset: int
+    chain: str  # JSON list of degradation steps
+    seed: int
+
+
+FIELDS = [f.name for f in fields(ClipRow)]
+
+
+def split_of(speaker: str, val_speakers: Iterable[str], test_speakers: Iterable[str]) -> str:
+    """The split a speaker belongs to; a speaker matching both val and test is an error."""
+    in_val = any(fnmatch(speaker, p) for p in val_speakers)
+    in_test = any(fnmatch(speaker, p) for p in test_speakers)
+    if in_val and in_test:
+        raise ValueError(f"speaker {speaker!r} matches both val and test patterns")
+    return "val" if in_val else "test" if in_test else "train"
+
+
+def build_manifest(utterances: list[Utterance], n_clips: int, *, seed: int = 0,
+                   val_speakers: Iterable[str] = DEFAULT_VAL_SPEAKERS,
+                   test_speakers: Iterable[str] = DEFAULT_TEST_SPEAKERS,
+                   cache_dir: Path = Path("cache/speech")) -> list[ClipRow]:
+    """``n_clips`` rows shared among splits in proportion to their seconds of speech.
+
+    Within a split, utterances are drawn with probability proportional to their length (long
+    prompts hold more distinct windows) and the window offset is uniform. Deterministic in
+    (utterances, n_clips, seed, patterns).
+    """
+    if n_clips < 0:
+        raise ValueError("n_clips must be >= 0")
+    val_speakers, test_speakers = tuple(val_speakers), tuple(test_speakers)
+    by_split: dict[str, list[tuple[Utterance, int]]] = {s: [] for s in SPLITS}
+    for u in utterances:
+        by_split[split_of(u.speaker, val_speakers, test_speakers)].append(
+            (u, utterance_samples(u, cache_dir)))
+    total = sum(n for group in by_split.values() for _, n in group)
+    if total == 0:
+        return []
+    counts = {s: int(round(n_clips * sum(n for _, n in by_split[s]) / total)) for s in SPLITS}
+    counts["train"] += n_clips - sum(counts.values())
+    rows: list[ClipRow] = []
+    for si, split in enumerate(SPLITS):
+        group = by_split[split]
+        if not group or counts[split] <= 0:
+            continue
+        weights = np.array([n for _, n in group], np.float64)
+        weights /= weights.sum()
+        for j in range(counts[split]):
+            rng = np.random.default_rng([seed, si, j])
+            u, n = group[int(rng.choice(len(group), p=weights))]
+            offset = int(rng.integers(0, n - CLIP_SAMPLES + 1)) if n > CLIP_SAMPLES else 0
+            chain = sample_chain(rng)
+            for step in chain:
+                if step.get("op") == "noise" and step.get("kind") == "babble":
+                    step["talkers"] = _pick_talkers(rng, u, group)
+            rows.append(ClipRow(
+                clip_id=f"{split}-{j:06d}", utterance_id=u.id, speaker=u.speaker, lang=u.lang,
+                split=split, offset=offset, chain=json.dumps(chain, separators=(",", ":")),
+                seed=int(rng.integers(0, 2**31 - 1))))
+    return rows
+
+
+def _pick_talkers(rng: np.random.Generator, u: Utterance,
+                  group: list[tuple[Utterance, int]]) -> list[str]:
+    """Babble talkers from the same split, other speakers first (same speaker only if the
+    split has no one else)."""
+    others = [g.id for g, _ in group if g.speaker != u.speaker]
+    if not others:
+        others = [g.id for g, _ in group if g.id != u.id] or [u.id]
+    k = min(len(others), int(rng.integers(BABBLE_TALKERS[0], BABBLE_TALKERS[1] + 1)))
+    return [others[i] for i in sorted(rng.choice(len(others), size=k, replace=False))]
+
+
+def write_manifest(rows: Iterable[ClipRow], path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(FIELDS)
+        w.writerows(astuple(r) for r in rows)
+
+
+def read_manifest(path: Path) -> list[ClipRow]:
+    """Rows of a manifest CSV; a wrong header or malformed row raises ValueError (with line)."""
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header != FIELDS:
+            raise ValueError(f"{path}: header {header} != {FIELDS}")
+        rows = []
+        for line, rec in enumerate(reader, start=2):
+            if len(rec) != len(FIELDS):
+                raise ValueError(f"{path}:{line}: expected {len(FIELDS)} fields, got {len(rec)}")
+            try:
+                row = ClipRow(rec[0], rec[1], rec[2], rec[3], rec[4], int(rec[5]), rec[6],
+                              int(rec[7]))
+                json.loads(row.chain)
+            except ValueError as e:
+                raise ValueError(f"{path}:{line}: {e}") from None
+            rows.append(row)
+    return rows
+
+
+@functools.lru_cache(maxsize=64)
+def _load(uid: str, cache_dir: str) -> np.ndarray:
+    audio = load_utterance(find_utterance(uid, Path(cache_dir)), Path(cache_dir))
+    audio.flags.writeable = False
+    return audio
+
+
+def _window(audio: np.ndarray, offset: int) -> np.ndarray:
+    out = np.zeros(CLIP_SAMPLES, np.float32)
+    seg = audio[offset: offset + CLIP_SAMPLES]
+    out[: len(seg)] = seg
+    return out
+
+
+def render_clip(row: ClipRow, cache_dir: Path = Path("cache/speech")) -> np.ndarray:
+    """The row's degraded clip, float32 [CLIP_SAMPLES], identical bytes on every call."""
+    cache_dir = str(Path(cache_dir))
+    clean = _window(_load(row.utterance_id, cache_dir), row.offset)
+    chain = json.loads(row.chain)
+    talkers = [t for step in chain for t in step.get("talkers", [])]
+
+    def babble(rng: np.random.Generator) -> np.ndarray:
+        mix = np.zeros(CLIP_SAMPLES, np.float64)
+        for uid in talkers:
+            audio = _load(uid, cache_dir)
+            start = int(rng.integers(0, max(1, len(audio) - CLIP_SAMPLES + 1)))
+            mix += _window(audio, start)
+        return mix
+
+    return apply_chain(clean, chain, row.seed, babble_pool=babble if talkers else None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m train.data.manifest",
+        description="Build train/val/test clip manifests (CSV) from the clean speech sources. "
+                    "Decodes the Asterisk prompts and synthesises the TTS voices into --cache "
+                    "on first use (about a minute); clips are rendered later, on demand.")
+    ap.add_argument("--clips", type=int, required=True,
+                    help="total number of clips over all splits (shared by seconds of speech)")
+    ap.add_argument("--out", type=Path, default=Path("cache/manifests"),
+                    help="output directory for train.csv, val.csv, test.csv "
+                         "(default: cache/manifests)")
+    ap.add_argument("--seed", type=int, default=0, help="manifest seed (default: 0)")
+    ap.add_argument("--cache", type=Path, default=Path("cache/speech"),
+                    help="speech cache directory (default: cache/speech)")
+    ap.add_argument("--langs", default="en,es,it",
+                    help="Asterisk prompt languages, comma-separated (default: en,es,it)")
+    ap.add_argument("--no-tts", action="store_true", help="leave out the TTS voices")
+    ap.add_argument("--val-speakers", default=",".join(DEFAULT_VAL_SPEAKERS),
+                    help="comma-separated fnmatch patterns of held-out validation speakers "
+                         f"(default: {','.join(DEFAULT_VAL_SPEAKERS)})")
+    ap.add_argument("--test-speakers", default=",".join(DEFAULT_TEST_SPEAKERS),
+                    help="comma-separated fnmatch patterns of held-out test speakers "
+                         f"(default: {','.join(DEFAULT_TEST_SPEAKERS)})")
+    args = ap.parse_args(argv)
+    started = time.monotonic()
+
+    def progress(line: str) -> None:
+        print(f"\r[{time.monotonic() - started:5.0f} s] {line:<60}", end="", file=sys.stderr,
+              flush=True)
+
+    langs = tuple(x for x in args.langs.split(",") if x)
+    try:
+        utts = list_utterances(args.cache, langs=langs, tts=not args.no_tts, progress=progress)
+        rows = build_manifest(utts, args.clips, seed=args.seed,
+                              val_speakers=[p for p in args.val_speakers.split(",") if p],
+                              test_speakers=[p for p in args.test_speakers.split(",") if p],
+                              cache_dir=args.cache)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"\nerror: {e}", file=sys.stderr)
+        return 2
+    print(file=sys.stderr)
+    for split in SPLITS:
+        part = [r for r in rows if r.split == split]
+        write_manifest(part, args.out / f"{split}.csv")
+        print(f"{split}: {len(part)} clips, {len({r.speaker for r in part})} speakers -> "
+              f"{args.out / f'{split}.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Held-out accuracy of an exported student, through the runtime's own ONNX step() path.
+
+    python -m train.evaluate MODEL.onnx --labels train/labels/test.csv [--json OUT]
+
+Each clip is scored with ``streamqa.model.Model.score`` (the code path of ``streamqa
+score`` and of the live monitor), then compared with the teacher's labels: Pearson and
+Spearman correlation and RMSE per output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from streamqa.model import Model
+from train.distill import clip_audio, pearson, read_labels, spearman
+
+
+def evaluate_onnx(model_path: Path, labels: list[Path], audio_dir: Path = Path("cache/audio"), *, split: str | None = "test") -> dict:
+    """PCC/SRCC/RMSE per output of ``model_path`` against teacher labels on ``split``."""
+    model = Model(model_path)
+    rows = [r for p in labels for r in read_labels(p, split)]
+    preds = {k: [] for k in model.info.outputs}
+    targets = {k: [] for k in model.info.outputs}
+    for row in rows:
+        scores = model.score(clip_audio(row, audio_dir))
+        for k in model.info.outputs:
+            if row.get(k) not in (None, ""):
+                preds[k].append(scores[k])
+                targets[k].append(float(row[k]))
+    result: dict = {"model": str(model_path), "clips": len(rows), "split": split}
+    for k in model.info.outputs:
+        p, t = np.array(preds[k]), np.array(targets[k])
+        if len(p) < 3:
+            continue
+        result[k] = {
+            "n": len(p),
+            "pcc": pearson(p, t),
+            "srcc": spearman(p, t),
+            "rmse": float(math.sqrt(np.mean((p - t) ** 2))),
+        }
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model", type=Path, help="exported student (.onnx)")
+    ap.add_argument("--labels", type=Path, nargs="+", required=True, help="label CSVs (with split column)")
+    ap.add_argument("--split", default="test", help="which split to score (default: test)")
+    ap.add_argument("--audio-dir", type=Path, default=Path("cache/audio"))
+    ap.add_argument("--json", type=Path, help="write the result here")
+    args = ap.parse_args(argv)
+    result = evaluate_onnx(args.model, args.labels, args.audio_dir, split=args.split)
+    text = json.dumps(result, indent=2)
+    if args.json:
+        args.json.write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""The whole student recipe, end to end: data -> teacher labels -> distillation -> ONNX -> card.
+
+    python -m train.pipeline --out runs/release                  # make train
+    python -m train.pipeline --mini --out /tmp/mini              # the CI miniature
+
+Every stage is resumable: the manifest is written once, labels are cached by content hash
+(a killed run continues where it stopped), and a student whose checkpoint exists is not
+retrained. Labelling runs ``--jobs`` shard processes side by side. ``--ship NAME`` copies
+that student's ONNX into streamqa/models with its model card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from train.export import export_onnx, load_checkpoint, quantize_int8, sha256_file
+from train.students import FAMILY, count_params, macs_per_second
+
+SPLITS = ("train", "val", "test")
+MODELS_DIR = Path(__file__).resolve().parent.parent / "streamqa" / "models"
+
+
+def _run(cmd: list[str]) -> None:
+    print("+ " + " ".join(cmd), file=sys.stderr, flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def make_manifest(args: argparse.Namespace) -> Path:
+    mdir = args.cache / "manifests"
+    if not all((mdir / f"{s}.csv").exists() for s in SPLITS):
+        cmd = [sys.executable, "-m", "train.data.manifest", "--clips", str(args.clips), "--out", str(mdir), "--seed", str(args.seed)]
+        _run(cmd)
+    return mdir
+
+
+def make_labels(args: argparse.Namespace, mdir: Path) -> list[Path]:
+    """Label val and test first (evaluation needs them whole), then train."""
+    outs = []
+    for split in ("val", "test", "train"):
+        out = args.labels / f"{split}.csv"
+        limit = args.train_clips if split == "train" else args.eval_clips
+        common = [sys.executable, "-m", "train.label", "--manifest", str(mdir / f"{split}.csv"), "--teachers", args.teachers,
+                  "--cache", str(args.cache / "labels"), "--audio-dir", str(args.cache / "audio")]
+        common += ["--limit", str(limit)] if limit else []
+        procs = [
+            subprocess.Popen(common + ["--out", str(out.with_suffix(f".shard{i}.csv")), "--shard", f"{i}/{args.jobs}"])
+            for i in range(args.jobs)
+        ]
+        if any(p.wait() for p in procs):
+            raise SystemExit(f"labelling {split} failed")
+        _run(common + ["--out", str(out), "--assemble"])
+        for i in range(args.jobs):
+            out.with_suffix(f".shard{i}.csv").unlink(missing_ok=True)
+        outs.append(out)
+    return outs
+
+
+def train_student(args: argparse.Namespace, name: str, labels: list[Path]) -> Path:
+    ckpt = args.out / name / "student.pt"
+    if not ckpt.exists():
+        _run([sys.executable, "-m", "train.distill", "--labels", *map(str, labels), "--student", name,
+              "--out", str(ckpt), "--epochs", str(args.epochs), "--audio-dir", str(args.cache / "audio"),
+              "--threads", str(args.jobs), "--teacher", args.teachers.replace(",", "+")])
+    return ckpt
+
+
+def export_and_evaluate(args: argparse.Namespace, name: str, ckpt: Path, labels: list[Path]) -> dict:
+    from train.evaluate import evaluate_onnx
+
+    model, meta = load_checkpoint(ckpt)
+    onnx_path = export_onnx(model, args.out / name / f"streamqa-{name}.onnx", {**meta, "name": f"streamqa-{name}"})
+    result = {
+        "name": f"streamqa-{name}",
+        "params": count_params(model),
+        "macs_per_second": macs_per_second(model.cfg),
+        "test": evaluate_onnx(onnx_path, labels, args.cache / "audio"),
+        "onnx": str(onnx_path),
+    }
+    if args.int8:
+        q = quantize_int8(onnx_path, onnx_path.with_suffix(".int8.onnx"))
+        result["test_int8"] = evaluate_onnx(q, labels, args.cache / "audio")
+    (args.out / name / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def ship(result: dict, teachers: str, training_data: str) -> Path:
+    """Copy the ONNX into streamqa/models and write its card (sha256 checked at load)."""
+    src = Path(result["onnx"])
+    dst = MODELS_DIR / src.name
+    shutil.copyfile(src, dst)
+    test = result["test"]
+    card = {
+        "name": result["name"],
+        "file": dst.name,
+        "sha256": sha256_file(dst),
+        "params": result["params"],
+        "macs_per_second": result["macs_per_second"],
+        "outputs": ["mos", "sig", "bak", "ovrl"],
+        "teacher": teachers,
+        "training_data": training_data,
+        "accuracy": {f"{k}_{m}": test[k][m] for k in ("mos", "sig", "bak", "ovrl") if k in test for m in ("pcc", "srcc")},
+        "evaluated_on": f"{test['clips']} held-out test clips (speakers never seen in training)",
+    }
+    (MODELS_DIR / f"{result['name']}.json").write_text(json.dumps(card, indent=2) + "\n")
+    return dst
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, required=True, help="run directory (checkpoints, ONNX, eval JSON)")
+    ap.add_argument("--cache", type=Path, default=Path("cache"), help="manifests, label cache, audio cache")
+    ap.add_argument("--labels", type=Path, default=Path("train/labels"), help="where the label CSVs go")
+    ap.add_argument("--clips", type=int, default=22000, help="clips in the manifest (all splits)")
+    ap.add_argument("--train-clips", type=int, help="label and train on the first K train clips (default: all)")
+    ap.add_argument("--eval-clips", type=int, default=800, help="label the first K val and test clips (0: all)")
+    ap.add_argument("--students", default="xxs,xs,s,m,l", help="family members to train")
+    ap.add_argument("--teachers", default="distillmos,dnsmos", help="teachers for the pseudo-labels")
+    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--jobs", type=int, default=2, help="labelling processes / training threads")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--int8", action="store_true", help="also evaluate int8 dynamic quantisation")
+    ap.add_argument("--ship", help="copy this student into streamqa/models with its card")
+    ap.add_argument("--mini", action="store_true", help="CI miniature: few clips, one tiny student, 2 epochs")
+    args = ap.parse_args(argv)
+    if args.mini:
+        args.clips, args.students, args.epochs, args.eval_clips = min(args.clips, 60), "xxs", 2, 0
+    args.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    mdir = make_manifest(args)
+    labels = make_labels(args, mdir)
+    results = {}
+    for name in args.students.split(","):
+        if name not in FAMILY:
+            raise SystemExit(f"unknown student {name!r}; choose from {', '.join(FAMILY)}")
+        ckpt = train_student(args, name, labels)
+        results[name] = export_and_evaluate(args, name, ckpt, labels)
+        mos = results[name]["test"].get("mos", {})
+        print(f"{name}: {results[name]['params']} params, test PCC mos {mos.get('pcc', float('nan')):.3f}", file=sys.stderr)
+    (args.out / "summary.json").write_text(json.dumps(results, indent=2) + "\n")
+    if args.ship:
+        dst = ship(results[args.ship], args.teachers, f"{args.clips} generated clips ({args.labels})")
+        print(f"shipped {dst}", file=sys.stderr)
+    print(f"done in {time.time() - t0:.0f} s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
