@@ -8,6 +8,8 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+
+from train.teachers.dnsmos import CALIBRATION
 import pytest
 import soundfile as sf
 
@@ -56,9 +58,10 @@ def dnsmos_scores(dnsmos: Teacher, speech: np.ndarray, noisy: np.ndarray) -> lis
     return dnsmos.score_batch([speech, noisy])
 
 
-def test_registry_knows_three_teachers_and_rejects_others() -> None:
-    assert TEACHER_NAMES == ("distillmos", "dnsmos", "xlsr_sqa")
+def test_registry_knows_the_teachers_and_rejects_others() -> None:
+    assert TEACHER_NAMES == ("distillmos", "dnsmos", "dnsmos1", "xlsr_sqa")
     assert teacher_class("dnsmos").outputs == ("sig", "bak", "ovrl")
+    assert teacher_class("dnsmos1").outputs == ("sig", "bak", "ovrl")
     assert teacher_class("distillmos").outputs == ("mos",)
     with pytest.raises(ValueError, match="unknown teacher"):
         get_teacher("pesq")
@@ -202,3 +205,17 @@ def test_shipped_300m_heads_load_into_1024_wide_head(layers: tuple[int, ...]) ->
         build_head(64, layers, path)
     assert shipped_head_path(64, layers) is None
     assert shipped_head_path(1024, (7,)) is None
+
+
+def test_dnsmos_one_window_scores_the_first_window() -> None:
+    """dnsmos1 equals full DNSMOS restricted to the first window, at a sixth of the cost."""
+    from train.teachers.dnsmos import DnsmosOneWindowTeacher, DnsmosTeacher, windows
+
+    rng = np.random.default_rng(3)
+    clip = (rng.standard_normal(122_880) * 0.05).astype(np.float32)
+    assert len(windows(clip)) == 6
+    one = DnsmosOneWindowTeacher().score_batch([clip])[0]
+    full = DnsmosTeacher()
+    raw = full.session.run(None, {full._input: windows(clip)[:1]})[0][0]
+    expected = {k: float(np.polyval(CALIBRATION[k], raw[i])) for i, k in enumerate(("sig", "bak", "ovrl"))}
+    assert one == pytest.approx(expected, abs=1e-5)
