@@ -34,7 +34,8 @@ def _run(cmd: list[str]) -> None:
 def make_manifest(args: argparse.Namespace) -> Path:
     mdir = args.cache / "manifests"
     if not all((mdir / f"{s}.csv").exists() for s in SPLITS):
-        cmd = [sys.executable, "-m", "train.data.manifest", "--clips", str(args.clips), "--out", str(mdir), "--seed", str(args.seed)]
+        cmd = [sys.executable, "-m", "train.data.manifest", "--clips", str(args.clips), "--out", str(mdir),
+               "--seed", str(args.seed), "--cache", str(args.speech_cache)]
         _run(cmd)
     return mdir
 
@@ -46,7 +47,8 @@ def make_labels(args: argparse.Namespace, mdir: Path) -> list[Path]:
         out = args.labels / f"{split}.csv"
         limit = args.train_clips if split == "train" else args.eval_clips
         common = [sys.executable, "-m", "train.label", "--manifest", str(mdir / f"{split}.csv"), "--teachers", args.teachers,
-                  "--cache", str(args.cache / "labels"), "--audio-dir", str(args.cache / "audio")]
+                  "--cache", str(args.cache / "labels"), "--audio-dir", str(args.cache / "audio"),
+                  "--speech-cache", str(args.speech_cache)]
         common += ["--limit", str(limit)] if limit else []
         procs = [
             subprocess.Popen(common + ["--out", str(out.with_suffix(f".shard{i}.csv")), "--shard", f"{i}/{args.jobs}"])
@@ -116,11 +118,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, required=True, help="run directory (checkpoints, ONNX, eval JSON)")
     ap.add_argument("--cache", type=Path, default=Path("cache"), help="manifests, label cache, audio cache")
     ap.add_argument("--labels", type=Path, default=Path("train/labels"), help="where the label CSVs go")
+    ap.add_argument("--speech-cache", type=Path, default=Path("cache/speech"), help="decoded/synthesised clean speech")
     ap.add_argument("--clips", type=int, default=22000, help="clips in the manifest (all splits)")
     ap.add_argument("--train-clips", type=int, help="label and train on the first K train clips (default: all)")
     ap.add_argument("--eval-clips", type=int, default=800, help="label the first K val and test clips (0: all)")
     ap.add_argument("--students", default="xxs,xs,s,m,l", help="family members to train")
-    ap.add_argument("--teachers", default="distillmos,dnsmos", help="teachers for the pseudo-labels")
+    ap.add_argument("--teachers", default="distillmos,dnsmos1", help="teachers for the pseudo-labels")
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--jobs", type=int, default=2, help="labelling processes / training threads")
     ap.add_argument("--seed", type=int, default=0)
@@ -129,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--mini", action="store_true", help="CI miniature: few clips, one tiny student, 2 epochs")
     args = ap.parse_args(argv)
     if args.mini:
-        args.clips, args.students, args.epochs, args.eval_clips = min(args.clips, 60), "xxs", 2, 0
+        args.clips, args.students, args.epochs, args.eval_clips = min(args.clips, 40), "xxs", 2, 0
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     mdir = make_manifest(args)
