@@ -11,11 +11,14 @@ import json
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from streamqa.model import Model, ModelError, bundled_models, load_model
+
+if TYPE_CHECKING:
+    from streamqa.monitor import MonitorOptions
 
 MIN_SCORE_SECONDS = 1.0  # shorter files carry too little speech to judge
 
@@ -105,26 +108,30 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+class UsageError(ValueError):
+    """A command-line value that cannot be used; printed as one line, exit code 2."""
+
+
 def _host_port(spec: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
+    """``HOST:PORT``, ``:PORT`` or ``[v6addr]:PORT``."""
     host, _, port = spec.rpartition(":")
     try:
-        return host or default_host, int(port)
+        return host.strip("[]") or default_host, int(port)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {spec!r}") from None
+        raise UsageError(f"expected HOST:PORT, got {spec!r}") from None
 
 
-def cmd_monitor(args: argparse.Namespace) -> int:
-    from streamqa.monitor import MonitorOptions, run_monitor
+def _monitor_options(args: argparse.Namespace) -> MonitorOptions:
+    from streamqa.monitor import MonitorOptions
+    from streamqa.rtp.codecs import parse_rtp_map
 
-    try:
-        model = load_model(args.model, threads=args.threads)
-    except ModelError as exc:
-        print(f"streamqa: {exc}", file=sys.stderr)
-        return 2
     if not (args.rtp or args.mic is not None or args.file or args.demo):
-        print("streamqa monitor: give at least one source: --rtp, --mic, --file or --demo", file=sys.stderr)
-        return 2
-    opts = MonitorOptions(
+        raise UsageError("give at least one source: --rtp, --mic, --file or --demo")
+    for spec in args.rtp_map:
+        parse_rtp_map(spec)  # ValueError names what is wrong with the spec
+    if args.workers and (args.mic is not None or args.file or args.demo or len(args.rtp) != 1):
+        raise UsageError("--workers shards one --rtp socket; it cannot be combined with --mic, --file or --demo")
+    return MonitorOptions(
         rtp=[_host_port(s) for s in args.rtp],
         rtp_map=args.rtp_map,
         mic=args.mic,
@@ -139,9 +146,50 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         idle_timeout=args.idle_timeout,
         duration=args.duration,
         quiet=args.quiet,
+        broker=args.broker,
+        monitor_id=args.monitor_id,
     )
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    """``streamqa monitor``: one process, or ``--workers`` shard processes on one port."""
+    from streamqa.monitor import run_monitor
+
     try:
-        return asyncio.run(run_monitor(model, opts))
+        opts = _monitor_options(args)
+        if args.workers:
+            from streamqa.workers import ShardOptions, run_sharded
+
+            shard = ShardOptions(model=args.model, rtp=opts.rtp[0], window_s=opts.window_s, hop_s=opts.hop_s,
+                                 idle_timeout=opts.idle_timeout, rtp_map=opts.rtp_map)
+            job = run_sharded(shard, args.workers, ws=opts.ws, token=opts.token, duration=opts.duration,
+                              quiet=opts.quiet, broker=opts.broker, monitor_id=opts.monitor_id)
+        else:
+            job = run_monitor(load_model(args.model, threads=args.threads), opts)
+        return asyncio.run(job)
+    except (UsageError, ModelError, ValueError) as exc:
+        print(f"streamqa monitor: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"streamqa monitor: cannot listen: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    from streamqa.gateway import run_gateway
+
+    try:
+        host, port = _host_port(args.ws)
+        return asyncio.run(run_gateway(args.broker, host, port, token=args.token, origins=args.origin,
+                                       liveness_s=args.liveness, duration=args.duration, quiet=args.quiet))
+    except (UsageError, ValueError) as exc:
+        print(f"streamqa gateway: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"streamqa gateway: cannot listen: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 0
 
@@ -174,7 +222,20 @@ def build_parser() -> argparse.ArgumentParser:
     mo.add_argument("--duration", type=float, help="stop after this many seconds")
     mo.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
     mo.add_argument("--quiet", action="store_true", help="no live terminal lines")
+    mo.add_argument("--broker", metavar="URL", help="also publish to redis://HOST:PORT/CHANNEL for gateways")
+    mo.add_argument("--monitor-id", help="this monitor's name on the broker (default: host-pid)")
+    mo.add_argument("--workers", type=int, default=0, metavar="N", help="shard one --rtp port over N processes")
     mo.set_defaults(func=cmd_monitor)
+
+    gw = sub.add_parser("gateway", help="serve websocket subscribers from monitors publishing to a broker")
+    gw.add_argument("--broker", required=True, metavar="URL", help="redis://HOST:PORT/CHANNEL")
+    gw.add_argument("--ws", default="127.0.0.1:8766", metavar="HOST:PORT", help="websocket + overlay + /metrics")
+    gw.add_argument("--token", help="require this token from clients")
+    gw.add_argument("--origin", action="append", default=None, metavar="ORIGIN", help="allowed websocket Origin")
+    gw.add_argument("--liveness", type=float, default=3.0, help="seconds without a heartbeat that end a monitor's streams")
+    gw.add_argument("--duration", type=float, help="stop after this many seconds")
+    gw.add_argument("--quiet", action="store_true")
+    gw.set_defaults(func=cmd_gateway)
 
     md = sub.add_parser("models", help="list bundled models")
     md.add_argument("--json", action="store_true")

@@ -133,7 +133,7 @@ class Engine:
     def end(self, stream_id: str) -> None:
         st = self.streams.get(stream_id)
         if st is not None:
-            self._enqueue(stream_id, st, [_END])
+            self._enqueue(stream_id, st, [*st.windower.flush(time.monotonic()), _END])
 
     def _enqueue(self, stream_id: str, st: _Stream, items: list) -> None:
         with self._lock:

@@ -41,6 +41,8 @@ class MonitorOptions:
     idle_timeout: float = 3.0
     duration: float | None = None
     quiet: bool = False
+    broker: str | None = None  # redis://HOST:PORT/CHANNEL: also publish there (docs/scaling.md)
+    monitor_id: str | None = None
 
 
 class Console:
@@ -121,13 +123,26 @@ async def run_monitor(model: Model, opts: MonitorOptions, *, out: TextIO = sys.s
     metrics = Metrics()
     console = Console(out, enabled=not opts.quiet)
 
+    publisher = None
+
     def publish(msg: dict[str, Any]) -> None:
         hub.publish(msg)
         console.on_message(msg)
+        if publisher is not None:
+            publisher.publish(msg)
 
     engine = Engine(model, publish, loop=loop, metrics=metrics, window_s=opts.window_s, hop_s=opts.hop_s)
     hub = Hub(engine.model_hello(), metrics=metrics)
-    server = await serve(hub, opts.ws[0], opts.ws[1], token=opts.token, origins=opts.origins, metrics=metrics)
+    try:
+        server = await serve(hub, opts.ws[0], opts.ws[1], token=opts.token, origins=opts.origins, metrics=metrics)
+        if opts.broker:
+            from streamqa.broker import BrokerPublisher
+
+            publisher = BrokerPublisher(opts.broker, engine.model_hello(), monitor_id=opts.monitor_id)
+            await publisher.start()
+    except BaseException:
+        engine.close()
+        raise
     ws_host, ws_port = server.sockets[0].getsockname()[:2]
 
     rtp_map = {pt: (codec, rate, ch) for pt, codec, rate, ch in map(parse_rtp_map, opts.rtp_map)}
@@ -201,6 +216,8 @@ async def run_monitor(model: Model, opts: MonitorOptions, *, out: TextIO = sys.s
         for sid in list(engine.streams):  # cancelled file replays: end them here
             engine.end(sid)
         await _drain(engine)
+        if publisher is not None:
+            await publisher.close()
         mirror.cancel()
         server.close()
         await server.wait_closed()

@@ -27,6 +27,39 @@ class Hop:
     finite: bool  # False when the hop held NaN/Inf input (replaced by silence)
 
 
+def _halfband(taps: int = 64, cutoff: float = 0.46, beta: float = 8.0) -> np.ndarray:
+    """Kaiser-windowed sinc low-pass for x2 upsampling; ``cutoff`` is a fraction of the
+    input rate (0.46 x 8 kHz = 3.7 kHz: telephony's band passes, images are cut)."""
+    n = np.arange(taps) - (taps - 1) / 2
+    h = 2 * cutoff * np.sinc(2 * cutoff * n / 2) * np.kaiser(taps, beta)
+    return (2 * h / h.sum()).astype(np.float32)  # x2: zero stuffing halves the level
+
+
+class Upsample2:
+    """Streaming polyphase x2 upsampler (8 -> 16 kHz, the telephony case).
+
+    Why not soxr here: soxr's streaming resampler emits output in blocks, so a hop that
+    its input completed waits 40-120 ms for the resampler to release it, which alone breaks
+    a 100 ms end-to-end budget. This FIR returns exactly 2 samples per input sample on every
+    call (linear phase, 2 ms group delay), so a hop is ready with the packet that ends it.
+    """
+
+    def __init__(self, taps: int = 64) -> None:
+        h = _halfband(taps)
+        self._phases = (h[0::2].copy(), h[1::2].copy())  # output samples 2n and 2n+1
+        self._history = np.zeros(taps // 2 - 1, np.float32)
+
+    def resample_chunk(self, x: np.ndarray) -> np.ndarray:
+        if len(x) == 0:
+            return np.zeros(0, np.float32)
+        buf = np.concatenate([self._history, x])
+        self._history = buf[len(buf) - len(self._history):]
+        y = np.empty(2 * len(x), np.float32)
+        y[0::2] = np.convolve(buf, self._phases[0], "valid")
+        y[1::2] = np.convolve(buf, self._phases[1], "valid")
+        return y
+
+
 class Windower:
     """Per-stream buffer that resamples and cuts hops."""
 
@@ -34,25 +67,67 @@ class Windower:
         if in_rate <= 0 or out_rate <= 0 or hop_samples <= 0:
             raise ValueError("rates and hop must be positive")
         self.in_rate, self.out_rate, self.hop = in_rate, out_rate, hop_samples
-        self._resampler = None if in_rate == out_rate else soxr.ResampleStream(in_rate, out_rate, 1, dtype="float32")
+        if in_rate == out_rate:
+            self._resampler = None
+        elif out_rate == 2 * in_rate:
+            self._resampler = Upsample2()
+        else:
+            self._resampler = soxr.ResampleStream(in_rate, out_rate, 1, dtype="float32")
         self._pending: list[np.ndarray] = []
         self._pending_len = 0
+        self._raw: list[np.ndarray] = []  # input not yet resampled (see feed)
+        self._raw_len = 0
+        self._raw_tainted = False  # a chunk in _raw held NaN/Inf
+        self._ratio = out_rate / in_rate
         self._emitted = 0  # model-rate samples already cut into hops
         self._taint_end = -1  # model-rate sample index up to which output is tainted
         self.nonfinite_chunks = 0
+        self._flushed = False
 
     def feed(self, pcm: np.ndarray, arrival: float) -> list[Hop]:
-        """Add mono PCM at ``in_rate``; return the hops it completes (possibly none)."""
+        """Add mono PCM at ``in_rate``; return the hops it completes (possibly none).
+
+        Input is only collected until it could complete a hop, then sanitised and resampled
+        in one piece: per-call overhead (soxr, numpy) dominated at one call per 20 ms RTP
+        packet, and soxr's output does not depend on how its input is chunked.
+        """
         x = np.asarray(pcm, dtype=np.float32).reshape(-1)
-        tainted = not np.isfinite(x).all()
-        if tainted:
+        if not np.isfinite(x).all():
             self.nonfinite_chunks += 1
-            x = np.where(np.isfinite(x), x, 0.0).astype(np.float32)
-        np.clip(x, -1.0, 1.0, out=x)
-        y = self._resampler.resample_chunk(x) if self._resampler is not None else x
+            self._raw_tainted = True
+        if len(x):
+            self._raw.append(x)
+            self._raw_len += len(x)
+        if self._pending_len + self._raw_len * self._ratio < self.hop:
+            return []
+        return self._cut(arrival)
+
+    def flush(self, arrival: float) -> list[Hop]:
+        """End of stream: push out what the resampler still holds; return whole hops.
+
+        soxr keeps tens of milliseconds of output back; without this a resampled stream
+        would lose its last hop. A partial hop at the very end is dropped (documented).
+        """
+        if self._flushed:
+            return []
+        self._flushed = True
+        return self._cut(arrival, last=True)
+
+    def _cut(self, arrival: float, last: bool = False) -> list[Hop]:
+        x = np.concatenate(self._raw) if self._raw else np.zeros(0, np.float32)
+        tainted = self._raw_tainted
+        self._raw, self._raw_len, self._raw_tainted = [], 0, False
         if tainted:
-            # The resampler smears input over a short delay: taint a chunk's length beyond it.
-            self._taint_end = self._emitted + self._pending_len + 2 * len(y) + 64
+            x = np.where(np.isfinite(x), x, np.float32(0.0)).astype(np.float32)
+        np.clip(x, -1.0, 1.0, out=x)
+        if isinstance(self._resampler, soxr.ResampleStream):
+            y = self._resampler.resample_chunk(x, last=last)
+        else:
+            y = self._resampler.resample_chunk(x) if self._resampler is not None else x
+        if tainted:
+            # Every hop this batch completes holds the bad samples; the resampler smears
+            # them a little further, hence the margin.
+            self._taint_end = self._emitted + self._pending_len + len(y) + 64
         if len(y):
             self._pending.append(y)
             self._pending_len += len(y)

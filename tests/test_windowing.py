@@ -51,3 +51,27 @@ def test_nonfinite_input_is_isolated():
 def test_rejects_bad_rates():
     with pytest.raises(ValueError):
         Windower(0, 16000, 640)
+
+
+@pytest.mark.parametrize("rate", [8000, 48000, 44100])
+def test_flush_releases_the_last_hop(rate):
+    """Resampled streams must not lose their final hop at end of stream."""
+    w = Windower(rate, 16000, 16000)
+    x = (0.1 * np.sin(np.arange(rate * 6) * 0.05)).astype(np.float32)
+    hops = [h for i in range(0, len(x), rate // 50) for h in w.feed(x[i : i + rate // 50], 0.0)]
+    hops += w.flush(1.0)
+    assert len(hops) == 6
+    assert w.flush(2.0) == []
+
+
+def test_upsampler_is_low_delay_and_band_limited():
+    from streamqa.windowing import Upsample2
+
+    up = Upsample2()
+    tone = np.sin(2 * np.pi * 1000 * np.arange(8000) / 8000).astype(np.float32)
+    y = np.concatenate([up.resample_chunk(tone[i : i + 160]) for i in range(0, 8000, 160)])
+    assert len(y) == 16000  # two samples out per sample in, on every call: nothing held back
+    spec = np.abs(np.fft.rfft(y[1000:15000] * np.hanning(14000))) / (14000 / 4)
+    freqs = np.fft.rfftfreq(14000, 1 / 16000)
+    assert abs(spec[np.argmin(abs(freqs - 1000))] - 1.0) < 0.05  # the tone keeps its level
+    assert spec[np.argmin(abs(freqs - 7000))] < 0.01  # its image above 4 kHz is gone (-40 dB)

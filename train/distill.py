@@ -52,6 +52,18 @@ def read_labels(path: Path, split: str | None = None) -> list[dict[str, str]]:
     return [r for r in rows if split is None or r.get("split") == split]
 
 
+def merge_labels(paths: list[Path]) -> list[dict[str, str]]:
+    """Rows of several label CSVs joined by clip_id; a later file fills cells the earlier
+    left empty. This is how labels of teachers run separately (e.g. Distill-MOS on every
+    clip, DNSMOS on a subset) become one training set with per-output masks."""
+    merged: dict[str, dict[str, str]] = {}
+    for path in paths:
+        for row in read_labels(path):
+            into = merged.setdefault(row["clip_id"], {})
+            into.update({k: v for k, v in row.items() if v not in (None, "") or k not in into})
+    return list(merged.values())
+
+
 def _target(row: dict[str, str]) -> list[float]:
     return [float(row[k]) if row.get(k) not in (None, "") else math.nan for k in OUTPUTS]
 
@@ -233,7 +245,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     cfg = FAMILY[args.student] if args.student in FAMILY else StudentConfig.from_json(Path(args.student).read_text())
     student = Student(cfg)
-    rows = [r for path in args.labels for r in read_labels(path)]
+    rows = merge_labels(args.labels)
     train_rows = [r for r in rows if r.get("split", "train") == "train"]
     val_rows = [r for r in rows if r.get("split") == "val"]
     print(f"loading {len(train_rows)} train / {len(val_rows)} val clips", file=sys.stderr)

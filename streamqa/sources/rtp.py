@@ -13,11 +13,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import sys
 import time
 from collections import defaultdict
 from typing import Any
 
 import numpy as np
+
+try:  # FIONREAD tells the idle check about a socket backlog; absent on Windows
+    import fcntl
+    import termios
+except ImportError:  # pragma: no cover - the check is then skipped
+    fcntl = termios = None
 
 from ..rtp.codecs import STATIC_PAYLOAD_TYPES, Decoder, make_decoder, safe_decode
 from ..rtp.emodel import emodel_mos
@@ -29,6 +36,8 @@ log = logging.getLogger(__name__)
 
 NET_INTERVAL = 1.0  # seconds between sink.net reports of one stream
 _RCVBUF = 4 * 1024 * 1024  # room for bursts of many streams between loop iterations
+# Longest the idle check waits for a socket backlog to drain before it ends streams anyway.
+MAX_REAP_DEFERRAL = 10.0
 
 
 class _Stream:
@@ -94,10 +103,16 @@ class RtpSource:
         self._transport: asyncio.DatagramTransport | None = None
         self._reaper: asyncio.Task | None = None
 
-    async def start(self, host: str, port: int) -> tuple[str, int]:
-        """Bind (``port`` 0 picks a free one) and return the bound ``(host, port)``."""
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> tuple[str, int]:
+        """Bind (``port`` 0 picks a free one) and return the bound ``(host, port)``.
+
+        ``reuse_port``: join a SO_REUSEPORT group, so several worker processes can share
+        one port and the kernel keeps each sender (4-tuple) on one of them (streamqa.workers).
+        """
         loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), local_addr=(host, port))
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _Protocol(self), local_addr=(host, port), reuse_port=reuse_port or None
+        )
         sock = transport.get_extra_info("socket")
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
@@ -248,10 +263,32 @@ class RtpSource:
             self.counters["internal_error"] += 1
             log.exception("ending RTP stream %s failed", stream.stream_id)
 
+    def _backlogged(self) -> bool:
+        """True while a datagram waits unread in the socket buffer (FIONREAD)."""
+        if self._transport is None or fcntl is None:
+            return False
+        try:
+            fd = self._transport.get_extra_info("socket").fileno()
+            pending = fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0")
+        except (OSError, AttributeError):
+            return False
+        return int.from_bytes(pending, sys.byteorder) > 0
+
     async def _reap_idle(self) -> None:
+        """End streams silent for ``idle_timeout``, but not while the socket has a backlog:
+        asyncio reads one datagram per loop iteration, so behind a burst (an SSRC flood
+        opening hundreds of streams) a live call's packets can wait in the kernel longer
+        than the timeout and it would be ended for silence it never had."""
         period = min(0.5, self.idle_timeout / 2.0)
+        deferred_since: float | None = None
         while True:
             await asyncio.sleep(period)
-            deadline = time.monotonic() - self.idle_timeout
+            now = time.monotonic()
+            if self._backlogged():
+                deferred_since = deferred_since or now
+                if now - deferred_since < MAX_REAP_DEFERRAL:
+                    continue
+            deferred_since = None
+            deadline = now - self.idle_timeout
             for key in [k for k, s in self._streams.items() if s.last_seen < deadline]:
                 self._end(key)

@@ -1,0 +1,38 @@
+"""Distillation pieces that need no data: label merging, masked loss, exact level change."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from train.distill import masked_mse, merge_labels, regain  # noqa: E402
+
+
+def test_merge_labels_fills_missing_cells(tmp_path):
+    a = tmp_path / "a.csv"
+    b = tmp_path / "b.csv"
+    a.write_text("clip_id,sha256,split,speaker,mos,sig,bak,ovrl\nc1,h1,train,s,3.5,,,\nc2,h2,train,s,2.0,,,\n")
+    b.write_text("clip_id,sha256,split,speaker,mos,sig,bak,ovrl\nc1,h1,train,s,,3.1,4.0,2.9\nc3,h3,train,s,,1,1,1\n")
+    rows = {r["clip_id"]: r for r in merge_labels([a, b])}
+    assert rows["c1"]["mos"] == "3.5" and rows["c1"]["sig"] == "3.1"
+    assert rows["c2"]["sig"] == "" and rows["c3"]["mos"] == ""
+
+
+def test_masked_mse_ignores_unlabelled_outputs():
+    pred = torch.tensor([[3.0, 1.0], [2.0, 5.0]])
+    target = torch.tensor([[4.0, math.nan], [2.0, 3.0]])
+    assert masked_mse(pred, target).item() == pytest.approx((1.0 + 0.0 + 4.0) / 3)
+
+
+def test_regain_is_an_exact_level_change():
+    from train.students import FAMILY, Student
+
+    m = Student(FAMILY["xxs"])
+    x = torch.randn(2, 6400) * 0.1
+    cache = torch.zeros(2, 240)
+    logmel, _ = m.log_energies(x, cache)
+    louder, _ = m.log_energies(x * 10 ** (6 / 20), cache)
+    torch.testing.assert_close(regain(logmel, torch.tensor([6.0, 6.0])), louder, atol=1e-3, rtol=1e-4)
