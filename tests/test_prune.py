@@ -1,0 +1,143 @@
+"""Structured, head and magnitude pruning: exactness of the compressible Distill-MOS, MAC
+counting, physical removal, Taylor importance, and the XLS-R-SQA (Wav2Vec2) code path."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from train.compress_common import (
+    count_macs,
+    count_params,
+    finetune,
+    predict,
+    synthetic_clips,
+    tiny_distillmos_net,
+)
+from train.prune import (
+    apply_masks,
+    distillmos_groups,
+    head_prune,
+    magnitude_masks,
+    structured_prune,
+    taylor_importance,
+    tiny_xlsr_net,
+    XlsrSqaNet,
+)
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    crops = synthetic_clips(6, 6400, seed=0)
+    targets = predict(tiny_distillmos_net(), crops).astype(np.float32)
+    return crops, targets, synthetic_clips(4, 16000, seed=1)
+
+
+def test_compressible_net_equals_shipped_distillmos() -> None:
+    from train.compress_common import from_reference
+    from train.teachers.distillmos import load_distillmos_model
+
+    ref = load_distillmos_model()
+    net = from_reference(ref)
+    x = torch.from_numpy(synthetic_clips(2, 122_880, seed=3))
+    with torch.no_grad():
+        assert torch.allclose(net(x), ref(x).reshape(-1), atol=1e-4)
+    assert count_params(net) == count_params(ref) == 4_133_226
+
+
+@pytest.mark.parametrize("prune", [False, True])
+def test_mac_count_matches_flop_counter(data, prune: bool) -> None:
+    net = tiny_distillmos_net()
+    if prune:
+        structured_prune(net, data[0], data[1], keep=0.5, batch=3, importance_batches=1, log=lambda s: None)
+    x = torch.from_numpy(data[2][:1])
+    with FlopCounterMode(display=False) as fc, sdpa_kernel(SDPBackend.MATH), torch.no_grad():
+        net(x)
+    assert count_macs(net, x) == fc.get_total_flops() // 2
+
+
+def test_structured_pruning_removes_units_physically(data) -> None:
+    crops, targets, clips = data
+    net = tiny_distillmos_net()
+    before = count_params(net)
+    structured_prune(net, crops, targets, keep=0.4, batch=3, importance_batches=1, log=lambda s: None)
+    assert count_params(net) <= 0.4 * before
+    ref = tiny_distillmos_net()
+    shrunk = [a.weight.numel() < b.weight.numel() for a, b in zip(net.convs, ref.convs)]
+    assert any(shrunk)
+    assert all(c.weight.shape[0] == n.weight.shape[1] for c, n in zip(net.convs, net.convs[1:]))
+    out = predict(net, clips)
+    assert out.shape == (4,) and np.isfinite(out).all()
+    assert count_macs(net, torch.zeros(1, 16000)) < count_macs(ref, torch.zeros(1, 16000))
+
+
+def test_taylor_importance_of_a_dead_channel_is_zero(data) -> None:
+    crops, targets, _ = data
+    net = tiny_distillmos_net()
+    with torch.no_grad():
+        net.convs[2].weight[3].zero_()
+        net.convs[2].bias[3] = 0.0
+    groups = distillmos_groups(net, ("conv",), crops.shape[1])
+    scores = taylor_importance(net, groups, crops, targets + 0.5, batches=2, batch=3)
+    assert scores[2][3] == 0.0
+    assert (scores[2][torch.arange(8) != 3] > 0).all()
+
+
+def test_head_pruning_keeps_share_and_one_per_layer(data) -> None:
+    crops, targets, clips = data
+    net = head_prune(tiny_distillmos_net(), crops, targets, keep_heads=0.25, importance_batches=1, batch=3)
+    heads = [layer.attn.heads for layer in net.layers]
+    assert heads == [1, 1]
+    assert net.layers[0].attn.q.out_features == 8 and net.layers[0].attn.out.in_features == 8
+    assert np.isfinite(predict(net, clips)).all()
+
+
+def test_magnitude_masks_hold_through_finetuning(data) -> None:
+    crops, targets, _ = data
+    net = tiny_distillmos_net()
+    masks = magnitude_masks(net, 0.7)
+    total = sum(m.numel() for m in masks.values())
+    zeros = sum(int((w == 0).sum()) for w in masks)
+    assert abs(zeros / total - 0.7) < 0.01
+    finetune(net, crops, targets, steps=2, batch=3, lr=1e-2, after_step=lambda: apply_masks(masks), log=lambda s: None)
+    assert sum(int((w == 0).sum()) for w in masks) >= zeros
+    with pytest.raises(ValueError):
+        magnitude_masks(net, 1.0)
+
+
+def test_xlsr_sqa_net_matches_teacher_and_prunes(tmp_path) -> None:
+    from train.teachers.xlsr_sqa import XlsrSqaTeacher
+
+    tiny = tiny_xlsr_net()
+    tiny.backbone.save_pretrained(tmp_path)
+    teacher = XlsrSqaTeacher(tmp_path, layers=(1, 2), random_head=True)
+    net = XlsrSqaNet(teacher.backbone, teacher.head, (1, 2)).eval()
+    clips = synthetic_clips(2, 16000, seed=4)
+    expected = [s["mos"] for s in teacher.score_batch(list(clips))]
+    np.testing.assert_allclose(predict(net, clips), expected, atol=1e-4)
+
+    targets = predict(net, clips).astype(np.float32)
+    before = count_params(net.backbone)
+    structured_prune(net, clips, targets, keep=0.8, batch=2, importance_batches=1, log=lambda s: None)
+    layer = net.backbone.encoder.layers[0]
+    assert count_params(net.backbone) < before
+    assert layer.attention.q_proj.out_features == layer.attention.num_heads * layer.attention.head_dim
+    assert np.isfinite(predict(net, clips)).all()
+
+
+def test_prune_help_documents_every_option() -> None:
+    out = subprocess.run([sys.executable, "-m", "train.prune", "--help"], capture_output=True, text=True, check=True).stdout
+    for opt in ("--method", "--keep", "--model", "--kinds", "--cost", "--rounds", "--importance-batches", "--steps",
+                "--batch", "--lr", "--crop-seconds", "--train-clips", "--crops-per-clip", "--cache", "--threads",
+                "--seed", "--out"):
+        assert opt in out
+    assert "Taylor" in out

@@ -1,0 +1,122 @@
+"""Low-rank (truncated SVD) factorisation of linear and convolution layers.
+
+    python -m train.lowrank --keep 0.25 --out runs/lowrank/lr25.pt
+
+A linear ``W [out, in]`` becomes ``Linear(in, r) -> Linear(r, out)`` from the SVD's top ``r``
+singular triplets; a convolution ``W [out, in, k...]`` becomes a ``k``-kernel conv to ``r``
+channels followed by a 1x1 conv (the SVD of W reshaped to ``[out, in * k]``). Each layer's
+rank is set so that it keeps ``keep`` of its weights; layers where that saves nothing
+(single outputs, the 2-channel first conv) stay dense. Then the model is fine-tuned by
+distillation from the unfactorised one, with the same budget as the other methods.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from train.compress_common import cached_predict, count_params, finetune, load_clips, load_reference_net, make_crops
+
+
+def rank_for(out_dim: int, fan_in: int, keep: float) -> int:
+    """The rank whose two factors hold about ``keep`` x ``out_dim * fan_in`` weights (>= 1)."""
+    return max(1, int(keep * out_dim * fan_in / (out_dim + fan_in)))
+
+
+def factorise(layer: nn.Module, rank: int) -> nn.Sequential:
+    """The rank-``rank`` truncated-SVD factorisation of a Linear, Conv1d or Conv2d."""
+    w = layer.weight.detach()
+    out_dim = w.shape[0]
+    u, s, vh = torch.linalg.svd(w.reshape(out_dim, -1), full_matrices=False)
+    root = s[:rank].sqrt()
+    first_w = root[:, None] * vh[:rank]
+    second_w = u[:, :rank] * root[None, :]
+    if isinstance(layer, nn.Linear):
+        first, second = nn.Linear(layer.in_features, rank, bias=False), nn.Linear(rank, out_dim, bias=layer.bias is not None)
+        first.weight.data.copy_(first_w)
+        second.weight.data.copy_(second_w)
+    elif isinstance(layer, (nn.Conv1d, nn.Conv2d)):
+        if layer.groups != 1:
+            raise ValueError("grouped convolutions are not factorised")
+        conv = type(layer)
+        first = conv(layer.in_channels, rank, layer.kernel_size, stride=layer.stride, padding=layer.padding,
+                     dilation=layer.dilation, bias=False)
+        ones = (1,) * (w.dim() - 2)
+        second = conv(rank, out_dim, ones, bias=layer.bias is not None)
+        first.weight.data.copy_(first_w.reshape(rank, *w.shape[1:]))
+        second.weight.data.copy_(second_w.reshape(out_dim, rank, *ones))
+    else:
+        raise TypeError(f"cannot factorise {type(layer).__name__}")
+    if layer.bias is not None:
+        second.bias.data.copy_(layer.bias.detach())
+    return nn.Sequential(first, second).to(w.device)
+
+
+def lowrank(model: nn.Module, keep: float) -> list[str]:
+    """Factorise in place every linear/conv layer where keeping ``keep`` of its weights at
+    low rank saves parameters; returns the names of the factorised layers."""
+    if not 0.0 < keep < 1.0:
+        raise ValueError(f"keep must be in (0, 1), got {keep}")
+    done = []
+    for name, mod in list(model.named_modules()):
+        if not isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d)) or getattr(mod, "groups", 1) != 1:
+            continue
+        out_dim, fan_in = mod.weight.shape[0], math.prod(mod.weight.shape[1:])
+        r = rank_for(out_dim, fan_in, keep)
+        if r * (out_dim + fan_in) >= out_dim * fan_in or r >= min(out_dim, fan_in):
+            continue
+        parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+        attr = name.rpartition(".")[2]
+        new = factorise(mod, r)
+        if isinstance(parent, (nn.ModuleList, nn.Sequential)):
+            parent[int(attr)] = new
+        else:
+            setattr(parent, attr, new)
+        done.append(name)
+    return done
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m train.lowrank", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--keep", type=float, default=0.25, help="share of each factorised layer's weights kept (default 0.25)")
+    ap.add_argument("--steps", type=int, default=100, help="distillation fine-tuning steps (default 100)")
+    ap.add_argument("--batch", type=int, default=4, help="crops per step (default 4)")
+    ap.add_argument("--lr", type=float, default=3e-4, help="peak learning rate of fine-tuning (default 3e-4)")
+    ap.add_argument("--crop-seconds", type=float, default=2.0, help="training crop length (default 2.0)")
+    ap.add_argument("--train-clips", type=int, default=400, help="train-split clips the crops come from (default 400)")
+    ap.add_argument("--crops-per-clip", type=int, default=2, help="crops per training clip (default 2)")
+    ap.add_argument("--cache", type=Path, default=Path("cache/compression"),
+                    help="clip and reference-output cache directory (default cache/compression)")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    ap.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    ap.add_argument("--out", type=Path, required=True,
+                    help="output: torch.save({'model': module, 'meta': ...}); load with weights_only=False")
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    model = load_reference_net()
+    ref_params = count_params(model)
+    clips, _ = load_clips("train", args.train_clips, cache_dir=args.cache, seed=args.seed, log=log)
+    crops = make_crops(clips, int(args.crop_seconds * 16000), args.crops_per_clip, seed=args.seed)
+    targets = cached_predict(model, crops, args.cache / f"targets_distillmos_{crops.shape}_{args.seed}.npy")
+    names = lowrank(model, args.keep)
+    log(f"factorised {len(names)} layers: {count_params(model)} of {ref_params} params")
+    finetune(model, crops, targets.astype(np.float32), steps=args.steps, batch=args.batch, lr=args.lr,
+             seed=args.seed, log=log)
+    meta = {"method": "lowrank", "keep": args.keep, "params": count_params(model), "reference_params": ref_params,
+            "steps": args.steps, "factorised": names}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": model, "meta": meta}, args.out)
+    log(f"saved {args.out}")
+
+
+if __name__ == "__main__":
+    main()
