@@ -24,6 +24,7 @@ def frame_levels(audio: np.ndarray, frame: int) -> np.ndarray:
     if n == 0:
         return np.zeros(0, np.float32)
     frames = audio[: n * frame].reshape(n, frame).astype(np.float64)
+    frames -= frames.mean(axis=1, keepdims=True)  # a DC offset is not speech energy
     rms = np.sqrt(np.mean(frames * frames, axis=1))
     return (20.0 * np.log10(rms + 1e-10)).astype(np.float32)
 

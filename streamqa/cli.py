@@ -42,6 +42,7 @@ def read_mono(path: Path, rate: int) -> np.ndarray:
     if bad:
         raise AudioFileError(f"{bad} non-finite (NaN/Inf) samples: refusing to score corrupt audio")
     mono = data.mean(axis=1)
+    np.clip(mono, -1.0, 1.0, out=mono)  # float files may exceed full scale; PCM cannot
     if sr != rate:
         mono = soxr.resample(mono, sr, rate).astype(np.float32)
     return mono

@@ -142,6 +142,8 @@ class Engine:
             while len(st.queue) > self.max_pending_hops and st.queue[0] is not _END:
                 st.queue.popleft()  # overload: the oldest hop is the least useful
                 self.counters["hops_dropped"] += 1
+                if self.metrics is not None:
+                    self.metrics.inc("streamqa_hops_dropped_total")
             if was_idle:
                 self._ready.append(stream_id)
             self._lock.notify()

@@ -92,6 +92,7 @@ class Metrics:
             "streamqa_packets_total", "RTP packets by outcome.", labelnames=("reason",)
         )
         self.counter("streamqa_hops_scored_total", "Hops scored across all streams.")
+        self.counter("streamqa_hops_dropped_total", "Hops dropped because scoring fell behind.")
         self.histogram(
             "streamqa_score_latency_seconds",
             "Window end (last sample arrival) to score ready.",

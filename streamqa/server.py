@@ -80,9 +80,14 @@ def encode(msg: Mapping) -> str:
 class _Client:
     """One websocket subscriber: a bounded queue of encoded messages and its filter."""
 
-    def __init__(self, conn: ServerConnection, queue_size: int, stall_timeout_s: float):
+    def __init__(self, conn: ServerConnection, queue_size: int, stall_timeout_s: float,
+                 event_backlog: int | None = None):
         self.conn = conn
         self.queue_size = queue_size
+        # Must-deliver messages may overfill the queue up to this many: a burst of stream
+        # starts (an SSRC flood opens up to max_streams at once) arrives faster than any
+        # healthy client can read, and must not disconnect every subscriber.
+        self.event_backlog = max(queue_size, event_backlog or queue_size)
         self.stall_timeout_s = stall_timeout_s
         # (droppable, text): droppable is True for score messages only.
         self.queue: deque[tuple[bool, str]] = deque()
@@ -100,9 +105,10 @@ class _Client:
         """Queue one message. Returns (messages dropped, reason to disconnect or None).
 
         Full queue: the oldest queued score goes (or the new score itself if the queue
-        holds only must-deliver messages). The client counts as stalled from its first
-        drop until its queue drains to half; stalled longer than ``stall_timeout_s`` or
-        unable to take a must-deliver message, it is disconnected.
+        holds only must-deliver messages, which may then grow to ``event_backlog``). The
+        client counts as stalled from its first drop until its queue drains to half;
+        stalled longer than ``stall_timeout_s`` or unable to take a must-deliver message
+        within ``event_backlog``, it is disconnected.
         """
         dropped = 0
         if len(self.queue) >= self.queue_size:
@@ -114,9 +120,11 @@ class _Client:
             if victim is None:
                 if droppable:
                     return 1, None
-                return 0, "client too slow: queue full of undelivered stream events"
-            del self.queue[victim]
-            dropped = 1
+                if len(self.queue) >= self.event_backlog:
+                    return 0, "client too slow: queue full of undelivered stream events"
+            else:
+                del self.queue[victim]
+                dropped = 1
         self.queue.append((droppable, text))
         self.peak = max(self.peak, len(self.queue))
         self.wakeup.set()
@@ -240,10 +248,11 @@ class Hub:
         task.add_done_callback(self._closing.discard)
 
     # -- connection side ---------------------------------------------------------------------
-    def _register(self, conn: ServerConnection, queue_size: int, stall_s: float) -> _Client:
+    def _register(self, conn: ServerConnection, queue_size: int, stall_s: float,
+                  event_backlog: int | None = None) -> _Client:
         """Add a client and queue, atomically, its hello and the active streams' state,
         so a late joiner neither misses nor duplicates a start/end pair."""
-        client = _Client(conn, queue_size, stall_s)
+        client = _Client(conn, queue_size, stall_s, event_backlog)
         self._clients[conn] = client
         self._send(client, self._hello)
         for stream in self._active:
@@ -383,6 +392,7 @@ async def serve(
     metrics: Metrics | None = None,
     stall_timeout_s: float = 10.0,
     close_timeout: float = 5.0,
+    event_backlog: int = 4096,
 ) -> Server:
     """Start the websocket + HTTP server; returns the running websockets ``Server``.
 
@@ -390,10 +400,15 @@ async def serve(
     (needs the token when one is set), ``/healthz``. Websocket upgrade on ``/`` or
     ``/ws``: token (401), Origin allow-list (403), ``max_clients`` (503) are checked
     before the upgrade. ``metrics`` defaults to the hub's registry, and is given to the
-    hub if it has none. Close the server with ``server.close(); await server.wait_closed()``.
+    hub if it has none. ``event_backlog`` bounds how far stream start/end messages,
+    which are never dropped, may overfill a client's queue during a burst (queued
+    texts are shared by all clients: the cost is a small tuple per message per client).
+    Close the server with ``server.close(); await server.wait_closed()``.
     """
     if queue_size < 2:
         raise ValueError(f"queue_size must be >= 2, got {queue_size}")
+    if event_backlog < queue_size:
+        raise ValueError(f"event_backlog must be >= queue_size, got {event_backlog} < {queue_size}")
     if max_clients < 1 or max_message_bytes < 64:
         raise ValueError("max_clients must be >= 1 and max_message_bytes >= 64")
     if metrics is None:
@@ -439,7 +454,7 @@ async def serve(
         return None
 
     async def handler(conn: ServerConnection) -> None:
-        client = hub._register(conn, queue_size, stall_timeout_s)
+        client = hub._register(conn, queue_size, stall_timeout_s, event_backlog)
         pump = asyncio.create_task(client.pump())
         try:
             async for raw in conn:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from streamqa.activity import ActivityDetector, frame_levels, speech_fraction
 
@@ -16,7 +17,10 @@ def _bursty(seconds: float, sr: int = 16000, seed: int = 0) -> np.ndarray:
 
 
 def test_levels():
-    assert frame_levels(np.full(1280, 0.5, np.float32), 640) == __import__("pytest").approx([-6.02, -6.02], abs=0.01)
+    square = np.where(np.arange(1280) % 2 == 0, 0.5, -0.5).astype(np.float32)
+    assert frame_levels(square, 640) == pytest.approx([-6.02, -6.02], abs=0.01)
+    assert frame_levels(square + 0.3, 640) == pytest.approx([-6.02, -6.02], abs=0.01)  # DC is not level
+    assert frame_levels(np.full(640, 0.5, np.float32), 640)[0] < -100
     assert len(frame_levels(np.zeros(100, np.float32), 640)) == 0
 
 

@@ -216,7 +216,7 @@ def train(
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss)
+            total += loss.item()
         if val_set is not None and rank == 0:
             metrics = evaluate(student, val_set)
         if rank == 0:
