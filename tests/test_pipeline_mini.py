@@ -30,8 +30,10 @@ def test_mini_pipeline(tmp_path):
     test = summary["xxs"]["test"]
     assert test["clips"] >= 3 and np.isfinite(test["mos"]["pcc"])
     for split in ("train", "val", "test"):
-        header = (tmp_path / "labels" / f"{split}.csv").read_text().splitlines()[0]
-        assert header.startswith("clip_id,sha256,split,speaker,mos,sig,bak,ovrl")
+        for teacher, column in (("distillmos", 4), ("dnsmos1", 5)):
+            lines = (tmp_path / "labels" / f"{split}.{teacher}.csv").read_text().splitlines()
+            assert lines[0].startswith("clip_id,sha256,split,speaker,mos,sig,bak,ovrl")
+            assert all(line.split(",")[column] for line in lines[1:])  # the teacher's own column is filled
 
     # The exported graph is the checkpoint: same scores on a held-out clip, streamed by hops.
     from streamqa.model import Model

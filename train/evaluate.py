@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from streamqa.model import Model
-from train.distill import clip_audio, pearson, read_labels, spearman
+from train.distill import clip_audio, merge_labels, pearson, spearman
 
 
 def evaluate_onnx(model_path: Path, labels: list[Path], audio_dir: Path = Path("cache/audio"), *, split: str | None = "test") -> dict:
     """PCC/SRCC/RMSE per output of ``model_path`` against teacher labels on ``split``."""
     model = Model(model_path)
-    rows = [r for p in labels for r in read_labels(p, split)]
+    rows = [r for r in merge_labels(labels) if split is None or r.get("split") == split]
     preds = {k: [] for k in model.info.outputs}
     targets = {k: [] for k in model.info.outputs}
     for row in rows:

@@ -41,25 +41,31 @@ def make_manifest(args: argparse.Namespace) -> Path:
 
 
 def make_labels(args: argparse.Namespace, mdir: Path) -> list[Path]:
-    """Label val and test first (evaluation needs them whole), then train."""
+    """One label CSV per split and teacher (``train/labels/SPLIT.TEACHER.csv``).
+
+    Teachers run as separate jobs so that a slow one can be stopped early or limited
+    without holding back the other; training joins the CSVs by clip_id and masks the
+    outputs a clip has no label for. Val and test come first: evaluation needs them whole.
+    """
     outs = []
-    for split in ("val", "test", "train"):
-        out = args.labels / f"{split}.csv"
-        limit = args.train_clips if split == "train" else args.eval_clips
-        common = [sys.executable, "-m", "train.label", "--manifest", str(mdir / f"{split}.csv"), "--teachers", args.teachers,
-                  "--cache", str(args.cache / "labels"), "--audio-dir", str(args.cache / "audio"),
-                  "--speech-cache", str(args.speech_cache)]
-        common += ["--limit", str(limit)] if limit else []
-        procs = [
-            subprocess.Popen(common + ["--out", str(out.with_suffix(f".shard{i}.csv")), "--shard", f"{i}/{args.jobs}"])
-            for i in range(args.jobs)
-        ]
-        if any(p.wait() for p in procs):
-            raise SystemExit(f"labelling {split} failed")
-        _run(common + ["--out", str(out), "--assemble"])
-        for i in range(args.jobs):
-            out.with_suffix(f".shard{i}.csv").unlink(missing_ok=True)
-        outs.append(out)
+    for teacher in args.teachers.split(","):
+        for split in ("val", "test", "train"):
+            out = args.labels / f"{split}.{teacher}.csv"
+            limit = args.train_clips if split == "train" else args.eval_clips
+            common = [sys.executable, "-m", "train.label", "--manifest", str(mdir / f"{split}.csv"), "--teachers", teacher,
+                      "--cache", str(args.cache / "labels"), "--audio-dir", str(args.cache / "audio"),
+                      "--speech-cache", str(args.speech_cache)]
+            common += ["--limit", str(limit)] if limit else []
+            procs = [
+                subprocess.Popen(common + ["--out", str(out.with_suffix(f".shard{i}.csv")), "--shard", f"{i}/{args.jobs}"])
+                for i in range(args.jobs)
+            ]
+            if any(p.wait() for p in procs):
+                raise SystemExit(f"labelling {split} with {teacher} failed")
+            _run(common + ["--out", str(out), "--assemble"])
+            for i in range(args.jobs):
+                out.with_suffix(f".shard{i}.csv").unlink(missing_ok=True)
+            outs.append(out)
     return outs
 
 
@@ -184,9 +190,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name}: {results[name]['params']} params, test PCC mos {mos.get('pcc', float('nan')):.3f}", file=sys.stderr)
     (args.out / "summary.json").write_text(json.dumps(results, indent=2) + "\n")
     if args.ship:
-        train_rows = sum(1 for _ in open(labels[-1])) - 1
+        train_rows = sum(1 for _ in open(args.labels / "train.distillmos.csv")) - 1
         command = "python -m train.pipeline " + " ".join(argv if argv is not None else sys.argv[1:])
-        data = f"{train_rows} labelled generated clips (train split, {args.labels}/train.csv)"
+        data = f"{train_rows} generated degraded clips labelled by the teachers (train split, {args.labels}/train.*.csv)"
         dst = ship(results[args.ship], args.teachers, data, command)
         write_models_doc()
         print(f"shipped {dst}", file=sys.stderr)
