@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PYTHONUNBUFFERED := 1
 
-.PHONY: run test test-fast train bench labels sysdeps clean
+.PHONY: run test test-fast train bench sysdeps clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -30,16 +30,21 @@ test: sysdeps $(VENV)/.full
 test-fast: $(VENV)/.full
 	$(BIN)/python -m pytest -q -m "not slow"
 
-# Reproduce the shipped students from scratch: data, teacher labels, training, export.
+# Reproduce the shipped students from scratch: data, teacher labels, training, export, card.
 train: sysdeps $(VENV)/.full
-	$(BIN)/python -m train.pipeline --out runs/release
+	$(BIN)/python -m train.pipeline --out runs/release --clips 28500 --students xxs,xs,s,m --ship s
 
-labels: sysdeps $(VENV)/.full
-	$(BIN)/python -m train.label --manifest cache/manifests/train.csv --out train/labels/train.csv
-
+# The reference runs behind docs/results.md (each writes JSON and prints a table).
+R := benchmarks/results
 bench: sysdeps $(VENV)/.full
-	$(BIN)/python -m benchmarks.compression --json benchmarks/results/compression.json
-	$(BIN)/python -m benchmarks.streaming --json benchmarks/results/streaming.json
+	$(BIN)/python -m benchmarks.speed --json $(R)/speed.json
+	$(BIN)/python -m benchmarks.monotonicity --json $(R)/monotonicity.json
+	$(BIN)/python -m benchmarks.rtp_degradation --json $(R)/rtp_degradation.json
+	$(BIN)/python -m benchmarks.latency4 --json $(R)/latency4.json
+	$(BIN)/python -m benchmarks.hop_cost --json $(R)/hop_cost.json
+	$(BIN)/python -m benchmarks.fuzz_rtp --inputs 1000000 --json $(R)/fuzz_rtp.json
+	$(BIN)/python -m benchmarks.streaming --search --scorer both --json $(R)/streaming.json
+	$(BIN)/python -m benchmarks.compression --json $(R)/compression.json --plots $(R) --markdown docs/compression.md
 
 clean:
 	rm -rf $(VENV) cache runs

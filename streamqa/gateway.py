@@ -9,12 +9,12 @@ killing one only disconnects its own clients (the overlay reconnects by itself).
 from __future__ import annotations
 
 import asyncio
-import signal
 import sys
 from typing import Any, TextIO
 
 from .broker import GatewayFeed
 from .metrics import Metrics
+from .monitor import stop_on_signals
 from .server import Hub, serve
 
 
@@ -46,12 +46,7 @@ async def run_gateway(
             model.set_result(info)
 
     feed = GatewayFeed(broker, liveness_s=liveness_s, on_model=on_model)
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):
-            pass
+    stop = stop_on_signals(loop)
     if duration is not None:
         loop.call_later(duration, stop.set)
     consume = loop.create_task(feed.run())

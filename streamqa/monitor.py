@@ -98,6 +98,18 @@ class Console:
         self.out.flush()
 
 
+def stop_on_signals(loop: asyncio.AbstractEventLoop) -> asyncio.Event:
+    """An event set by SIGINT/SIGTERM, so long-running commands shut down in order
+    (sources end their streams, end summaries are published) instead of dying mid-hop."""
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread, or no signals here
+            pass
+    return stop
+
+
 async def _mirror_counters(sources: list[RtpSource], metrics: Metrics, every: float) -> None:
     """Copy RTP source counters into /metrics as deltas (counters only go up)."""
     seen: dict[str, int] = {}
@@ -176,12 +188,7 @@ async def run_monitor(model: Model, opts: MonitorOptions, *, out: TextIO = sys.s
             finite.append(loop.create_task(FileSource(engine, path, realtime=not opts.fast).run()))
 
     mirror = loop.create_task(_mirror_counters(rtp_sources, metrics, 1.0))
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):
-            pass
+    stop = stop_on_signals(loop)
     url = f"http://{ws_host}:{ws_port}/" + (f"?token={opts.token}" if opts.token else "")
     if not opts.quiet:
         print(f"streamqa: model {model.info.name} (hop {engine.hop_s:g} s, window {engine.window_s:g} s)", file=out)

@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any, TextIO
 
-from .broker import BrokerPublisher
 from .engine import Engine
 from .metrics import Metrics
 from .model import load_model
+from .monitor import stop_on_signals
 from .rtp.codecs import parse_rtp_map
 from .server import Hub, encode, serve
 from .sources.rtp import RtpSource
@@ -210,7 +210,7 @@ async def run_sharded(
     ctx = mp.get_context("spawn")  # no fork of a loop, threads or an ORT session
     metrics = Metrics()
     hub: Hub | None = None
-    publisher: BrokerPublisher | None = None
+    publisher: Any = None  # a BrokerPublisher with --broker
 
     def publish(msg: dict[str, Any]) -> None:
         assert hub is not None
@@ -246,6 +246,8 @@ async def run_sharded(
         assert hello is not None
         hub = Hub(hello, metrics=metrics)
         if broker is not None:
+            from .broker import BrokerPublisher  # redis is an optional extra
+
             publisher = BrokerPublisher(broker, hello, monitor_id=monitor_id)
             await publisher.start()
         for i, conn in enumerate(conns):
@@ -257,9 +259,7 @@ async def run_sharded(
         if ready is not None:
             ready.set_result({"ws": (ws_host, ws_port), "rtp": rtp, "hub": hub, "shards": shards,
                               "pids": [p.pid for p in procs], "metrics": metrics})
-        stop = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        stop = stop_on_signals(loop)
         if duration is not None:
             loop.call_later(duration, stop.set)
         alive = set(range(workers))

@@ -70,9 +70,12 @@ def make_labels(args: argparse.Namespace, mdir: Path) -> list[Path]:
 
 
 def train_student(args: argparse.Namespace, name: str, labels: list[Path]) -> Path:
+    """Distil one family member (or a config JSON in --out) unless its checkpoint exists."""
     ckpt = args.out / name / "student.pt"
+    config = args.out / f"{name}.json"
     if not ckpt.exists():
-        _run([sys.executable, "-m", "train.distill", "--labels", *map(str, labels), "--student", name,
+        _run([sys.executable, "-m", "train.distill", "--labels", *map(str, labels),
+              "--student", str(config) if config.exists() else name,
               "--out", str(ckpt), "--epochs", str(args.epochs), "--audio-dir", str(args.cache / "audio"),
               "--threads", str(args.jobs), "--teacher", args.teachers.replace(",", "+")])
     return ckpt
@@ -172,17 +175,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--int8", action="store_true", help="also evaluate int8 dynamic quantisation")
     ap.add_argument("--ship", help="copy this student into streamqa/models with its card")
+    ap.add_argument("--skip-labels", action="store_true", help="use the label CSVs already in --labels")
     ap.add_argument("--mini", action="store_true", help="CI miniature: few clips, one tiny student, 2 epochs")
     args = ap.parse_args(argv)
     if args.mini:
         args.clips, args.students, args.epochs, args.eval_clips = min(args.clips, 40), "xxs", 2, 0
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    mdir = make_manifest(args)
-    labels = make_labels(args, mdir)
+    if args.skip_labels:
+        labels = sorted(args.labels.glob("*.csv"))
+    else:
+        labels = make_labels(args, make_manifest(args))
     results = {}
     for name in args.students.split(","):
-        if name not in FAMILY:
+        if name not in FAMILY and not (args.out / f"{name}.json").exists():
             raise SystemExit(f"unknown student {name!r}; choose from {', '.join(FAMILY)}")
         ckpt = train_student(args, name, labels)
         results[name] = export_and_evaluate(args, name, ckpt, labels)
