@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.rtp_degradation import free_port, streamqa_command
+
 PACKET_S = 0.02
 LIMIT_MS = 50.0
 CODECS = {"pcmu": (0, 8000), "l16": (97, 16000)}  # payload type, sample (= clock) rate
@@ -81,22 +83,11 @@ def send(addr: tuple[str, int], codec: str, streams: int, seconds: float, hop: f
     out.put(sent)
 
 
-def _free_port(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _cli() -> list[str]:
-    script = Path(sys.executable).with_name("streamqa")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "streamqa.cli"]
-
-
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
     from websockets.asyncio.client import connect
 
-    rtp_port, ws_port = _free_port(socket.SOCK_DGRAM), _free_port(socket.SOCK_STREAM)
-    cmd = _cli() + ["monitor", "--rtp", f"127.0.0.1:{rtp_port}", "--ws", f"127.0.0.1:{ws_port}",
+    rtp_port, ws_port = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_STREAM)
+    cmd = streamqa_command() + ["monitor", "--rtp", f"127.0.0.1:{rtp_port}", "--ws", f"127.0.0.1:{ws_port}",
                     "--hop", str(args.hop), "--idle-timeout", "2", "--quiet", "--rtp-map", "97=L16/16000"]
     monitor = subprocess.Popen(cmd + (["--model", args.model] if args.model else []), stderr=subprocess.PIPE, text=True)
     received: list[tuple[float, dict[str, Any]]] = []

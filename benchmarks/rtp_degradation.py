@@ -148,13 +148,15 @@ class LossyRelay(asyncio.DatagramProtocol):
         self.transport.sendto(data, self.target)
 
 
-def _free_port(kind: int) -> int:
+def free_port(kind: int) -> int:
+    """A port the OS just handed out on 127.0.0.1 (socket.SOCK_DGRAM or SOCK_STREAM)."""
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _cli() -> list[str]:
+def streamqa_command() -> list[str]:
+    """How to start the ``streamqa`` CLI of this environment."""
     script = Path(sys.executable).with_name("streamqa")
     return [str(script)] if script.exists() else [sys.executable, "-m", "streamqa.cli"]
 
@@ -163,10 +165,10 @@ async def run_call(wav: Path, args: argparse.Namespace, seconds: float) -> dict[
     """Start the monitor, relay and ffmpeg; collect every websocket message of the call."""
     from websockets.asyncio.client import connect
 
-    rtp_port, ws_port = _free_port(socket.SOCK_DGRAM), _free_port(socket.SOCK_STREAM)
+    rtp_port, ws_port = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_STREAM)
     url = f"ws://127.0.0.1:{ws_port}/"
     monitor = subprocess.Popen(
-        _cli() + ["monitor", "--rtp", f"127.0.0.1:{rtp_port}", "--ws", f"127.0.0.1:{ws_port}",
+        streamqa_command() + ["monitor", "--rtp", f"127.0.0.1:{rtp_port}", "--ws", f"127.0.0.1:{ws_port}",
                   "--rtp-map", "97=L16/16000", "--hop", str(args.hop), "--idle-timeout", "2",
                   "--quiet"] + (["--model", args.model] if args.model else []),
         stderr=subprocess.PIPE, text=True,

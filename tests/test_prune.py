@@ -3,7 +3,6 @@ counting, physical removal, Taylor importance, and the XLS-R-SQA (Wav2Vec2) code
 
 from __future__ import annotations
 
-import copy
 import subprocess
 import sys
 

@@ -21,7 +21,7 @@ import threading
 import time
 import types
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
