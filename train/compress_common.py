@@ -11,6 +11,8 @@ into it (tests check the outputs match), and every compression method edits this
 
 from __future__ import annotations
 
+import argparse
+
 import json
 import math
 import time
@@ -387,3 +389,18 @@ def synthetic_clips(n: int, samples: int, seed: int = 0) -> np.ndarray:
         noise = rng.standard_normal(samples) * 10 ** (-rng.uniform(0, 40) / 20)
         out[i] = 0.3 * voiced * envelope + 0.3 * noise
     return out
+
+def add_finetune_args(ap: argparse.ArgumentParser) -> None:
+    """The fine-tuning budget and I/O options every compression method shares, so that the
+    budgets stay equal across methods by construction."""
+    ap.add_argument("--batch", type=int, default=4, help="crops per step (default 4)")
+    ap.add_argument("--lr", type=float, default=3e-4, help="peak learning rate of fine-tuning (default 3e-4)")
+    ap.add_argument("--crop-seconds", type=float, default=2.0, help="training crop length (default 2.0)")
+    ap.add_argument("--train-clips", type=int, default=400, help="train-split clips the crops come from (default 400)")
+    ap.add_argument("--crops-per-clip", type=int, default=2, help="crops per training clip (default 2)")
+    ap.add_argument("--cache", type=Path, default=Path("cache/compression"),
+                    help="clip and reference-output cache directory (default cache/compression)")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    ap.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    ap.add_argument("--out", type=Path, required=True,
+                    help="output: torch.save({'model': module, 'meta': ...}); load with weights_only=False")

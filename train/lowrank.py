@@ -15,13 +15,20 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from train.compress_common import cached_predict, count_params, finetune, load_clips, load_reference_net, make_crops
+from train.compress_common import (
+    add_finetune_args,
+    cached_predict,
+    count_params,
+    finetune,
+    load_clips,
+    load_reference_net,
+    make_crops,
+)
 
 
 def rank_for(out_dim: int, fan_in: int, keep: float) -> int:
@@ -87,17 +94,7 @@ def main(argv: list[str] | None = None) -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--keep", type=float, default=0.25, help="share of each factorised layer's weights kept (default 0.25)")
     ap.add_argument("--steps", type=int, default=100, help="distillation fine-tuning steps (default 100)")
-    ap.add_argument("--batch", type=int, default=4, help="crops per step (default 4)")
-    ap.add_argument("--lr", type=float, default=3e-4, help="peak learning rate of fine-tuning (default 3e-4)")
-    ap.add_argument("--crop-seconds", type=float, default=2.0, help="training crop length (default 2.0)")
-    ap.add_argument("--train-clips", type=int, default=400, help="train-split clips the crops come from (default 400)")
-    ap.add_argument("--crops-per-clip", type=int, default=2, help="crops per training clip (default 2)")
-    ap.add_argument("--cache", type=Path, default=Path("cache/compression"),
-                    help="clip and reference-output cache directory (default cache/compression)")
-    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
-    ap.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    ap.add_argument("--out", type=Path, required=True,
-                    help="output: torch.save({'model': module, 'meta': ...}); load with weights_only=False")
+    add_finetune_args(ap)
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)

@@ -22,7 +22,6 @@ import itertools
 import math
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -31,6 +30,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from train.compress_common import (
+    add_finetune_args,
     SEGMENT_SAMPLES,
     DistillMosNet,
     count_nonzero,
@@ -507,17 +507,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--importance-batches", type=int, default=4,
                     help="batches the Taylor importance is averaged over (default 4)")
     ap.add_argument("--steps", type=int, default=100, help="distillation fine-tuning steps after pruning (default 100)")
-    ap.add_argument("--batch", type=int, default=4, help="crops per step (default 4)")
-    ap.add_argument("--lr", type=float, default=3e-4, help="peak learning rate of fine-tuning (default 3e-4)")
-    ap.add_argument("--crop-seconds", type=float, default=2.0, help="training crop length (default 2.0)")
-    ap.add_argument("--train-clips", type=int, default=400, help="train-split clips the crops come from (default 400)")
-    ap.add_argument("--crops-per-clip", type=int, default=2, help="crops per training clip (default 2)")
-    ap.add_argument("--cache", type=Path, default=Path("cache/compression"),
-                    help="clip and reference-output cache directory (default cache/compression)")
-    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
-    ap.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    ap.add_argument("--out", type=Path, required=True,
-                    help="output: torch.save({'model': module, 'meta': ...}); load with weights_only=False")
+    add_finetune_args(ap)
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
