@@ -121,3 +121,23 @@ def test_garbage_file_is_refused(tmp_path):
         Model(p)
     with pytest.raises(ModelError, match="not found"):
         Model(tmp_path / "missing.onnx")
+
+
+def test_bundled_model_must_match_its_card(tiny_onnx, tmp_path, monkeypatch):
+    """A bundled ONNX whose bytes differ from the sha256 in its card is refused."""
+    import hashlib
+    import json
+    import shutil
+
+    import streamqa.model as model_mod
+
+    shutil.copyfile(tiny_onnx, tmp_path / "tiny.onnx")
+    digest = hashlib.sha256((tmp_path / "tiny.onnx").read_bytes()).hexdigest()
+    card = {"name": "tiny", "file": "tiny.onnx", "sha256": digest}
+    (tmp_path / "tiny.json").write_text(json.dumps(card))
+    monkeypatch.setattr(model_mod, "MODELS_DIR", tmp_path)
+    assert model_mod.load_model("tiny").info.outputs[0] == "mos"
+    with open(tmp_path / "tiny.onnx", "ab") as f:
+        f.write(b"\0")  # one byte appended: still loadable by ONNX Runtime, but not the shipped file
+    with pytest.raises(ModelError, match="does not match its model card"):
+        model_mod.load_model("tiny")
