@@ -11,6 +11,8 @@ onnxruntime, while Distill-MOS and XLS-R-SQA pull in torch, torchaudio and trans
 from __future__ import annotations
 
 import importlib
+from collections import defaultdict
+from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -74,3 +76,20 @@ def check_clip(clip: np.ndarray, teacher: str) -> np.ndarray:
     if not np.isfinite(arr).all():
         raise ValueError(f"{teacher}: clip contains NaN or infinite samples")
     return arr
+
+
+def mos_by_length(
+    clips: list[np.ndarray], teacher: str, score_group: Callable[[list[np.ndarray]], list[float]]
+) -> list[dict[str, float]]:
+    """Check the clips, score each group of equal-length clips in one call of ``score_group``
+    (one forward pass, no padding that would change the score) and return ``{"mos": ...}``
+    per clip in the input order."""
+    checked = [check_clip(c, teacher) for c in clips]
+    by_length: dict[int, list[int]] = defaultdict(list)
+    for i, clip in enumerate(checked):
+        by_length[clip.size].append(i)
+    scores = [0.0] * len(checked)
+    for indices in by_length.values():
+        for i, value in zip(indices, score_group([checked[i] for i in indices])):
+            scores[i] = float(value)
+    return [{"mos": s} for s in scores]

@@ -9,12 +9,10 @@ loads the weights without the package's print to stdout.
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import numpy as np
 import torch
 
-from train.teachers.base import SAMPLE_RATE, check_clip
+from train.teachers.base import SAMPLE_RATE, mos_by_length
 
 SEGMENT_SAMPLES = 122_880
 
@@ -49,15 +47,9 @@ class DistillMosTeacher:
 
     def score_batch(self, clips: list[np.ndarray]) -> list[dict[str, float]]:
         """Score clips of any length; clips of equal length share one forward pass."""
-        checked = [check_clip(c, self.name) for c in clips]
-        by_length: dict[int, list[int]] = defaultdict(list)
-        for i, clip in enumerate(checked):
-            by_length[clip.size].append(i)
-        scores: list[float] = [0.0] * len(checked)
-        with torch.inference_mode():
-            for indices in by_length.values():
-                batch = torch.from_numpy(np.stack([checked[i] for i in indices]))
-                mos = self.model(batch).reshape(-1).tolist()
-                for i, value in zip(indices, mos):
-                    scores[i] = float(value)
-        return [{"mos": s} for s in scores]
+
+        def group(batch: list[np.ndarray]) -> list[float]:
+            with torch.inference_mode():
+                return self.model(torch.from_numpy(np.stack(batch))).reshape(-1).tolist()
+
+        return mos_by_length(clips, self.name, group)

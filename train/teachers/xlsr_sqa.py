@@ -13,7 +13,6 @@ or zero pad to 384 frames (7.68 s), then the package's ``SingleLayerModel`` (one
 from __future__ import annotations
 
 import copy
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +29,7 @@ from xls_r_sqa.config import (
 from xls_r_sqa.sqa_model import FusionModel, SingleLayerModel
 from xls_r_sqa.utils import get_model_path
 
-from train.teachers.base import SAMPLE_RATE, check_clip
+from train.teachers.base import SAMPLE_RATE, mos_by_length
 
 # Backbone width -> (package head config, layer pair the shipped fusion head was trained on).
 SHIPPED: dict[int, tuple[Config, tuple[int, int]]] = {
@@ -145,20 +144,14 @@ class XlsrSqaTeacher:
     def score_batch(self, clips: list[np.ndarray]) -> list[dict[str, float]]:
         """Score clips of any length (only the centre 7.68 s of features is judged, as in the
         package); clips of equal length share one backbone pass."""
-        checked = [check_clip(c, self.name) for c in clips]
-        by_length: dict[int, list[int]] = defaultdict(list)
-        for i, clip in enumerate(checked):
-            by_length[clip.size].append(i)
-        scores: list[float] = [0.0] * len(checked)
-        with torch.inference_mode():
-            for indices in by_length.values():
-                normalized = self.normalizer(
-                    [checked[i] for i in indices], sampling_rate=SAMPLE_RATE, return_tensors="np"
-                )["input_values"]
-                batch = torch.from_numpy(np.asarray(normalized, dtype=np.float32)).to(self.device)
-                hidden = self.backbone(batch, output_hidden_states=True).hidden_states
+
+        def group(batch: list[np.ndarray]) -> list[float]:
+            normalized = self.normalizer(batch, sampling_rate=SAMPLE_RATE, return_tensors="np")["input_values"]
+            with torch.inference_mode():
+                audio = torch.from_numpy(np.asarray(normalized, dtype=np.float32)).to(self.device)
+                hidden = self.backbone(audio, output_hidden_states=True).hidden_states
                 features = [self.crop(hidden[layer]) for layer in self.layers]
                 quality = self.head(features[0] if len(features) == 1 else tuple(features))
-                for i, value in zip(indices, (1.0 + 4.0 * quality).reshape(-1).tolist()):
-                    scores[i] = float(value)
-        return [{"mos": s} for s in scores]
+                return (1.0 + 4.0 * quality).reshape(-1).tolist()
+
+        return mos_by_length(clips, self.name, group)
