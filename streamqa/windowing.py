@@ -77,24 +77,19 @@ class Windower:
         self._pending_len = 0
         self._raw: list[np.ndarray] = []  # input not yet resampled (see feed)
         self._raw_len = 0
-        self._raw_tainted = False  # a chunk in _raw held NaN/Inf
         self._ratio = out_rate / in_rate
         self._emitted = 0  # model-rate samples already cut into hops
         self._taint_end = -1  # model-rate sample index up to which output is tainted
-        self.nonfinite_chunks = 0
         self._flushed = False
 
     def feed(self, pcm: np.ndarray, arrival: float) -> list[Hop]:
         """Add mono PCM at ``in_rate``; return the hops it completes (possibly none).
 
-        Input is only collected until it could complete a hop, then sanitised and resampled
-        in one piece: per-call overhead (soxr, numpy) dominated at one call per 20 ms RTP
-        packet, and soxr's output does not depend on how its input is chunked.
+        Input is only collected until it could complete a hop, then checked, sanitised and
+        resampled in one piece: per-call overhead (soxr, numpy) dominated at one call per
+        20 ms RTP packet, and soxr's output does not depend on how its input is chunked.
         """
         x = np.asarray(pcm, dtype=np.float32).reshape(-1)
-        if not np.isfinite(x).all():
-            self.nonfinite_chunks += 1
-            self._raw_tainted = True
         if len(x):
             self._raw.append(x)
             self._raw_len += len(x)
@@ -115,8 +110,8 @@ class Windower:
 
     def _cut(self, arrival: float, last: bool = False) -> list[Hop]:
         x = np.concatenate(self._raw) if self._raw else np.zeros(0, np.float32)
-        tainted = self._raw_tainted
-        self._raw, self._raw_len, self._raw_tainted = [], 0, False
+        self._raw, self._raw_len = [], 0
+        tainted = not np.isfinite(x).all()
         if tainted:
             x = np.where(np.isfinite(x), x, np.float32(0.0)).astype(np.float32)
         np.clip(x, -1.0, 1.0, out=x)

@@ -54,6 +54,16 @@ def test_alaw_table_known_points():
     assert ALAW_TABLE[0xAA] * 32768 == 32256 and ALAW_TABLE[0x2A] * 32768 == -32256
 
 
+@pytest.mark.parametrize("codec", ["PCMU", "PCMA"])
+def test_g711_decoders_are_bounded_so_safe_decode_may_skip_its_scan(codec):
+    decoder = make_decoder(codec, 8000, 1)
+    assert decoder.bounded
+    everything = decoder.decode(bytes(range(256)))
+    assert np.isfinite(everything).all() and np.abs(everything).max() <= 1.0
+    pcm, err = safe_decode(decoder, bytes(range(256)), 160)
+    assert err is None and np.array_equal(pcm, everything)
+
+
 @pytest.mark.parametrize("encode,table,max_rel", [(ulaw_encode, ULAW_TABLE, 0.07), (alaw_encode, ALAW_TABLE, 0.07)])
 def test_g711_round_trip_against_encoder(encode, table, max_rel):
     xs = np.arange(-32768, 32768, 7)
