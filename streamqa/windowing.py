@@ -11,6 +11,7 @@ the hops that contain it are flagged; the engine then publishes ``mos: null`` fo
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,27 +28,37 @@ class Hop:
     finite: bool  # False when the hop held NaN/Inf input (replaced by silence)
 
 
-def _halfband(taps: int = 64, cutoff: float = 0.46, beta: float = 8.0) -> np.ndarray:
-    """Kaiser-windowed sinc low-pass for x2 upsampling; ``cutoff`` is a fraction of the
-    input rate (0.46 x 8 kHz = 3.7 kHz: telephony's band passes, images are cut)."""
+@functools.lru_cache(maxsize=4)
+def _halfband_phase(half_order: int = 20, beta: float = 8.0) -> np.ndarray:
+    """The non-trivial polyphase branch of a Kaiser-windowed half-band low-pass with
+    ``4 * half_order - 1`` taps, cut-off at half the input rate.
+
+    Every second tap of a half-band filter is zero except the centre one, so of the two
+    branches of a x2 interpolator one is a pure delay and only this one needs filtering:
+    half the arithmetic of a general low-pass of the same length. With 79 taps and beta 8
+    the response is flat to 3.4 kHz (-0.01 dB, telephony's band at 8 kHz input), and images
+    are down 40 dB at 4.4 kHz and 84 dB beyond 4.8 kHz. Cached: the design costs as much as
+    a second of filtering, and every 8 kHz stream needs it (callers never write to it)."""
+    taps = 4 * half_order - 1
     n = np.arange(taps) - (taps - 1) / 2
-    h = 2 * cutoff * np.sinc(2 * cutoff * n / 2) * np.kaiser(taps, beta)
-    return (2 * h / h.sum()).astype(np.float32)  # x2: zero stuffing halves the level
+    h = np.sinc(n / 2) * np.kaiser(taps, beta)
+    branch = h[0::2]  # the taps at odd distances from the centre
+    return (branch / branch.sum()).astype(np.float32)  # unit gain at DC, like the delay branch
 
 
 class Upsample2:
-    """Streaming polyphase x2 upsampler (8 -> 16 kHz, the telephony case).
+    """Streaming x2 upsampler (8 -> 16 kHz, the telephony case) built on a half-band FIR.
 
     Why not soxr here: soxr's streaming resampler emits output in blocks, so a hop that
     its input completed waits 40-120 ms for the resampler to release it, which alone breaks
     a 100 ms end-to-end budget. This FIR returns exactly 2 samples per input sample on every
-    call (linear phase, 2 ms group delay), so a hop is ready with the packet that ends it.
+    call (linear phase, 2.4 ms group delay), so a hop is ready with the packet that ends it.
     """
 
-    def __init__(self, taps: int = 64) -> None:
-        h = _halfband(taps)
-        self._phases = (h[0::2].copy(), h[1::2].copy())  # output samples 2n and 2n+1
-        self._history = np.zeros(taps // 2 - 1, np.float32)
+    def __init__(self, half_order: int = 20) -> None:
+        self._branch = _halfband_phase(half_order)
+        self._delay = half_order  # the delay branch reads buf[n + half_order]
+        self._history = np.zeros(2 * half_order - 1, np.float32)
 
     def resample_chunk(self, x: np.ndarray) -> np.ndarray:
         if len(x) == 0:
@@ -55,8 +66,8 @@ class Upsample2:
         buf = np.concatenate([self._history, x])
         self._history = buf[len(buf) - len(self._history):]
         y = np.empty(2 * len(x), np.float32)
-        y[0::2] = np.convolve(buf, self._phases[0], "valid")
-        y[1::2] = np.convolve(buf, self._phases[1], "valid")
+        y[0::2] = np.convolve(buf, self._branch, "valid")
+        y[1::2] = buf[self._delay : self._delay + len(x)]
         return y
 
 

@@ -74,3 +74,19 @@ def test_upsampler_is_low_delay_and_band_limited():
     freqs = np.fft.rfftfreq(14000, 1 / 16000)
     assert abs(spec[np.argmin(abs(freqs - 1000))] - 1.0) < 0.05  # the tone keeps its level
     assert spec[np.argmin(abs(freqs - 7000))] < 0.01  # its image above 4 kHz is gone (-40 dB)
+
+
+def test_upsampler_passes_the_telephone_band_and_stops_its_images():
+    """A 3.3 kHz tone (top of the G.711 band) keeps its level; its image at 4.7 kHz is
+    below -60 dB; chunked and whole input give the same samples."""
+    from streamqa.windowing import Upsample2
+
+    tone = np.sin(2 * np.pi * 3300 * np.arange(8000) / 8000).astype(np.float32)
+    up = Upsample2()
+    y = np.concatenate([up.resample_chunk(tone[i : i + 160]) for i in range(0, 8000, 160)])
+    np.testing.assert_allclose(y, Upsample2().resample_chunk(tone), atol=1e-6)
+    n = 12800  # 1.25 Hz bins: both frequencies fall on a bin, no scalloping loss
+    spec = np.abs(np.fft.rfft(y[1600 : 1600 + n] * np.blackman(n))) / (n * 0.42 / 2)
+    freqs = np.fft.rfftfreq(n, 1 / 16000)
+    assert abs(spec[np.argmin(abs(freqs - 3300))] - 1.0) < 0.02
+    assert spec[np.argmin(abs(freqs - 4700))] < 1e-3

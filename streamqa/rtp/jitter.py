@@ -13,7 +13,7 @@ modulo 2**32, so wrap-around of either is invisible to the caller.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
+from typing import NamedTuple, Union
 
 from .packet import RtpPacket
 
@@ -25,8 +25,7 @@ MAX_PACKET_SECONDS = 0.2
 DEFAULT_PACKET_SECONDS = 0.02
 
 
-@dataclass(frozen=True, slots=True)
-class Received:
+class Received(NamedTuple):
     """A packet released in sequence order."""
 
     packet: RtpPacket
@@ -34,8 +33,7 @@ class Received:
     ext_sequence: int
 
 
-@dataclass(frozen=True, slots=True)
-class Lost:
+class Lost(NamedTuple):
     """``packets`` consecutive packets that never arrived in time, spanning ``duration``
     RTP timestamp units; ``arrival`` is when the gap was given up on."""
 

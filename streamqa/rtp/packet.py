@@ -9,7 +9,7 @@ that the UDP shell counts, instead of an arbitrary exception from a slice or an 
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 RTP_VERSION = 2
 HEADER_SIZE = 12
@@ -31,9 +31,12 @@ class MalformedPacket(ValueError):
         self.reason = reason
 
 
-@dataclass(frozen=True, slots=True)
-class RtpPacket:
-    """One parsed RTP packet; ``payload`` excludes header, CSRCs, extension and padding."""
+class RtpPacket(NamedTuple):
+    """One parsed RTP packet; ``payload`` excludes header, CSRCs, extension and padding.
+
+    A NamedTuple rather than a frozen dataclass: equally immutable, and built in a third of
+    the time, which matters at one packet per 20 ms per stream on hundreds of streams.
+    """
 
     version: int
     padding: bool
