@@ -345,8 +345,6 @@ def test_one_score_message_per_hop_per_stream(rtp_run: RtpRun) -> None:
             assert isinstance(m["speech"], bool)
 
 
-@pytest.mark.xfail(reason="known gap: the PCMU stream behind the 10 % lossy relay still ends one hop short "
-                   "(the other codecs get every hop since the windower flush); under investigation")
 def test_last_whole_hop_is_scored(rtp_run: RtpRun) -> None:
     codecs = rtp_run.codec_of()
     for sid, msgs in rtp_run.by_stream().items():

@@ -121,6 +121,18 @@ def test_gap_duration_follows_timestamps_not_packet_count():
     assert frames[2] == ("l", 2, 5760)
 
 
+def test_gap_reports_its_exact_span_and_none_when_implausible():
+    jb = JitterBuffer(8000, depth=0)
+    # packets of 160, 160, 64 samples; the 64-sample one (seq 2) is lost
+    starts = {0: 0, 1: 160, 2: 320, 3: 384}
+    frames = [f for s in (0, 1, 3) for f in jb.push(pkt(s, starts[s]), 0.0)]
+    lost = frames[2]
+    assert (lost.packets, lost.duration, lost.span) == (1, 112, 224)  # 224 - 160 = the real 64
+    jb = JitterBuffer(8000, depth=0)
+    frames = [f for s in (0, 1, 3) for f in jb.push(pkt(s, s * STEP if s < 3 else 8000 * 600), 0.0)]
+    assert frames[2].span == 0
+
+
 def test_flush_conceals_gaps_between_held_packets():
     jb = JitterBuffer(8000, depth=5)
     assert run(jb, [0, 2, 5]) == [("r", 0), ("l", 1, STEP), ("r", 2), ("l", 2, 2 * STEP), ("r", 5)]

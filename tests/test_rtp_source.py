@@ -207,6 +207,23 @@ def test_g722_loss_is_concealed_at_the_audio_rate():
     assert sink.audio_of(sid).size == 10 * 320
 
 
+def test_loss_next_to_odd_sized_packets_is_concealed_exactly():
+    # ffmpeg splits each 1024-sample block into 160-sample packets and a 64-sample rest:
+    # lost packets of either size must come back as exactly their own length of audio
+    sizes = [160] * 6 + [64]
+    sizes = sizes * 4
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    for lost in ([5], [6], [7], [5, 6], [12, 13, 14]):
+        sink = RecordingSink()
+        source = RtpSource(sink, jitter_depth=1)
+        for i, (n, ts) in enumerate(zip(sizes, starts)):
+            if i not in lost:
+                source.handle_datagram(build(0, i, int(ts), 3, b"\xff" * n), ("10.0.0.1", 5004), i * 0.02)
+        source.close()
+        (sid,) = sink.started
+        assert sink.audio_of(sid).size == sum(sizes), lost
+
+
 def test_per_packet_cost_allows_hundreds_of_streams():
     # 300 streams x 50 packets/s = 15 000 packets/s must fit in a fraction of one core
     sink = RecordingSink()

@@ -35,11 +35,18 @@ class Received(NamedTuple):
 
 class Lost(NamedTuple):
     """``packets`` consecutive packets that never arrived in time, spanning ``duration``
-    RTP timestamp units; ``arrival`` is when the gap was given up on."""
+    RTP timestamp units; ``arrival`` is when the gap was given up on.
+
+    ``duration`` assumes the missing packets were as long as their neighbours. ``span``
+    (0 when the timestamps are implausible) is the exact distance from the start of the
+    packet before the gap to the start of the one after it: a receiver that knows how long
+    the packet before the gap was (it decoded it) gets the exact gap as ``span`` minus
+    that, even when the sender's packet sizes vary."""
 
     packets: int
     duration: int
     arrival: float
+    span: int = 0
 
 
 Frame = Union[Received, Lost]
@@ -188,7 +195,9 @@ class JitterBuffer:
             elif len(buffer) > hold:
                 target = min(buffer)
                 lost = target - nxt
-                out.append(Lost(lost, self._gap_duration(lost, buffer[target].packet.timestamp), arrival))
+                next_ts = buffer[target].packet.timestamp
+                duration, span = self._gap_duration(lost, next_ts)
+                out.append(Lost(lost, duration, arrival, span))
                 stats.lost += lost
                 stats.expected += lost
                 stats.bursts += 1
@@ -197,14 +206,15 @@ class JitterBuffer:
                 break
         return out
 
-    def _gap_duration(self, lost: int, next_ts: int) -> int:
-        """Timestamp units covered by ``lost`` packets between the last released packet
-        and the one at ``next_ts``; falls back to the last packet step if the timestamps
-        are implausible (backwards, or more than MAX_PACKET_SECONDS per packet)."""
+    def _gap_duration(self, lost: int, next_ts: int) -> tuple[int, int]:
+        """``(duration, span)`` of a gap of ``lost`` packets between the last released
+        packet and the one at ``next_ts`` (see :class:`Lost`); the duration falls back to the
+        last packet step, and the span to 0, if the timestamps are implausible (backwards,
+        or more than MAX_PACKET_SECONDS per packet)."""
         span = (next_ts - self._last_ts) & _TS_MASK
         if span < _TS_HALF and 0 < span <= self._max_step * (lost + 1):
-            return span * lost // (lost + 1)
-        return self._step * lost
+            return span * lost // (lost + 1), span
+        return self._step * lost, 0
 
     def _update_jitter(self, ts: int, arrival: float) -> None:
         # RFC 3550 A.8: D = (Rj - Ri) - (Sj - Si) in timestamp units, J += (|D| - J) / 16.

@@ -51,7 +51,7 @@ class _Stream:
 
     __slots__ = (
         "stream_id", "codec", "payload_type", "decoder", "jitter", "last_seen",
-        "last_arrival", "fallback", "next_net", "net_mark",
+        "last_arrival", "fallback", "last_units", "next_net", "net_mark",
     )
 
     def __init__(self, stream_id: str, codec: str, payload_type: int, decoder: Decoder,
@@ -64,6 +64,7 @@ class _Stream:
         self.last_seen = now
         self.last_arrival = now
         self.fallback = decoder.sample_rate // 50  # conceal 20 ms if a first payload fails
+        self.last_units = 0  # RTP clock units the last decoded packet lasted (0: unknown)
         self.next_net = now + NET_INTERVAL
         self.net_mark = (0, 0, 0)  # (expected, lost, bursts) at the previous report
 
@@ -224,12 +225,16 @@ class RtpSource:
         arrival = stream.last_arrival
         for frame in frames:
             if type(frame) is Lost:
-                pcm = decoder.conceal(frame.duration * decoder.sample_rate // decoder.clock_rate)
+                units = frame.duration
+                if 0 < stream.last_units < frame.span:
+                    units = frame.span - stream.last_units  # exact, whatever the packet sizes
+                pcm = decoder.conceal(units * decoder.sample_rate // decoder.clock_rate)
             elif frame.packet.payload_type != stream.payload_type:
                 # DTMF events (RFC 4733), comfort noise or a codec switch inside one SSRC:
                 # they share the sequence space (so they pass the jitter buffer and are not
                 # counted as loss) but are not audio for this stream's decoder.
                 self.counters["payload_type_changed"] += 1
+                stream.last_units = 0  # its length is unknown: a gap after it falls back to duration
                 continue
             else:
                 pcm, error = safe_decode(decoder, frame.packet.payload, stream.fallback)
@@ -237,6 +242,7 @@ class RtpSource:
                     self.counters[error] += 1
                 elif pcm.size:
                     stream.fallback = pcm.size
+                stream.last_units = pcm.size * decoder.clock_rate // decoder.sample_rate
             arrival = max(arrival, frame.arrival)
             if pcm.size:
                 chunks.append(pcm)
