@@ -125,6 +125,10 @@ class Engine:
         if hops:
             self._enqueue(stream_id, st, hops)
 
+    def samples_wanted(self, stream_id: str) -> int:
+        st = self.streams.get(stream_id)
+        return st.windower.samples_wanted() if st is not None else 0
+
     def net(self, stream_id: str, stats: dict[str, Any]) -> None:
         st = self.streams.get(stream_id)
         if st is not None:

@@ -12,6 +12,7 @@ the hops that contain it are flagged; the engine then publishes ``mos: null`` fo
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,6 +108,12 @@ class Windower:
         if self._pending_len + self._raw_len * self._ratio < self.hop:
             return []
         return self._cut(arrival)
+
+    def samples_wanted(self) -> int:
+        """Input samples still needed before :meth:`feed` can complete the next hop: exact
+        for identity and the x2 FIR, a lower bound behind soxr (which holds output back)."""
+        missing = (self.hop - self._pending_len) / self._ratio - self._raw_len
+        return max(0, math.ceil(missing - 1e-9))
 
     def flush(self, arrival: float) -> list[Hop]:
         """End of stream: push out what the resampler still holds; return whole hops.

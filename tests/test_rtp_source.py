@@ -224,6 +224,40 @@ def test_loss_next_to_odd_sized_packets_is_concealed_exactly():
         assert sink.audio_of(sid).size == sum(sizes), lost
 
 
+class HopSink(RecordingSink):
+    """Consumes audio in hops of ``hop`` samples and says how many it still needs."""
+
+    def __init__(self, hop: int):
+        super().__init__()
+        self.hop = hop
+
+    def samples_wanted(self, stream_id):
+        return self.hop - self.audio_of(stream_id).size % self.hop
+
+
+@pytest.mark.parametrize("lost", [[], [7], [7, 8, 30], [49]])
+def test_g711_payloads_are_held_until_the_sink_wants_them(lost):
+    """Held and decoded in one piece per hop, the audio is sample for sample what per-packet
+    delivery gives (concealment included), and arrives the moment the hop can complete."""
+    packets = [build(0, i, i * 160, 5, bytes([(i * 7 + k) % 256 for k in range(160)])) for i in range(60)]
+    outputs = []
+    for sink in (RecordingSink(), HopSink(800)):
+        source = RtpSource(sink, jitter_depth=1)
+        for i, data in enumerate(packets):
+            if i not in lost:
+                source.handle_datagram(data, ("10.0.0.1", 5004), i * 0.02)
+        if isinstance(sink, HopSink):
+            (sid,) = sink.started
+            sizes = np.cumsum([len(c) for c in sink.pcm[sid]])
+            if not lost:  # 5 packets per hop: one delivery per hop, at its last packet
+                assert list(sizes) == list(range(800, 60 * 160 + 1, 800))
+                assert sink.arrivals[sid] == pytest.approx([0.02 * (5 * k + 4) for k in range(12)])
+        source.close()
+        outputs.append(sink.audio_of(next(iter(sink.started))))
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+    assert outputs[1].size == 60 * 160 - (160 if 59 in lost else 0)
+
+
 def test_per_packet_cost_allows_hundreds_of_streams():
     # 300 streams x 50 packets/s = 15 000 packets/s must fit in a fraction of one core
     sink = RecordingSink()

@@ -90,3 +90,20 @@ def test_upsampler_passes_the_telephone_band_and_stops_its_images():
     freqs = np.fft.rfftfreq(n, 1 / 16000)
     assert abs(spec[np.argmin(abs(freqs - 3300))] - 1.0) < 0.02
     assert spec[np.argmin(abs(freqs - 4700))] < 1e-3
+
+
+@pytest.mark.parametrize("rate,hop", [(8000, 16000), (16000, 1600), (48000, 16000)])
+def test_samples_wanted_is_what_completes_the_next_hop(rate, hop):
+    """Exact where the resampler releases everything at once (identity, the x2 FIR); a lower
+    bound behind soxr, which holds some output back."""
+    w = Windower(rate, 16000, hop)
+    for _ in range(5):
+        wanted = w.samples_wanted()
+        assert wanted > 1
+        assert w.feed(np.zeros(wanted - 1, np.float32), 0.0) == []
+        assert w.samples_wanted() == 1
+        hops = w.feed(np.zeros(1, np.float32), 0.0)
+        if rate in (8000, 16000):
+            assert len(hops) == 1
+        while not hops:
+            hops = w.feed(np.zeros(max(1, w.samples_wanted()), np.float32), 0.0)

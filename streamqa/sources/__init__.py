@@ -38,3 +38,14 @@ class AudioSink(Protocol):
 
     def end(self, stream_id: str) -> None:
         """The stream is over (quiet timeout, end of file, device closed)."""
+
+
+def samples_wanted(sink: AudioSink, stream_id: str) -> int:
+    """Samples (at the stream's rate) the sink needs before its next hop can complete, if it
+    says (an optional ``samples_wanted(stream_id)`` method); 0 means "deliver at once".
+
+    A source may hold audio until then and hand it over in one piece: the sink does nothing
+    with audio before a hop completes, so the hop's latency is unchanged and per-packet work
+    (decoding, buffering) is done once per hop."""
+    method = getattr(sink, "samples_wanted", None)
+    return int(method(stream_id)) if method is not None else 0

@@ -5,7 +5,9 @@ in order by that stream's jitter buffer (rtp.jitter), decoded or concealed (rtp.
 handed to the AudioSink, all synchronously in the socket's read callback: no per-packet
 tasks or queues, so hundreds of streams at 50 packets/s stay cheap. The callback drains up
 to READ_BATCH datagrams per wake-up rather than asyncio's one datagram per loop iteration,
-whose selector round trip cost as much as the packet's own processing at 25,000 packets/s. Anything hostile or unexpected
+and under load it wakes at most once per ``coalesce_s``: at thousands of packets per second
+a wake-up per datagram (selector round trip, loop iteration) cost more than the packet's
+own processing. A lightly loaded socket is read at once, so small calls see no delay. Anything hostile or unexpected
 (malformed datagrams, unknown payload types, SSRC floods, decoder failures, a sink that
 raises) is counted in ``counters`` and dropped; the callback never raises into the loop.
 """
@@ -32,7 +34,7 @@ from ..rtp.codecs import STATIC_PAYLOAD_TYPES, Decoder, make_decoder, safe_decod
 from ..rtp.emodel import emodel_mos
 from ..rtp.jitter import JitterBuffer, Lost
 from ..rtp.packet import MalformedPacket, parse
-from . import AudioSink, StreamInfo
+from . import AudioSink, StreamInfo, samples_wanted
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,9 @@ MAX_REAP_DEFERRAL = 10.0
 # Datagrams read per readiness callback: large enough to amortise the event loop's own cost,
 # small enough that timers and websocket writes still run every few milliseconds.
 READ_BATCH = 64
+# Shortest interval between two reads of a busy socket: datagrams arriving meanwhile wait
+# in the kernel and are read in one batch (at most this much added latency per packet).
+COALESCE_S = 0.002
 _MAX_DATAGRAM = 65536
 
 
@@ -51,7 +56,8 @@ class _Stream:
 
     __slots__ = (
         "stream_id", "codec", "payload_type", "decoder", "jitter", "last_seen",
-        "last_arrival", "fallback", "last_units", "next_net", "net_mark",
+        "last_arrival", "fallback", "last_units", "next_net", "net_mark", "held",
+        "held_samples", "wanted",
     )
 
     def __init__(self, stream_id: str, codec: str, payload_type: int, decoder: Decoder,
@@ -67,6 +73,10 @@ class _Stream:
         self.last_units = 0  # RTP clock units the last decoded packet lasted (0: unknown)
         self.next_net = now + NET_INTERVAL
         self.net_mark = (0, 0, 0)  # (expected, lost, bursts) at the previous report
+        # Payloads held for one decode_many call (decoders that have it), else None.
+        self.held: list[bytes] | None = [] if hasattr(decoder, "decode_many") else None
+        self.held_samples = 0
+        self.wanted = 0  # samples the sink needs before its next hop (0: deliver at once)
 
 
 class RtpSource:
@@ -85,6 +95,7 @@ class RtpSource:
         idle_timeout: float = 3.0,
         max_streams: int = 1000,
         jitter_depth: int = 3,
+        coalesce_s: float = COALESCE_S,
     ) -> None:
         self.sink = sink
         self.payload_types = {**STATIC_PAYLOAD_TYPES, **(rtp_map or {})}
@@ -93,11 +104,15 @@ class RtpSource:
         self.idle_timeout = idle_timeout
         self.max_streams = max_streams
         self.jitter_depth = jitter_depth
+        self.coalesce_s = coalesce_s
         self.counters: dict[str, int] = defaultdict(int)
         self._streams: dict[tuple[int, Any], _Stream] = {}
         self._started = 0
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._last_read = 0.0  # monotonic time of the last read
+        self._drained = False  # that read emptied the socket
+        self._paused: asyncio.TimerHandle | None = None  # reader detached until this fires
         self._reaper: asyncio.Task | None = None
 
     async def start(self, host: str, port: int, *, reuse_port: bool = False) -> tuple[str, int]:
@@ -134,6 +149,9 @@ class RtpSource:
         if self._reaper is not None:
             self._reaper.cancel()
             self._reaper = None
+        if self._paused is not None:
+            self._paused.cancel()
+            self._paused = None
         if self._sock is not None:
             if self._loop is not None and not self._loop.is_closed():
                 self._loop.remove_reader(self._sock.fileno())
@@ -143,21 +161,40 @@ class RtpSource:
             self._end(key)
 
     def _read_ready(self) -> None:
-        """Drain up to READ_BATCH datagrams; the loop calls again while more are waiting."""
-        sock = self._sock
-        if sock is None:
+        """Drain up to READ_BATCH datagrams. If the previous read emptied the socket less
+        than ``coalesce_s`` ago (a busy socket, not a backlog), detach the reader until that
+        interval is over, so the datagrams arriving meanwhile are read together."""
+        sock, loop = self._sock, self._loop
+        if sock is None or loop is None:
             return
+        now = time.monotonic()
+        if self._drained and now - self._last_read < self.coalesce_s:
+            loop.remove_reader(sock.fileno())
+            self._paused = loop.call_at(self._last_read + self.coalesce_s, self._resume)
+            return
+        self._last_read = now
+        self._drained = False
         handle = self.handle_datagram
         clock = time.monotonic
         for _ in range(READ_BATCH):
             try:
                 data, addr = sock.recvfrom(_MAX_DATAGRAM)
             except (BlockingIOError, InterruptedError):
+                self._drained = True
                 return
             except OSError:  # e.g. ICMP errors reported on the socket; keep reading
                 self.counters["socket_error"] += 1
                 return
             handle(data, addr, clock())
+
+    def _resume(self) -> None:
+        """End of a coalescing pause: read what arrived, then watch the socket again."""
+        self._paused = None
+        if self._sock is None or self._loop is None:
+            return
+        self._drained = False  # the pause was the wait: read now
+        self._read_ready()
+        self._loop.add_reader(self._sock.fileno(), self._read_ready)
 
     @property
     def streams(self) -> int:
@@ -217,14 +254,21 @@ class RtpSource:
             "codec": codec, "payload_type": pt, "ssrc": ssrc, "remote": remote,
             "clock_rate": rate, "channels": channels,
         }))
+        if stream.held is not None:
+            stream.wanted = samples_wanted(self.sink, stream_id)
         return stream
 
     def _deliver(self, stream: _Stream, frames: list) -> None:
+        """Decode or conceal released frames and hand the audio to the sink. Payloads of a
+        decoder with ``decode_many`` are held until the sink wants them (samples_wanted)."""
         decoder = stream.decoder
+        held = stream.held
         chunks = []
         arrival = stream.last_arrival
         for frame in frames:
             if type(frame) is Lost:
+                if held:
+                    chunks.append(self._release_held(stream))
                 units = frame.duration
                 if 0 < stream.last_units < frame.span:
                     units = frame.span - stream.last_units  # exact, whatever the packet sizes
@@ -235,6 +279,13 @@ class RtpSource:
                 # counted as loss) but are not audio for this stream's decoder.
                 self.counters["payload_type_changed"] += 1
                 stream.last_units = 0  # its length is unknown: a gap after it falls back to duration
+                continue
+            elif held is not None:  # G.711: one octet per sample, decoding cannot fail
+                payload = frame.packet.payload
+                held.append(payload)
+                stream.held_samples += len(payload)
+                stream.last_units = len(payload)
+                arrival = max(arrival, frame.arrival)
                 continue
             else:
                 pcm, error = safe_decode(decoder, frame.packet.payload, stream.fallback)
@@ -247,9 +298,20 @@ class RtpSource:
             if pcm.size:
                 chunks.append(pcm)
         stream.last_arrival = arrival
+        if held and (chunks or stream.held_samples >= stream.wanted):
+            chunks.append(self._release_held(stream))
         if chunks:
             pcm = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
             self.sink.audio(stream.stream_id, pcm, arrival)
+            if held is not None:
+                stream.wanted = samples_wanted(self.sink, stream.stream_id)
+
+    @staticmethod
+    def _release_held(stream: _Stream) -> np.ndarray:
+        pcm = stream.decoder.decode_many(stream.held)
+        stream.held.clear()
+        stream.held_samples = 0
+        return pcm
 
     def _net_stats(self, stream: _Stream) -> dict[str, Any]:
         """Loss and burstiness over the last report interval (the live picture), jitter as
@@ -283,6 +345,8 @@ class RtpSource:
             frames = stream.jitter.flush()
             if frames:
                 self._deliver(stream, frames)
+            if stream.held:
+                self.sink.audio(stream.stream_id, self._release_held(stream), stream.last_arrival)
             self.sink.net(stream.stream_id, self._net_stats(stream))
         except Exception:  # noqa: BLE001
             self.counters["internal_error"] += 1
