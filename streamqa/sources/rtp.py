@@ -47,7 +47,7 @@ MAX_REAP_DEFERRAL = 10.0
 READ_BATCH = 64
 # Shortest interval between two reads of a busy socket: datagrams arriving meanwhile wait
 # in the kernel and are read in one batch (at most this much added latency per packet).
-COALESCE_S = 0.002
+COALESCE_S = 0.005
 _MAX_DATAGRAM = 65536
 
 
