@@ -102,6 +102,35 @@ def test_stream_start_audio_loss_and_idle_end():
     assert source.counters["streams_started"] == 1 and source.counters["streams_ended"] == 1
 
 
+def test_busy_socket_is_read_in_batches_quiet_one_at_once():
+    """The first datagram after a quiet spell is read at once; datagrams that follow within
+    ``coalesce_s`` of that read wait and are read together; nothing is lost."""
+    coalesce = 0.2
+
+    async def main():
+        sink = RecordingSink()
+        source, sender, addr = await _run_source(sink, jitter_depth=0, coalesce_s=coalesce)
+        packets = pcmu_packets(11)
+        t_first = time.monotonic()
+        sender.sendto(packets[0], addr)
+        await wait_for(lambda: len(sink.pcm.get(next(iter(sink.pcm), ""), [])) == 1)
+        prompt = time.monotonic() - t_first
+        for p in packets[1:]:
+            sender.sendto(p, addr)
+            await asyncio.sleep(0.005)
+        await wait_for(lambda: sink.audio_of(next(iter(sink.pcm))).size == 11 * 160)
+        source.close()
+        sender.close()
+        return sink, prompt
+
+    sink, prompt = asyncio.run(main())
+    (sid,) = sink.started
+    first, rest = sink.arrivals[sid][0], sink.arrivals[sid][1:]
+    assert prompt < coalesce * SCALE
+    assert len(rest) == 10 and all(a >= first + coalesce - 1e-3 for a in rest)
+    assert max(rest) - min(rest) < coalesce / 2  # read in one batch, not one by one
+
+
 def test_net_reports_about_once_per_interval(monkeypatch):
     monkeypatch.setattr(rtp_source, "NET_INTERVAL", 0.05)
 
