@@ -392,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
             run_row(method, setting, lambda b=builders[method], s=setting: b(s))
 
     rows = [done[k] for k in done if k[0] == "reference" or k[0] in methods]
-    rows.sort(key=lambda r: (["reference", *METHODS].index(r["method"]), -r["params"]))
+    rows.sort(key=lambda r: (["reference", *METHODS].index(r["method"]), -r["ratio"]))
     result = {"benchmark": "compression", "config": config, "rows": rows, "summary": summarise(rows)}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1) + "\n")
