@@ -2,7 +2,8 @@
 
 Sources hand over whatever block size their transport gives (20 ms RTP frames, 100 ms
 microphone blocks, file chunks); the model wants exact hops of ``hop_samples`` at its own
-rate. Resampling uses soxr's streaming resampler so that chunk boundaries leave no seams.
+rate. 8 kHz telephony goes through a half-band x2 FIR that releases every sample at once;
+other rates through soxr's streaming resampler. Neither leaves seams at chunk boundaries.
 
 Non-finite input (NaN/Inf from a broken decoder or file) would poison the resampler's
 filter state and every later window, so it is replaced by silence *before* resampling and
