@@ -108,16 +108,28 @@ def chromium(tmp_path, url, *mode):
     return proc.stdout
 
 
+def settled(dom):
+    """Live, and every synthetic stream's card already holds a score."""
+    if "status-live" not in dom:
+        return False
+    for name in STREAMS:
+        m = re.search(r'<section class="card ([^"]*)" data-stream="' + re.escape(name) + '"', dom)
+        if m is None or "band-none" in m.group(1):
+            return False
+    return True
+
+
 def load(tmp_path, url, png):
-    """DOM and screenshot of the page once it is live.
+    """DOM and screenshot of the page once it is live and scored.
 
     --virtual-time-budget fast-forwards the page's timers but not the websocket's
-    real-time handshake, so on a busy machine the capture can come before the first
-    message: such a load is retried (a page that never goes live still fails).
+    real-time handshake and messages, so on a busy machine the capture can come before the
+    first message, or between the stream starts and the first scores: such a load is
+    retried (a page that never shows scores still fails).
     """
-    for _ in range(3):
+    for _ in range(4):
         dom = chromium(tmp_path, url, "--dump-dom", f"--screenshot={png}")
-        if "status-live" in dom:
+        if settled(dom):
             return dom
     return dom
 
