@@ -7,9 +7,11 @@ tasks or queues, so hundreds of streams at 50 packets/s stay cheap. The callback
 to READ_BATCH datagrams per wake-up rather than asyncio's one datagram per loop iteration,
 and under load it wakes at most once per ``coalesce_s``: at thousands of packets per second
 a wake-up per datagram (selector round trip, loop iteration) cost more than the packet's
-own processing. A lightly loaded socket is read at once, so small calls see no delay. Anything hostile or unexpected
-(malformed datagrams, unknown payload types, SSRC floods, decoder failures, a sink that
-raises) is counted in ``counters`` and dropped; the callback never raises into the loop.
+own processing. A lightly loaded socket is read at once, so small calls see no delay.
+G.711 payloads are held until the sink can complete a hop with them (``samples_wanted``)
+and then decoded in one call. Anything hostile or unexpected (malformed datagrams, unknown
+payload types, SSRC floods, decoder failures, a sink that raises) is counted in
+``counters`` and dropped; the callback never raises into the loop.
 """
 
 from __future__ import annotations
