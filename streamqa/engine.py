@@ -126,6 +126,8 @@ class Engine:
             self._enqueue(stream_id, st, hops)
 
     def samples_wanted(self, stream_id: str) -> int:
+        """Input samples the stream's windower needs for its next hop (sources may hold
+        audio until then, see streamqa.sources.samples_wanted)."""
         st = self.streams.get(stream_id)
         return st.windower.samples_wanted() if st is not None else 0
 

@@ -30,8 +30,8 @@ _FADE_SECONDS = 0.06  # repeat-with-fade reaches silence after this much conceal
 class Decoder(Protocol):
     """One stream's payload decoder; ``sample_rate`` is the rate of its PCM output,
     ``clock_rate`` the RTP timestamp rate (they differ for G.722: 16 kHz audio, 8 kHz clock).
-    A decoder whose output is finite and within [-1, 1] for every payload may set
-    ``bounded = True``; safe_decode then trusts it instead of scanning every packet."""
+    A decoder may also offer ``decode_many(payloads)``; the RTP shell then calls it without
+    safe_decode's guard, so it must accept any bytes and return finite samples in [-1, 1]."""
 
     sample_rate: int
     clock_rate: int
@@ -103,9 +103,6 @@ class _RepeatFade:
 class G711Decoder(_RepeatFade):
     """PCMU / PCMA: one table lookup per octet."""
 
-    # Every table entry is finite and within [-1, 1], so safe_decode can skip its scan.
-    bounded = True
-
     def __init__(self, table: np.ndarray, rate: int = 8000) -> None:
         self._table = table
         self.sample_rate = rate
@@ -117,7 +114,8 @@ class G711Decoder(_RepeatFade):
 
     def decode_many(self, payloads: list[bytes]) -> np.ndarray:
         """Consecutive payloads in one table lookup: the RTP shell holds G.711 payloads until
-        the scorer can use them, so a hop costs one numpy call instead of fifty."""
+        the scorer can use them, so a hop costs one numpy call instead of fifty. Any octet
+        is a valid code and every table entry is finite and within [-1, 1]."""
         pcm = self._table[np.frombuffer(b"".join(payloads), dtype=np.uint8)]
         self._remember(pcm[len(pcm) - len(payloads[-1]):])  # concealment repeats the last packet
         return pcm
@@ -242,8 +240,6 @@ def safe_decode(decoder: Decoder, payload: bytes, fallback_samples: int) -> tupl
         pcm = decoder.decode(payload)
     except Exception:  # noqa: BLE001 - any decoder failure on hostile input is a lost packet
         return decoder.conceal(fallback_samples), "decode_error"
-    if getattr(decoder, "bounded", False):
-        return pcm, None
     if pcm.size and not (pcm.max() <= 1.0 and pcm.min() >= -1.0):  # NaN fails both tests
         if not np.isfinite(pcm).all():
             return decoder.conceal(pcm.size), "non_finite"
