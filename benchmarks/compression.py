@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from benchmarks import write_json
 from train.compress_common import (
     SEGMENT_SAMPLES,
     cached_predict,
@@ -394,8 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [done[k] for k in done if k[0] == "reference" or k[0] in methods]
     rows.sort(key=lambda r: (["reference", *METHODS].index(r["method"]), -r["ratio"]))
     result = {"benchmark": "compression", "config": config, "rows": rows, "summary": summarise(rows)}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=1) + "\n")
+    write_json(args.json, result, indent=1)
     text = table(rows)
     print(text)
     print(json.dumps(result["summary"], indent=1))

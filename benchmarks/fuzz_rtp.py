@@ -13,13 +13,13 @@ bytes overwritten, truncated, extended, or their sequence/timestamp scrambled.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import struct
 import sys
 import time
 from collections import Counter
 
+from benchmarks import write_json
 from streamqa.rtp.jitter import JitterBuffer
 from streamqa.rtp.packet import MalformedPacket, build, parse
 from streamqa.sources.rtp import RtpSource
@@ -169,8 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     result = run(args.inputs, args.seed)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+        write_json(args.json, result)
     print(f"{'inputs':<24}{result['inputs']:>12}")
     print(f"{'inputs/s':<24}{result['inputs_per_s']:>12.0f}")
     print(f"{'inputs/cpu-s':<24}{result['inputs_per_cpu_s']:>12.0f}")

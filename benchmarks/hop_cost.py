@@ -12,7 +12,6 @@ window (acceptance: within 10 % between 2 s and 8 s).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks import write_json
 from streamqa.model import Model, load_model
 
 
@@ -90,8 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     for batch, s in result["spread"].items():
         print(f"batch {batch}: spread {100 * s:.1f} % across windows")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks import write_json
 from benchmarks.rtp_degradation import free_port, streamqa_command
 
 PACKET_S = 0.02
@@ -190,8 +191,7 @@ def main(argv: list[str] | None = None) -> int:
           f"p99 {fmt(res['latency_ms_p99'])}  max {fmt(res['latency_ms_max'])}  "
           f"(need p50 <= {LIMIT_MS:g}): {'PASS' if res['passed'] else 'FAIL'}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(res, indent=2) + "\n")
+        write_json(args.json, res)
     return 0 if res["passed"] else 1
 
 

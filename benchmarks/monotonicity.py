@@ -12,12 +12,12 @@ mean fall too. The JSON lists every pair and the violations.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks import write_json
 from streamqa.model import load_model
 
 SWEEPS = ("snr", "loss", "bitrate", "clip")
@@ -82,8 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     result = run(args.model, args.clips, args.seed)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result)
     print(f"{'sweep':<9}{'pairs':>6}{'violations':>11}")
     for kind, v in result["sweeps"].items():
         print(f"{kind:<9}{len(v['pairs']):>6}{v['violations']:>11}")

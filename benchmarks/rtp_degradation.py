@@ -39,6 +39,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from benchmarks import write_json
 from train.data.speech import ESPEAK_VARIANTS, active_rms, make_text, normalise_level
 
 SR = 16000
@@ -306,8 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     res["command"] = "python -m benchmarks.rtp_degradation " + " ".join(argv if argv is not None else sys.argv[1:])
     print_table(res)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(res, indent=2) + "\n")
+        write_json(args.json, res)
     return 0 if res["passed"] else 1
 
 

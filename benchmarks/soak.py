@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import write_json
 from streamqa.rtp.packet import build
 
 PACKET_S = 0.02
@@ -412,10 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="write the result here")
     args = ap.parse_args(argv)
     result = asyncio.run(soak(args))
-    text = json.dumps(result, indent=1)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
+        write_json(args.json, result, indent=1)
     summary = {k: v for k, v in result.items() if k != "samples"}
     print(json.dumps(summary, indent=1))
     return 0 if result["ok"] else 1

@@ -17,7 +17,6 @@ each figure is the median of ``--repeats`` runs.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -28,6 +27,7 @@ from typing import Callable
 
 import numpy as np
 
+from benchmarks import write_json
 from streamqa.model import Model, load_model
 
 SR = 16000
@@ -170,10 +170,8 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     model = load_model(args.model, threads=1)
     result = run(model, held_out_speech(args.files, 8.0), args.repeats, args.live_seconds)
-    text = json.dumps(result, indent=2)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
+        write_json(args.json, result)
     off, live = result["offline"], result["live"]
     print(f"{'workload':<10}{'student (s)':>14}{'Distill-MOS (s)':>18}{'speed-up':>10}")
     ref = min(v for k, v in off["seconds_per_file"].items() if k.startswith("distillmos"))

@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks import write_json
+
 PACKET_S = 0.02
 PACKET_SAMPLES = 160  # PCMU at 8 kHz
 TAIL_PACKETS = 5  # sent past the last full hop so it is not left to the idle flush
@@ -437,8 +439,7 @@ def main(argv: list[str] | None = None) -> None:
             result["runs"].append(run_trial(base))
     print_rows(result["runs"])
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result)
 
 
 if __name__ == "__main__":
