@@ -150,6 +150,39 @@ def _shapes(model: nn.Module, samples: int) -> dict[nn.Module, tuple[int, ...]]:
     return shapes
 
 
+def _layer_groups(l: int, kinds: tuple[str, ...], dim: int, seq: int, frames: float, attn: nn.Module,
+                  attn_names: tuple[str, str, str, str, str], ff: nn.Module, ff_names: tuple[str, str]) -> list[Group]:
+    """Head and FFN groups of one transformer layer. Distill-MOS and Wav2Vec2 layers differ
+    only in attribute names: ``attn_names`` are (q, k, v, out projection, head count) on
+    ``attn``, ``ff_names`` (first, second linear) on ``ff``. ``seq`` is the layer's sequence
+    length for one input, ``frames`` the same per second of audio."""
+    q, k, v, out, count = attn_names
+    first, second = ff_names
+    groups = []
+    if "heads" in kinds:
+        hd = attn.head_dim
+
+        def apply_h(keep: Tensor) -> None:
+            idx = _head_idx(keep, hd)
+            for name in (q, k, v):
+                setattr(attn, name, slice_linear(getattr(attn, name), out_idx=idx))
+            setattr(attn, out, slice_linear(getattr(attn, out), in_idx=idx))
+            setattr(attn, count, len(keep))
+
+        hp = 4 * dim * hd + 3 * hd
+        groups.append(Group(f"layer{l}.heads", "heads", getattr(attn, count),
+                            _mul_in(getattr(attn, out), lambda g: g.repeat_interleave(hd)),
+                            apply_h, hp, hp * frames + 2 * seq * hd * frames))
+    if "ffn" in kinds:
+        def apply_f(keep: Tensor) -> None:
+            setattr(ff, first, slice_linear(getattr(ff, first), out_idx=keep))
+            setattr(ff, second, slice_linear(getattr(ff, second), in_idx=keep))
+
+        groups.append(Group(f"layer{l}.ffn", "ffn", getattr(ff, first).out_features,
+                            _mul_in(getattr(ff, second), lambda g: g), apply_f, 2 * dim + 1, 2 * dim * frames))
+    return groups
+
+
 def distillmos_groups(net: DistillMosNet, kinds: tuple[str, ...], samples: int = SEGMENT_SAMPLES) -> list[Group]:
     """The prunable units of a :class:`DistillMosNet` (plain convs and linears only)."""
     shapes = _shapes(net, samples)
@@ -181,27 +214,9 @@ def distillmos_groups(net: DistillMosNet, kinds: tuple[str, ...], samples: int =
                                 apply, fan_in + 1 + nxt_p, fan_in * spatial + nxt_m))
     dim = net.proj.out_features
     for l, layer in enumerate(net.layers):
-        frames = shapes[layer.ff1][1] / sec
         seq = shapes[layer.ff1][1]
-        a = layer.attn
-        if "heads" in kinds:
-            def apply_h(keep: Tensor, a=a) -> None:
-                idx = _head_idx(keep, a.head_dim)
-                a.q, a.k, a.v = (slice_linear(p, out_idx=idx) for p in (a.q, a.k, a.v))
-                a.out = slice_linear(a.out, in_idx=idx)
-                a.heads = len(keep)
-
-            hp = 4 * dim * a.head_dim + 3 * a.head_dim
-            groups.append(Group(f"layer{l}.heads", "heads", a.heads,
-                                _mul_in(a.out, lambda g, hd=a.head_dim: g.repeat_interleave(hd)),
-                                apply_h, hp, hp * frames + 2 * seq * a.head_dim * frames))
-        if "ffn" in kinds:
-            def apply_f(keep: Tensor, layer=layer) -> None:
-                layer.ff1 = slice_linear(layer.ff1, out_idx=keep)
-                layer.ff2 = slice_linear(layer.ff2, in_idx=keep)
-
-            groups.append(Group(f"layer{l}.ffn", "ffn", layer.ff1.out_features, _mul_in(layer.ff2, lambda g: g),
-                                apply_f, 2 * dim + 1, 2 * dim * frames))
+        groups += _layer_groups(l, kinds, dim, seq, seq / sec, layer.attn, ("q", "k", "v", "out", "heads"),
+                                layer, ("ff1", "ff2"))
     if "pool" in kinds:
         def apply_p(keep: Tensor) -> None:
             net.pool1 = slice_linear(net.pool1, out_idx=keep)
@@ -276,27 +291,11 @@ def xlsr_groups(model: nn.Module, kinds: tuple[str, ...], samples: int = SEGMENT
                                 apply, fan_in + 1 + nxt_p, fan_in * shapes[conv][2] / sec + nxt_m))
     dim = bb.config.hidden_size
     for l, layer in enumerate(bb.encoder.layers):
-        a, ff = layer.attention, layer.feed_forward
-        frames = shapes[ff.intermediate_dense][1] / sec
+        ff = layer.feed_forward
         seq = shapes[ff.intermediate_dense][1]
-        if "heads" in kinds:
-            def apply_h(keep: Tensor, a=a) -> None:
-                idx = _head_idx(keep, a.head_dim)
-                a.q_proj, a.k_proj, a.v_proj = (slice_linear(p, out_idx=idx) for p in (a.q_proj, a.k_proj, a.v_proj))
-                a.out_proj = slice_linear(a.out_proj, in_idx=idx)
-                a.num_heads = len(keep)
-
-            hp = 4 * dim * a.head_dim + 3 * a.head_dim
-            groups.append(Group(f"layer{l}.heads", "heads", a.num_heads,
-                                _mul_in(a.out_proj, lambda g, hd=a.head_dim: g.repeat_interleave(hd)),
-                                apply_h, hp, hp * frames + 2 * seq * a.head_dim * frames))
-        if "ffn" in kinds:
-            def apply_f(keep: Tensor, ff=ff) -> None:
-                ff.intermediate_dense = slice_linear(ff.intermediate_dense, out_idx=keep)
-                ff.output_dense = slice_linear(ff.output_dense, in_idx=keep)
-
-            groups.append(Group(f"layer{l}.ffn", "ffn", ff.intermediate_dense.out_features,
-                                _mul_in(ff.output_dense, lambda g: g), apply_f, 2 * dim + 1, 2 * dim * frames))
+        groups += _layer_groups(l, kinds, dim, seq, seq / sec, layer.attention,
+                                ("q_proj", "k_proj", "v_proj", "out_proj", "num_heads"),
+                                ff, ("intermediate_dense", "output_dense"))
     return groups
 
 
