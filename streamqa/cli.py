@@ -11,6 +11,7 @@ import json
 import signal
 import sys
 from pathlib import Path
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -152,47 +153,49 @@ def _monitor_options(args: argparse.Namespace) -> MonitorOptions:
     )
 
 
+def _serve(command: str, job: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    """Run a long-lived command: ``job`` builds its coroutine (so option errors are caught
+    too). Bad arguments or models (ValueError, UsageError, ModelError) exit 2, an address
+    that cannot be bound 1, Ctrl-C 0."""
+    try:
+        return asyncio.run(job())
+    except ValueError as exc:
+        print(f"streamqa {command}: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"streamqa {command}: cannot listen: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
 def cmd_monitor(args: argparse.Namespace) -> int:
     """``streamqa monitor``: one process, or ``--workers`` shard processes on one port."""
     from streamqa.monitor import run_monitor
 
-    try:
+    def job() -> Coroutine[Any, Any, int]:
         opts = _monitor_options(args)
         if args.workers:
             from streamqa.workers import ShardOptions, run_sharded
 
             shard = ShardOptions(model=args.model, rtp=opts.rtp[0], window_s=opts.window_s, hop_s=opts.hop_s,
                                  idle_timeout=opts.idle_timeout, rtp_map=opts.rtp_map)
-            job = run_sharded(shard, args.workers, ws=opts.ws, token=opts.token, duration=opts.duration,
-                              quiet=opts.quiet, broker=opts.broker, monitor_id=opts.monitor_id)
-        else:
-            job = run_monitor(load_model(args.model, threads=args.threads), opts)
-        return asyncio.run(job)
-    except (UsageError, ModelError, ValueError) as exc:
-        print(f"streamqa monitor: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"streamqa monitor: cannot listen: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 0
+            return run_sharded(shard, args.workers, ws=opts.ws, token=opts.token, duration=opts.duration,
+                               quiet=opts.quiet, broker=opts.broker, monitor_id=opts.monitor_id)
+        return run_monitor(load_model(args.model, threads=args.threads), opts)
+
+    return _serve("monitor", job)
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:
     from streamqa.gateway import run_gateway
 
-    try:
+    def job() -> Coroutine[Any, Any, int]:
         host, port = _host_port(args.ws)
-        return asyncio.run(run_gateway(args.broker, host, port, token=args.token, origins=args.origin,
-                                       liveness_s=args.liveness, duration=args.duration, quiet=args.quiet))
-    except (UsageError, ValueError) as exc:
-        print(f"streamqa gateway: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"streamqa gateway: cannot listen: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 0
+        return run_gateway(args.broker, host, port, token=args.token, origins=args.origin,
+                           liveness_s=args.liveness, duration=args.duration, quiet=args.quiet)
+
+    return _serve("gateway", job)
 
 
 def build_parser() -> argparse.ArgumentParser:
