@@ -23,9 +23,7 @@ import argparse
 import asyncio
 import json
 import multiprocessing as mp
-import signal
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import write_json
-from benchmarks.rtp_degradation import free_port, streamqa_command
+from benchmarks.rtp_degradation import monitor_session
 
 PACKET_S = 0.02
 LIMIT_MS = 50.0
@@ -85,50 +83,26 @@ def send(addr: tuple[str, int], codec: str, streams: int, seconds: float, hop: f
 
 
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
-    from websockets.asyncio.client import connect
-
-    rtp_port, ws_port = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_STREAM)
-    cmd = streamqa_command() + ["monitor", "--rtp", f"127.0.0.1:{rtp_port}", "--ws", f"127.0.0.1:{ws_port}",
-                    "--hop", str(args.hop), "--idle-timeout", "2", "--quiet", "--rtp-map", "97=L16/16000"]
-    monitor = subprocess.Popen(cmd + (["--model", args.model] if args.model else []), stderr=subprocess.PIPE, text=True)
     received: list[tuple[float, dict[str, Any]]] = []
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if monitor.poll() is not None:
-                raise SystemExit(f"streamqa monitor exited with {monitor.returncode}: {monitor.stderr.read()}")
-            try:
-                ws = await connect(f"ws://127.0.0.1:{ws_port}/", open_timeout=1)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.2)
+    async with monitor_session(args.hop, args.model) as (ws, rtp_port):
         ctx = mp.get_context("spawn")
         q = ctx.Queue()
         sender = ctx.Process(target=send, args=(("127.0.0.1", rtp_port), args.codec, args.streams, args.seconds, args.hop, q))
         sender.start()
-        async with ws:
 
-            async def collect() -> None:
-                ended = 0
-                async for raw in ws:
-                    msg = json.loads(raw)
-                    received.append((time.monotonic(), msg))
-                    if msg.get("event") == "end":
-                        ended += 1
-                        if ended == args.streams:
-                            return
+        async def collect() -> None:
+            ended = 0
+            async for raw in ws:
+                msg = json.loads(raw)
+                received.append((time.monotonic(), msg))
+                if msg.get("event") == "end":
+                    ended += 1
+                    if ended == args.streams:
+                        return
 
-            await asyncio.wait_for(collect(), args.seconds + 60)
+        await asyncio.wait_for(collect(), args.seconds + 60)
         sent = await asyncio.to_thread(q.get, True, 30)
         await asyncio.to_thread(sender.join, 10)
-    finally:
-        monitor.send_signal(signal.SIGINT)
-        try:
-            monitor.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            monitor.kill()
     return summarise(received, sent, args)
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import random
 import signal
@@ -32,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +41,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from benchmarks import write_json
+from benchmarks import free_port, write_json
 from train.data.speech import ESPEAK_VARIANTS, active_rms, make_text, normalise_level
 
 SR = 16000
@@ -149,78 +151,79 @@ class LossyRelay(asyncio.DatagramProtocol):
         self.transport.sendto(data, self.target)
 
 
-def free_port(kind: int) -> int:
-    """A port the OS just handed out on 127.0.0.1 (socket.SOCK_DGRAM or SOCK_STREAM)."""
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def streamqa_command() -> list[str]:
     """How to start the ``streamqa`` CLI of this environment."""
     script = Path(sys.executable).with_name("streamqa")
     return [str(script)] if script.exists() else [sys.executable, "-m", "streamqa.cli"]
 
 
-async def run_call(wav: Path, args: argparse.Namespace, seconds: float) -> dict[str, Any]:
-    """Start the monitor, relay and ffmpeg; collect every websocket message of the call."""
+@contextlib.asynccontextmanager
+async def monitor_session(hop: float, model: str | None) -> AsyncIterator[tuple[Any, int]]:
+    """A ``streamqa monitor`` subprocess on free loopback ports (RTP with L16 as payload type
+    97, websocket) and a websocket client connected to it: yields ``(websocket, rtp_port)``,
+    then stops the monitor with SIGINT (SIGKILL after 15 s)."""
     from websockets.asyncio.client import connect
 
     rtp_port, ws_port = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_STREAM)
-    url = f"ws://127.0.0.1:{ws_port}/"
     monitor = subprocess.Popen(
         streamqa_command() + ["monitor", "--rtp", f"127.0.0.1:{rtp_port}", "--ws", f"127.0.0.1:{ws_port}",
-                  "--rtp-map", "97=L16/16000", "--hop", str(args.hop), "--idle-timeout", "2",
-                  "--quiet"] + (["--model", args.model] if args.model else []),
+                              "--rtp-map", "97=L16/16000", "--hop", str(hop), "--idle-timeout", "2",
+                              "--quiet"] + (["--model", model] if model else []),
         stderr=subprocess.PIPE, text=True,
     )
-    loop = asyncio.get_running_loop()
-    messages: list[dict[str, Any]] = []
     try:
         deadline = time.monotonic() + 60
         while True:
             if monitor.poll() is not None:
                 raise SystemExit(f"streamqa monitor exited with {monitor.returncode}: {monitor.stderr.read()}")
             try:
-                ws = await connect(url, open_timeout=1)
+                ws = await connect(f"ws://127.0.0.1:{ws_port}/", open_timeout=1)
                 break
             except OSError:
                 if time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(0.2)
-        relay_tr, relay = await loop.create_datagram_endpoint(
-            lambda: LossyRelay(("127.0.0.1", rtp_port), loss=args.loss, after_s=seconds, clock_rate=SR, seed=args.seed),
-            local_addr=("127.0.0.1", 0),
-        )
-        relay_port = relay_tr.get_extra_info("sockname")[1]
         async with ws:
-            ffmpeg = await asyncio.create_subprocess_exec(
-                "ffmpeg", "-nostdin", "-loglevel", "error", "-re", "-i", str(wav),
-                "-ar", str(SR), "-ac", "1", "-c:a", "pcm_s16be", "-payload_type", "97",
-                "-packetsize", str(12 + int(PACKET_S * SR) * 2), "-f", "rtp", f"rtp://127.0.0.1:{relay_port}",
-                stdout=asyncio.subprocess.DEVNULL,
-            )
-
-            async def collect() -> None:
-                async for raw in ws:
-                    msg = json.loads(raw)
-                    messages.append(msg)
-                    if msg.get("type") == "stream" and msg.get("event") == "end":
-                        return
-
-            try:
-                await asyncio.wait_for(collect(), 2 * seconds + 60)
-            except asyncio.TimeoutError:
-                raise SystemExit("no end of stream from the monitor: did any RTP arrive?") from None
-            if await ffmpeg.wait() != 0:
-                raise SystemExit("ffmpeg sender failed")
-        relay_tr.close()
+            yield ws, rtp_port
     finally:
         monitor.send_signal(signal.SIGINT)
         try:
             monitor.wait(timeout=15)
         except subprocess.TimeoutExpired:
             monitor.kill()
+
+
+async def run_call(wav: Path, args: argparse.Namespace, seconds: float) -> dict[str, Any]:
+    """Start the monitor, relay and ffmpeg; collect every websocket message of the call."""
+    loop = asyncio.get_running_loop()
+    messages: list[dict[str, Any]] = []
+    async with monitor_session(args.hop, args.model) as (ws, rtp_port):
+        relay_tr, relay = await loop.create_datagram_endpoint(
+            lambda: LossyRelay(("127.0.0.1", rtp_port), loss=args.loss, after_s=seconds, clock_rate=SR, seed=args.seed),
+            local_addr=("127.0.0.1", 0),
+        )
+        relay_port = relay_tr.get_extra_info("sockname")[1]
+        ffmpeg = await asyncio.create_subprocess_exec(
+            "ffmpeg", "-nostdin", "-loglevel", "error", "-re", "-i", str(wav),
+            "-ar", str(SR), "-ac", "1", "-c:a", "pcm_s16be", "-payload_type", "97",
+            "-packetsize", str(12 + int(PACKET_S * SR) * 2), "-f", "rtp", f"rtp://127.0.0.1:{relay_port}",
+            stdout=asyncio.subprocess.DEVNULL,
+        )
+
+        async def collect() -> None:
+            async for raw in ws:
+                msg = json.loads(raw)
+                messages.append(msg)
+                if msg.get("type") == "stream" and msg.get("event") == "end":
+                    return
+
+        try:
+            await asyncio.wait_for(collect(), 2 * seconds + 60)
+        except asyncio.TimeoutError:
+            raise SystemExit("no end of stream from the monitor: did any RTP arrive?") from None
+        if await ffmpeg.wait() != 0:
+            raise SystemExit("ffmpeg sender failed")
+        relay_tr.close()
     return {"messages": messages, "relay_sent": relay.sent, "relay_dropped": relay.dropped}
 
 

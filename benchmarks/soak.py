@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import write_json
+from benchmarks import free_port, write_json
 from streamqa.rtp.packet import build
 
 PACKET_S = 0.02
@@ -109,12 +109,6 @@ def udp_socket_drops(port: int) -> int:
             if int(fields[1].split(":")[1], 16) == port:
                 return int(fields[-1])
     return 0
-
-
-def free_port(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def scrape(port: int, path: str) -> str:
