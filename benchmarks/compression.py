@@ -52,7 +52,7 @@ from train.prune import apply_masks, head_prune, magnitude_masks, structured_pru
 from train.students import FAMILY, Student, StudentConfig
 from train.students import macs_per_second as student_macs
 
-METHODS = ("structured", "distill", "lowrank", "heads", "magnitude")
+METHODS = ("structured", "distill", "lowrank", "heads", "magnitude", "iterative")
 # One student below the family's smallest, so that the study spans three orders of magnitude.
 STUDENTS = {"xxxs": StudentConfig("xxxs", channels=8, blocks=(0, 1, 1), embed=8, head_hidden=8), **FAMILY}
 FIELDS = ("model", "method", "ratio", "params", "nonzero_params", "macs_per_second", "rtf_torch_1t",
@@ -148,6 +148,12 @@ def summarise(rows: list[dict]) -> dict:
     return out
 
 
+def ort_speedup(row: dict, ref: dict) -> float:
+    """ONNX Runtime speed-up over the reference; against the reference timed next to the row
+    when the row has that (rows of ``--pruned`` models), since absolute times drift."""
+    return row.get("rtf_ort_1t_reference", ref["rtf_ort_1t"]) / row["rtf_ort_1t"]
+
+
 def table(rows: list[dict]) -> str:
     """Markdown table of the rows, with RTF ratios against the reference."""
     ref = next(r for r in rows if r["method"] == "reference")
@@ -157,7 +163,7 @@ def table(rows: list[dict]) -> str:
         lines.append(
             f"| {r['method']} | {r['model']} | {r['ratio']:.3f} | {r['params']:,} | {r['nonzero_params']:,} | "
             f"{r['macs_per_second'] / 1e6:,.1f} | {r['rtf_torch_1t']:.4f} | {r['rtf_ort_1t']:.4f} | "
-            f"{ref['rtf_ort_1t'] / r['rtf_ort_1t']:.2f}x | {r['pcc_teacher']:.3f} | {r['srcc_teacher']:.3f} |")
+            f"{ort_speedup(r, ref):.2f}x | {r['pcc_teacher']:.3f} | {r['srcc_teacher']:.3f} |")
     return "\n".join(lines)
 
 
@@ -183,11 +189,11 @@ def answers(rows: list[dict], summary: dict) -> str:
             cells.append(f"{label} {slope:.4f}" + (f" ({1 / slope:.0f} GMAC/s)" if slope and slope > 0 else "")
                          if slope is not None else f"{label} n/a (no MACs saved)")
         lines.append(f"- {method}: " + ", ".join(cells))
-    best = [r for r in rows if r["method"] == "structured" and r["ratio"] <= 0.25 and r["pcc_teacher"] >= 0.95
-            and ref["rtf_ort_1t"] / r["rtf_ort_1t"] >= 2.5]
+    best = [r for r in rows if r["method"] in ("structured", "iterative") and r["ratio"] <= 0.25
+            and r["pcc_teacher"] >= 0.95 and ort_speedup(r, ref) >= 2.5]
     lines += ["", "**Structured Distill-MOS at <= 25 % of its parameters, PCC >= 0.95, >= 2.5x faster in ORT:** "
-              + (", ".join(f"{r['params']:,} params ({r['ratio']:.1%}), PCC {r['pcc_teacher']:.3f}, "
-                           f"{ref['rtf_ort_1t'] / r['rtf_ort_1t']:.1f}x" for r in best) if best else "not reached in this run")]
+              + (", ".join(f"{r['method']} {r['params']:,} params ({r['ratio']:.1%}), PCC {r['pcc_teacher']:.3f}, "
+                           f"{ort_speedup(r, ref):.1f}x" for r in best) if best else "not reached in this run")]
     return "\n".join(lines)
 
 
@@ -271,6 +277,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=5, help="timed runs per RTF measurement, median taken (default 5)")
     ap.add_argument("--cache", type=Path, default=Path("cache/compression"), help="clips and reference outputs (default cache/compression)")
     ap.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    ap.add_argument("--pruned", type=Path, nargs="*", default=[],
+                    help="models saved by python -m train.prune (for example --method iterative, which has its own "
+                         "stated budget) to measure as extra rows, named by their method; the reference's ORT time "
+                         "is measured again next to each")
     ap.add_argument("--mini", action="store_true",
                     help="miniature run for tests: a tiny random Distill-MOS-shaped reference, synthetic 1 s clips, "
                          "one ratio per method, 2 steps")
@@ -286,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
         ref_net = tiny_distillmos_net(args.seed)
         eval_clips = synthetic_clips(8, samples, args.seed + 1)
         crops = synthetic_clips(8, 6400, args.seed)
-        settings = {"structured": [0.5], "heads": [0.5], "magnitude": [0.5], "lowrank": [0.5], "distill": ["xxs"]}
+        settings = {"structured": [0.5], "heads": [0.5], "magnitude": [0.5], "lowrank": [0.5], "distill": ["xxs"],
+                    "iterative": []}
         steps, args.repeats = min(args.steps, 2), min(args.repeats, 2)
         ref_name = "tiny-random-distillmos"
     else:
@@ -297,9 +308,13 @@ def main(argv: list[str] | None = None) -> int:
         crops = make_crops(train_clips, int(args.crop_seconds * 16000), args.crops_per_clip, seed=args.seed)
         settings = {"structured": _floats(args.structured_keep), "heads": _floats(args.heads_keep),
                     "magnitude": _floats(args.sparsity), "lowrank": _floats(args.lowrank_keep),
-                    "distill": [s for s in args.students.split(",") if s]}
+                    "distill": [s for s in args.students.split(",") if s], "iterative": []}
         steps = args.steps
         ref_name = "distill-mos-v7"
+    saved = {}
+    for path in args.pruned:
+        blob = torch.load(path, map_location="cpu", weights_only=False)
+        saved[str(path)] = blob
     if bad := [s for s in settings["distill"] if s not in STUDENTS]:
         ap.error(f"unknown students {bad}")
     # Rows are reused only from a run with the same data and budget.
@@ -311,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     ref_params = count_params(ref_net)
     timing_clip = eval_clips[0]
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    config["pruned"] = [str(p) for p in args.pruned]
     config.update(steps=steps, eval_clip_samples=samples, eval_clips=len(eval_clips), train_crops=len(crops),
                   crop_samples=int(crops.shape[1]), threads=1, torch=torch.__version__)
 
@@ -386,11 +402,21 @@ def main(argv: list[str] | None = None) -> int:
         extra = tune(m, lr=args.student_lr)
         return m, f"student-{member}", extra, student_macs(student.cfg, samples // 640)
 
+    def b_saved(path: str):
+        model, meta = saved[path]["model"].eval(), saved[path]["meta"]
+        with tempfile.TemporaryDirectory() as tmp:
+            ref_time = time_ort(ref_net, timing_clip, args.repeats, Path(tmp))
+        return (model, f"{ref_name}-{meta['method']}{meta['keep']}",
+                {"budget": meta, "finetune_steps": meta.get("steps"), "rtf_ort_1t_reference": ref_time}, None)
+
     builders = {"structured": b_structured, "heads": b_heads, "magnitude": b_magnitude, "lowrank": b_lowrank,
                 "distill": b_distill}
     for method in methods:
         for setting in settings[method]:
             run_row(method, setting, lambda b=builders[method], s=setting: b(s))
+    for path, blob in saved.items():
+        run_row(blob["meta"]["method"], path, lambda p=path: b_saved(p))
+    methods += [blob["meta"]["method"] for blob in saved.values()]
 
     rows = [done[k] for k in done if k[0] == "reference" or k[0] in methods]
     rows.sort(key=lambda r: (["reference", *METHODS].index(r["method"]), -r["ratio"]))

@@ -97,7 +97,14 @@ def _sender(streams: list[tuple[int, float]], addr: tuple[str, int], seconds: fl
     # within a cycle, streams in order of their phase.
     phase = sorted(range(len(streams)), key=lambda j: streams[j][1] % PACKET_S)
     first_cycle = [int(streams[j][1] // PACKET_S) for j in range(len(streams))]
-    start_pkt = [(7919 * streams[j][0]) % total for j in range(len(streams))]
+    # Pre-encoded, as a media server would send them: building headers while pacing would
+    # put this harness's own CPU between the monitor and the cores it is measured on.
+    packets = []
+    for ssrc, _ in streams:
+        first = (7919 * ssrc) % total
+        packets.append([build(0, i, i * PACKET_SAMPLES, ssrc,
+                              payload[((first + i) % total) * PACKET_SAMPLES:][:PACKET_SAMPLES])
+                        for i in range(n_pkt)])
     result_q.put(("ready", os.getpid()))
     t0 = start_q.get()
     lags = np.zeros(len(streams) * n_pkt, np.float32)
@@ -108,15 +115,12 @@ def _sender(streams: list[tuple[int, float]], addr: tuple[str, int], seconds: fl
             i = cycle - first_cycle[j]
             if not 0 <= i < n_pkt:
                 continue
-            ssrc, off = streams[j]
-            due = t0 + off + i * PACKET_S
+            due = t0 + streams[j][1] + i * PACKET_S
             now = time.monotonic()
             if due > now + 0.0005:
                 time.sleep(due - now)
                 now = time.monotonic()
-            k = (start_pkt[j] + i) % total
-            data = build(0, i, i * PACKET_SAMPLES, ssrc, payload[k * PACKET_SAMPLES:(k + 1) * PACKET_SAMPLES])
-            socks[j].sendto(data, addr)
+            socks[j].sendto(packets[j][i], addr)
             lags[sent] = max(0.0, now - due)
             sent += 1
     for s in socks:

@@ -70,6 +70,7 @@ class Engine:
         window_s: float | None = None,
         hop_s: float | None = None,
         max_batch: int = 256,
+        batch_wait_s: float = 0.02,
         max_pending_hops: int = 30,
         rolling_horizon_s: float = 10.0,
     ):
@@ -84,6 +85,7 @@ class Engine:
         self.hop_samples = max(frame, round(hop / frame) * frame)  # a whole number of frames
         self.window_frames = model.window_frames(self.window_s)
         self.max_batch = max_batch
+        self.batch_wait_s = batch_wait_s
         self.max_pending_hops = max_pending_hops
         self.rolling_horizon_s = rolling_horizon_s
         self.streams: dict[str, _Stream] = {}
@@ -174,11 +176,28 @@ class Engine:
         self._ready.extend(requeue)
         return batch, ended
 
+    def _gather_s(self) -> float:
+        """How long to let a batch fill before scoring it: ``batch_wait_s`` when at least one
+        more stream's hop is due within that time (many streams), else 0.
+
+        Why wait at all: streams' hops fall due at spread-out moments, so without waiting the
+        worker scores them one by one as they arrive, and one ONNX Runtime call per hop costs
+        far more per hop than a call of several (the call overhead and the small matrices).
+        A lone call or a few streams are never delayed."""
+        expected = len(self.streams) * self.batch_wait_s / self.hop_s
+        return self.batch_wait_s if expected >= 1.0 else 0.0
+
     def _run(self) -> None:
         while True:
             with self._lock:
                 while not self._ready and not self._stopping:
                     self._lock.wait()
+                if self._stopping:
+                    return
+            wait = self._gather_s()
+            if wait > 0:
+                time.sleep(wait)
+            with self._lock:
                 if self._stopping:
                     return
                 batch, ended = self._take_batch()

@@ -65,7 +65,7 @@ def test_help_documents_every_option() -> None:
     for opt in ("--json", "--rows", "--plots", "--markdown", "--methods", "--structured-keep", "--heads-keep",
                 "--sparsity", "--lowrank-keep", "--students", "--steps", "--batch", "--lr", "--student-lr",
                 "--crop-seconds", "--train-clips", "--crops-per-clip", "--eval-clips", "--importance-batches",
-                "--repeats", "--cache", "--seed", "--mini"):
+                "--repeats", "--cache", "--seed", "--pruned", "--mini"):
         assert opt in out
 
 
@@ -76,3 +76,26 @@ def test_markdown_replaces_only_the_marked_section(tmp_path: Path) -> None:
     doc.write_text("intro\n<!-- compression-results:start -->\nold\n<!-- compression-results:end -->\noutro\n")
     write_markdown(doc, "new table")
     assert doc.read_text() == "intro\n<!-- compression-results:start -->\nnew table\n<!-- compression-results:end -->\noutro\n"
+
+
+@pytest.mark.slow
+def test_saved_pruned_model_is_measured_next_to_the_reference(tmp_path: Path) -> None:
+    """A model made by train.prune (here: iterative pruning of the mini reference) becomes a
+    row named by its method, with its budget and a reference ORT time from the same run."""
+    import torch
+
+    from train.compress_common import synthetic_clips, tiny_distillmos_net
+    from train.prune import iterative_prune
+
+    net = iterative_prune(tiny_distillmos_net(0), synthetic_clips(4, 16000, seed=5), keep=0.5, stages=1, steps=2,
+                          batch=2, crop_samples=6400, lr=1e-3, importance_batches=1, log=lambda s: None)
+    meta = {"method": "iterative", "keep": 0.5, "steps": 2, "stages": 1}
+    torch.save({"model": net, "meta": meta}, tmp_path / "it.pt")
+    args = ["--mini", "--methods", "structured", "--pruned", str(tmp_path / "it.pt"), "--json", str(tmp_path / "c.json"),
+            "--rows", str(tmp_path / "rows.jsonl"), "--cache", str(tmp_path / "cache")]
+    assert main(args) == 0
+    rows = json.loads((tmp_path / "c.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == ["reference", "structured", "iterative"]
+    it = rows[2]
+    assert it["budget"]["stages"] == 1 and it["finetune_steps"] == 2 and it["rtf_ort_1t_reference"] > 0
+    assert it["ratio"] <= 0.5 and set(FIELDS) <= set(it)

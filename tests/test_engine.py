@@ -100,3 +100,38 @@ def test_hop_rounds_to_frames(tiny_onnx):
 
     e = asyncio.run(make())
     assert e.hop_samples % 640 == 0 and e.hop_s == pytest.approx(0.32)
+
+
+def _staggered_batches(model: Model, streams: int, hop_s: float) -> tuple[int, int]:
+    """Feed ``streams`` streams whose hops fall due 5 ms apart, in real time; return
+    (hops scored, ONNX Runtime calls)."""
+
+    async def main() -> tuple[int, int]:
+        loop = asyncio.get_running_loop()
+        engine = Engine(model, lambda m: None, loop=loop, hop_s=hop_s, window_s=2.0)
+        sr = model.info.sample_rate
+        hop = engine.hop_samples
+        audio = _speech(1.0, sr, 7)[:hop]
+        for j in range(streams):
+            engine.start(StreamInfo(f"s{j}", "file", sr, {}))
+        for j in range(streams):  # each call completes that stream's first hop
+            engine.audio(f"s{j}", audio, loop.time())
+            await asyncio.sleep(0.005)
+        for _ in range(200):
+            if engine.counters["hops_scored"] >= streams:
+                break
+            await asyncio.sleep(0.01)
+        engine.close()
+        return engine.counters["hops_scored"], engine.counters["batches"]
+
+    return asyncio.run(main())
+
+
+def test_many_streams_share_calls_few_are_not_delayed(tiny_onnx):
+    """Hops of many streams arriving a few ms apart are scored in shared calls (the
+    batch wait); with few streams per hop nothing waits, so each hop gets its own call."""
+    model = Model(tiny_onnx)
+    hops, batches = _staggered_batches(model, 40, hop_s=0.3)  # 40 * 0.02 / 0.3 >= 1: waits
+    assert hops == 40 and batches <= 40 // 3
+    hops, batches = _staggered_batches(model, 4, hop_s=0.3)  # 4 * 0.02 / 0.3 < 1: no wait
+    assert hops == 4 and batches == 4

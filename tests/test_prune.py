@@ -15,6 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from train.compress_common import (
     count_macs,
     count_params,
+    distil_layers,
     finetune,
     predict,
     synthetic_clips,
@@ -24,6 +25,7 @@ from train.prune import (
     apply_masks,
     distillmos_groups,
     head_prune,
+    iterative_prune,
     magnitude_masks,
     structured_prune,
     taylor_importance,
@@ -135,8 +137,59 @@ def test_xlsr_sqa_net_matches_teacher_and_prunes(tmp_path) -> None:
 
 def test_prune_help_documents_every_option() -> None:
     out = subprocess.run([sys.executable, "-m", "train.prune", "--help"], capture_output=True, text=True, check=True).stdout
-    for opt in ("--method", "--keep", "--model", "--kinds", "--cost", "--rounds", "--importance-batches", "--steps",
+    for opt in ("--method", "--keep", "--model", "--kinds", "--cost", "--rounds", "--stages", "--hidden-weight", "--importance",
+                "--importance-batches", "--steps",
                 "--batch", "--lr", "--crop-seconds", "--train-clips", "--crops-per-clip", "--cache", "--threads",
                 "--seed", "--out"):
         assert opt in out
     assert "Taylor" in out
+
+
+def test_output_importance_sees_units_where_the_loss_gradient_is_zero(data) -> None:
+    """On the model that made the targets the distillation loss is zero and flat, so its
+    gradient ranks nothing; the output criterion still tells a dead channel from live ones."""
+    crops, targets, _ = data
+    net = tiny_distillmos_net()
+    with torch.no_grad():
+        net.convs[2].weight[3].zero_()
+        net.convs[2].bias[3] = 0.0
+    exact = predict(net, crops).astype(np.float32)
+    groups = distillmos_groups(net, ("conv",), crops.shape[1])
+    by_loss = taylor_importance(net, groups, crops, exact, batches=2, batch=3)
+    by_output = taylor_importance(net, groups, crops, exact, batches=2, batch=3, criterion="output")
+    assert float(by_loss[2].max()) < 1e-8
+    assert by_output[2][3] == 0.0 and (by_output[2][torch.arange(8) != 3] > 1e-8).all()
+
+
+def test_iterative_pruning_meets_target_and_tracks_dropped_layers() -> None:
+    """Stages shrink the model to the target; layer-wise distillation pairs each surviving
+    layer with the teacher layer it came from, even after whole layers are removed."""
+    clips = synthetic_clips(6, 16000, seed=2)
+    net = tiny_distillmos_net()
+    start = count_params(net)
+    iterative_prune(net, clips, keep=0.4, stages=2, steps=4, batch=2, crop_samples=6400, lr=1e-3,
+                    importance_batches=1, log=lambda s: None)
+    assert count_params(net) <= 0.4 * start
+    assert np.isfinite(predict(net, clips)).all()
+
+    teacher = tiny_distillmos_net()
+    student = tiny_distillmos_net()
+    groups = distillmos_groups(student, ("layer",), 6400)
+    groups[0].apply(torch.tensor([1]))  # drop layer 0: the survivor is teacher layer 1
+    assert student.layers[0].source_index == 1
+    losses = distil_layers(student, teacher, clips, steps=3, batch=2, crop_samples=6400, lr=1e-3,
+                           log=lambda s: None)
+    assert len(losses) == 3 and np.isfinite(losses).all()
+
+
+def test_layerwise_distillation_runs_on_xlsr_sqa() -> None:
+    """The Wav2Vec2 path: hidden states of the backbone's encoder layers are matched, and an
+    unpruned copy of the teacher has zero loss."""
+    import copy
+
+    clips = synthetic_clips(4, 16000, seed=4)
+    teacher = tiny_xlsr_net()
+    student = copy.deepcopy(teacher)
+    losses = distil_layers(student, teacher, clips, steps=1, batch=2, crop_samples=8000, lr=0.0,
+                           log=lambda s: None)
+    assert losses[0] < 1e-8

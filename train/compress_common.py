@@ -350,6 +350,81 @@ def finetune(model: nn.Module, crops: np.ndarray, targets: np.ndarray, *, steps:
     return losses
 
 
+def hidden_layers(model: nn.Module) -> list[nn.Module]:
+    """The blocks whose outputs layer-wise distillation matches: the transformer layers of a
+    :class:`DistillMosNet` or of an XLS-R-SQA backbone (``XlsrSqaNet``)."""
+    if isinstance(model, DistillMosNet):
+        return list(model.layers)
+    backbone = getattr(model, "backbone", None)
+    if backbone is not None and hasattr(backbone, "encoder"):
+        return list(backbone.encoder.layers)
+    raise TypeError(f"no hidden layers known for {type(model).__name__}")
+
+
+def _capture(layers: list[nn.Module], into: list) -> list:
+    """Forward hooks appending each layer's output tensor (first element of a tuple) to ``into``."""
+    return [layer.register_forward_hook(lambda m, i, o: into.append(o[0] if isinstance(o, tuple) else o))
+            for layer in layers]
+
+
+def distil_layers(student: nn.Module, teacher: nn.Module, clips: np.ndarray, *, steps: int, batch: int,
+                  crop_samples: int, lr: float, hidden_weight: float = 1.0, seed: int = 0,
+                  log: Callable[[str], None] = print) -> list[float]:
+    """Distil ``teacher`` into a pruned copy of itself: output MSE plus, weighted by
+    ``hidden_weight``, the MSE of every surviving transformer layer's output against the same
+    layer of the teacher (normalised by the teacher's variance), as DPHuBERT does.
+
+    Why layer-wise: one scalar per crop is a weak signal for re-learning what removed units
+    did; the hidden states give thousands of targets per crop, so far fewer steps recover the
+    model. Crops are drawn afresh every step (random clip, random offset) and labelled by the
+    teacher on the fly, so the budget is not limited to a fixed crop set. A layer removed by
+    pruning is skipped: survivors are matched by their ``source_index``.
+    """
+    if steps <= 0:
+        return []
+    t_layers, s_layers = hidden_layers(teacher), hidden_layers(student)
+    pairs = [(i, getattr(layer, "source_index", i)) for i, layer in enumerate(s_layers)]
+    t_out: list[Tensor] = []
+    s_out: list[Tensor] = []
+    handles = _capture(t_layers, t_out) + _capture(s_layers, s_out)
+    teacher.eval()
+    student.eval()  # normalisation statistics stay those of the unpruned model
+    params = [p for p in student.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
+    rng = np.random.default_rng(seed)
+    dev = device_of(student)
+    losses: list[float] = []
+    t0 = time.time()
+    try:
+        for step in range(steps):
+            idx = rng.choice(len(clips), size=min(batch, len(clips)), replace=False)
+            starts = rng.integers(0, clips.shape[1] - crop_samples + 1, size=len(idx))
+            x = torch.from_numpy(np.stack([clips[i, s : s + crop_samples] for i, s in zip(idx, starts)])).to(dev)
+            t_out.clear()
+            s_out.clear()
+            with torch.no_grad():
+                y_t = teacher(x).reshape(-1)
+            y_s = student(x).reshape(-1)
+            loss = F.mse_loss(y_s, y_t)
+            if hidden_weight > 0 and pairs:
+                hidden = sum(F.mse_loss(s_out[i], t_out[j]) / (t_out[j].var() + 1e-6) for i, j in pairs)
+                loss = loss + hidden_weight * hidden / len(pairs)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+            if (step + 1) % max(1, steps // 10) == 0:
+                log(f"  step {step + 1}/{steps} loss={np.mean(losses[-max(1, steps // 10):]):.4f} "
+                    f"({time.time() - t0:.0f}s)")
+    finally:
+        for h in handles:
+            h.remove()
+    student.eval()
+    return losses
+
+
 def write_jsonl(path: Path, row: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:

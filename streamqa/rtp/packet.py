@@ -16,6 +16,7 @@ HEADER_SIZE = 12
 
 _FIXED = struct.Struct("!BBHII")
 _EXT_HEADER = struct.Struct("!HH")
+_PLAIN = RTP_VERSION << 6  # first octet of a packet with no padding, extension or CSRCs
 
 # RFC 5761 section 4: when RTP and RTCP share a port, the second octet of an RTCP packet
 # (its packet type, 192-223) reads as marker=1 plus an RTP payload type 64-95. SR/RR/SDES/
@@ -64,6 +65,11 @@ def parse(data: bytes) -> RtpPacket:
     if size < HEADER_SIZE:
         raise MalformedPacket("short", f"{size} octets")
     b0, b1, sequence, timestamp, ssrc = _FIXED.unpack_from(data, 0)
+    if b0 == _PLAIN and b1 not in _RTCP_SECOND_OCTET:
+        # Version 2 without padding, extension or CSRCs: what nearly every media sender
+        # emits. Nothing can overflow, so the packet is built at once (positionally).
+        return RtpPacket(RTP_VERSION, False, False, b1 > 0x7F, b1 & 0x7F, sequence, timestamp, ssrc, (), None,
+                         b"", bytes(data[HEADER_SIZE:]))
     version = b0 >> 6
     if version != RTP_VERSION:
         raise MalformedPacket("version", str(version))
