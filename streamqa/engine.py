@@ -70,7 +70,7 @@ class Engine:
         window_s: float | None = None,
         hop_s: float | None = None,
         max_batch: int = 256,
-        batch_wait_s: float = 0.02,
+        batch_wait_s: float = 0.01,
         max_pending_hops: int = 30,
         rolling_horizon_s: float = 10.0,
     ):

@@ -41,3 +41,37 @@ def test_window_fraction_follows_the_stream():
     assert all(speech)
     hop_speech, frac = det.update(np.zeros(32000, np.float32))  # 2 s of silence fills the window
     assert not hop_speech and frac == 0.0 and not det.judgeable(frac)
+
+
+def test_percentile_matches_numpy():
+    from streamqa.activity import _percentile
+
+    rng = np.random.default_rng(3)
+    for n in (1, 2, 3, 24, 250):
+        values = (rng.standard_normal(n) * 30 - 40).astype(np.float32)
+        assert _percentile(values, 10.0) == pytest.approx(float(np.percentile(values, 10)), abs=1e-4)
+
+
+def test_ring_histories_equal_the_plain_definition():
+    """Hops of any size (shorter than a frame, longer than both histories): the detector's
+    answers equal the definition computed from the whole level history."""
+    from streamqa.activity import ABOVE_NOISE_DB, ABS_FLOOR_DBFS
+
+    rng = np.random.default_rng(4)
+    for window, floor_frames in ((50, 250), (7, 3), (300, 40)):
+        det = ActivityDetector(640, window, floor_frames=floor_frames)
+        levels_seen: list[float] = []
+        active_seen: list[bool] = []
+        for _ in range(60):
+            n = int(rng.integers(0, 40000))
+            hop = (rng.standard_normal(n) * 10 ** rng.uniform(-4, 0) * ((np.arange(n) // 3200) % 2)).astype(np.float32)
+            levels = frame_levels(hop, 640)
+            levels_seen += levels.tolist()
+            recent = np.array(levels_seen[-floor_frames:], np.float32)
+            floor = float(np.percentile(recent, 10)) if len(recent) else -100.0
+            active = (levels > ABS_FLOOR_DBFS) & (levels > floor + ABOVE_NOISE_DB)
+            active_seen += active.tolist()
+            last = active_seen[-window:]
+            speech, fraction = det.update(hop)
+            assert speech == bool(active.any())
+            assert fraction == pytest.approx(sum(last) / len(last) if last else 0.0)

@@ -108,7 +108,7 @@ def _staggered_batches(model: Model, streams: int, hop_s: float) -> tuple[int, i
 
     async def main() -> tuple[int, int]:
         loop = asyncio.get_running_loop()
-        engine = Engine(model, lambda m: None, loop=loop, hop_s=hop_s, window_s=2.0)
+        engine = Engine(model, lambda m: None, loop=loop, hop_s=hop_s, window_s=2.0, batch_wait_s=0.05)
         sr = model.info.sample_rate
         hop = engine.hop_samples
         audio = _speech(1.0, sr, 7)[:hop]
@@ -131,7 +131,7 @@ def test_many_streams_share_calls_few_are_not_delayed(tiny_onnx):
     """Hops of many streams arriving a few ms apart are scored in shared calls (the
     batch wait); with few streams per hop nothing waits, so each hop gets its own call."""
     model = Model(tiny_onnx)
-    hops, batches = _staggered_batches(model, 40, hop_s=0.3)  # 40 * 0.02 / 0.3 >= 1: waits
+    hops, batches = _staggered_batches(model, 40, hop_s=0.3)  # 40 * 0.05 / 0.3 >= 1: waits
     assert hops == 40 and batches <= 40 // 3
-    hops, batches = _staggered_batches(model, 4, hop_s=0.3)  # 4 * 0.02 / 0.3 < 1: no wait
+    hops, batches = _staggered_batches(model, 4, hop_s=0.3)  # 4 * 0.05 / 0.3 < 1: no wait
     assert hops == 4 and batches == 4
