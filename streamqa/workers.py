@@ -34,7 +34,7 @@ from typing import Any, TextIO
 from .engine import Engine
 from .metrics import Metrics
 from .model import load_model
-from .monitor import stop_on_signals
+from .monitor import freeze_startup_heap, stop_on_signals
 from .rtp.codecs import parse_rtp_map
 from .server import Hub, encode, serve
 from .sources.rtp import RtpSource
@@ -85,6 +85,7 @@ async def _run_shard(opts: ShardOptions, conn: Connection, index: int) -> None:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, lambda: None)  # the parent decides when to stop
     _send(conn, "ready", {"hello": engine.model_hello(), "rtp": list(addr), "pid": os.getpid()})
+    freeze_startup_heap()
 
     def counters() -> dict[str, Any]:
         return {"packets": dict(source.counters), "engine": dict(engine.counters), "streams": source.streams}
@@ -256,6 +257,7 @@ async def run_sharded(
         ws_host, ws_port = server.sockets[0].getsockname()[:2]
         if not quiet:
             print(f"streamqa: {workers} workers on udp://{rtp[0]}:{rtp[1]} (SO_REUSEPORT); websocket ws://{ws_host}:{ws_port}/", file=out, flush=True)
+        freeze_startup_heap()
         if ready is not None:
             ready.set_result({"ws": (ws_host, ws_port), "rtp": rtp, "hub": hub, "shards": shards,
                               "pids": [p.pid for p in procs], "metrics": metrics})
