@@ -406,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         model, meta = saved[path]["model"].eval(), saved[path]["meta"]
         with tempfile.TemporaryDirectory() as tmp:
             ref_time = time_ort(ref_net, timing_clip, args.repeats, Path(tmp))
-        return (model, f"{ref_name}-{meta['method']}{meta['keep']}",
+        return (model, f"{ref_name}-{Path(path).stem}",
                 {"budget": meta, "finetune_steps": meta.get("steps"), "rtf_ort_1t_reference": ref_time}, None)
 
     builders = {"structured": b_structured, "heads": b_heads, "magnitude": b_magnitude, "lowrank": b_lowrank,

@@ -181,9 +181,10 @@ class Engine:
         more stream's hop is due within that time (many streams), else 0.
 
         Why wait at all: streams' hops fall due at spread-out moments, so without waiting the
-        worker scores them one by one as they arrive, and one ONNX Runtime call per hop costs
-        far more per hop than a call of several (the call overhead and the small matrices).
-        A lone call or a few streams are never delayed."""
+        worker scores them one by one as they arrive, and every batch has fixed costs besides
+        the model's per-hop work: a thread wake-up, stacking and splitting states, waking the
+        event loop to publish (and, in a shard, a pipe write). A lone call or a few streams
+        are never delayed."""
         expected = len(self.streams) * self.batch_wait_s / self.hop_s
         return self.batch_wait_s if expected >= 1.0 else 0.0
 
