@@ -24,6 +24,7 @@ from train.compress_common import (
 from train.prune import (
     apply_masks,
     distillmos_groups,
+    extend_distillation,
     head_prune,
     iterative_prune,
     magnitude_masks,
@@ -137,7 +138,7 @@ def test_xlsr_sqa_net_matches_teacher_and_prunes(tmp_path) -> None:
 
 def test_prune_help_documents_every_option() -> None:
     out = subprocess.run([sys.executable, "-m", "train.prune", "--help"], capture_output=True, text=True, check=True).stdout
-    for opt in ("--method", "--keep", "--model", "--kinds", "--cost", "--rounds", "--stages", "--hidden-weight", "--importance",
+    for opt in ("--method", "--keep", "--model", "--kinds", "--cost", "--rounds", "--stages", "--hidden-weight", "--extend", "--importance",
                 "--importance-batches", "--steps",
                 "--batch", "--lr", "--crop-seconds", "--train-clips", "--crops-per-clip", "--cache", "--threads",
                 "--seed", "--out"):
@@ -193,3 +194,17 @@ def test_layerwise_distillation_runs_on_xlsr_sqa() -> None:
     losses = distil_layers(student, teacher, clips, steps=1, batch=2, crop_samples=8000, lr=0.0,
                            log=lambda s: None)
     assert losses[0] < 1e-8
+
+
+def test_extending_a_pruned_model_adds_to_its_stated_budget() -> None:
+    clips = synthetic_clips(4, 16000, seed=6)
+    teacher = tiny_distillmos_net()
+    net = iterative_prune(tiny_distillmos_net(), clips, keep=0.5, stages=1, steps=2, batch=2, crop_samples=6400,
+                          lr=1e-3, importance_batches=1, log=lambda s: None)
+    before = [p.detach().clone() for p in net.parameters()]
+    meta = {"method": "iterative", "keep": 0.5, "steps": 2}
+    ext = {"from": "x.pt", "steps": 3, "batch": 2, "lr": 1e-3, "crop_seconds": 0.4, "train_clips": 4,
+           "hidden_weight": 1.0}
+    net, meta = extend_distillation(net, meta, teacher, clips, ext, log=lambda s: None)
+    assert meta["steps"] == 5 and meta["extensions"] == [ext] and meta["method"] == "iterative"
+    assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))

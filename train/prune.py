@@ -22,6 +22,7 @@ import itertools
 import math
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -460,6 +461,28 @@ def iterative_prune(model: nn.Module, clips: np.ndarray, *, keep: float, stages:
     return model
 
 
+def extend_distillation(model: nn.Module, meta: dict, teacher: nn.Module, clips: np.ndarray, extension: dict, *,
+                        seed: int = 0, log: Callable[[str], None] = print) -> tuple[nn.Module, dict]:
+    """Distil an already pruned ``model`` further from the unpruned ``teacher`` (layer-wise,
+    at its final size) for ``extension["steps"]`` steps of ``extension["batch"]`` crops of
+    ``extension["crop_seconds"]``; return it with ``meta`` whose ``steps`` count the whole
+    budget and whose ``extensions`` list records this one.
+
+    Why: the last stage of :func:`iterative_prune` removes the most per remaining unit and
+    gets the same share of steps as the first, so a pruned model can be worth more recovery
+    without pruning it again from the start."""
+    from train.compress_common import distil_layers
+
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    distil_layers(model, teacher, clips, steps=extension["steps"], batch=extension["batch"],
+                  crop_samples=int(extension["crop_seconds"] * 16000), lr=extension["lr"],
+                  hidden_weight=extension["hidden_weight"], seed=seed + 10_000, log=log)
+    meta = {**meta, "steps": meta["steps"] + extension["steps"],
+            "extensions": [*meta.get("extensions", []), extension]}
+    return model, meta
+
+
 def head_prune(model: nn.Module, crops: np.ndarray, targets: np.ndarray, *, keep_heads: float,
                importance_batches: int = 4, batch: int = 4, seed: int = 0, criterion: str = "loss") -> nn.Module:
     """Attention-head pruning on its own: keep the ``keep_heads`` share of all heads, the most
@@ -567,6 +590,10 @@ def main(argv: list[str] | None = None) -> None:
                     help="iterative: prune/distil stages; --steps is split evenly over them (default 4)")
     ap.add_argument("--hidden-weight", type=float, default=1.0,
                     help="iterative: weight of the per-layer hidden-state loss against the output loss (default 1)")
+    ap.add_argument("--extend", type=Path, default=None,
+                    help="iterative: instead of pruning, load a model saved by an earlier iterative run and "
+                         "distil it --steps more steps (layer-wise, from the unpruned --model, all at its final "
+                         "size); its saved budget is extended, so the stated budget stays the whole one")
     ap.add_argument("--importance", choices=("loss", "output"), default="loss",
                     help="structured/heads/iterative: unit importance from the gradient of the distillation loss "
                          "(Taylor) or of the outputs (Gauss-Newton); see taylor_importance (default loss; "
@@ -585,6 +612,14 @@ def main(argv: list[str] | None = None) -> None:
     meta: dict = {"method": args.method, "keep": args.keep, "reference_params": count_params(ref), "steps": args.steps,
                   "batch": args.batch, "lr": args.lr, "crop_seconds": args.crop_seconds,
                   "train_clips": args.train_clips}
+    if args.method == "iterative" and args.extend is not None:
+        saved = torch.load(args.extend, map_location="cpu", weights_only=False)
+        extension = {"from": str(args.extend), "hidden_weight": args.hidden_weight,
+                     **{k: meta[k] for k in ("steps", "batch", "lr", "crop_seconds", "train_clips")}}
+        model, meta = extend_distillation(saved["model"], saved["meta"], ref, clips, extension, seed=args.seed,
+                                          log=log)
+        _save(model, meta, args.out, log)
+        return
     if args.method == "iterative":
         iterative_prune(ref, clips, keep=args.keep, stages=args.stages, steps=args.steps, batch=args.batch,
                         crop_samples=int(args.crop_seconds * 16000), lr=args.lr, hidden_weight=args.hidden_weight,
@@ -615,7 +650,7 @@ def main(argv: list[str] | None = None) -> None:
     _save(model, meta, args.out, log)
 
 
-def _save(model: nn.Module, meta: dict, out, log: Callable[[str], None]) -> None:
+def _save(model: nn.Module, meta: dict, out: Path, log: Callable[[str], None]) -> None:
     meta = {**meta, "params": count_params(model), "nonzero_params": count_nonzero(model)}
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": model, "meta": meta}, out)
