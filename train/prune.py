@@ -11,6 +11,11 @@ first, in a few rounds with importance re-estimated on the smaller model, until 
 target is met; then the pruned model is fine-tuned by distillation from the unpruned one.
 Removal is physical: the tensors get smaller and the MACs fall with them.
 
+``--method iterative`` prunes the same units in several stages instead, ranks them by the
+outputs' gradient (see ``taylor_importance``) and recovers after every stage by layer-wise
+distillation from the unpruned model (``train.compress_common.distil_layers``), with crops
+drawn afresh every step; ``--extend`` gives a saved result more recovery steps.
+
 The same code prunes XLS-R-SQA (transformers ``Wav2Vec2Model`` + the package's SQA head):
 feature-encoder conv channels, attention heads and FFN units of the backbone.
 """
