@@ -109,8 +109,12 @@ def chromium(tmp_path, url, *mode):
 
 
 def settled(dom):
-    """Live, and every synthetic stream's card already holds a score."""
+    """Live, every synthetic stream's card already holds a score, and the short call's end
+    (published a tick after the page connects) has arrived."""
     if "status-live" not in dom:
+        return False
+    m = re.search(r'<section class="card ([^"]*)" data-stream="short-call"', dom)
+    if m is None or "ended" not in m.group(1):
         return False
     for name in STREAMS:
         m = re.search(r'<section class="card ([^"]*)" data-stream="' + re.escape(name) + '"', dom)
