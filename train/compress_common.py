@@ -292,6 +292,13 @@ def make_crops(clips: np.ndarray, crop_samples: int, per_clip: int, seed: int = 
     return np.stack([clips[i, s : s + crop_samples] for i in range(clips.shape[0]) for s in starts[i]])
 
 
+def random_crops(clips: np.ndarray, crop_samples: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` crops of distinct random clips at random offsets: [n, crop_samples]."""
+    idx = rng.choice(len(clips), size=min(n, len(clips)), replace=False)
+    starts = rng.integers(0, clips.shape[1] - crop_samples + 1, size=len(idx))
+    return np.stack([clips[i, s : s + crop_samples] for i, s in zip(idx, starts)])
+
+
 @torch.no_grad()
 def predict(model: nn.Module, audio: np.ndarray, batch: int = 8) -> np.ndarray:
     """Model outputs for [N, T] audio, as float64 [N]."""
@@ -398,9 +405,7 @@ def distil_layers(student: nn.Module, teacher: nn.Module, clips: np.ndarray, *, 
     t0 = time.time()
     try:
         for step in range(steps):
-            idx = rng.choice(len(clips), size=min(batch, len(clips)), replace=False)
-            starts = rng.integers(0, clips.shape[1] - crop_samples + 1, size=len(idx))
-            x = torch.from_numpy(np.stack([clips[i, s : s + crop_samples] for i, s in zip(idx, starts)])).to(dev)
+            x = torch.from_numpy(random_crops(clips, crop_samples, batch, rng)).to(dev)
             t_out.clear()
             s_out.clear()
             with torch.no_grad():

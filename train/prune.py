@@ -443,7 +443,7 @@ def iterative_prune(model: nn.Module, clips: np.ndarray, *, keep: float, stages:
     """
     import copy
 
-    from train.compress_common import distil_layers, predict
+    from train.compress_common import distil_layers, predict, random_crops
 
     teacher = copy.deepcopy(model).eval()
     for p in teacher.parameters():
@@ -452,9 +452,7 @@ def iterative_prune(model: nn.Module, clips: np.ndarray, *, keep: float, stages:
     rng = np.random.default_rng(seed)
     per_stage = [steps // stages + (1 if s < steps % stages else 0) for s in range(stages)]
     for s in range(1, stages + 1):
-        idx = rng.choice(len(clips), size=min(len(clips), importance_batches * batch), replace=False)
-        offs = rng.integers(0, clips.shape[1] - crop_samples + 1, size=len(idx))
-        crops = np.stack([clips[i, o : o + crop_samples] for i, o in zip(idx, offs)])
+        crops = random_crops(clips, crop_samples, importance_batches * batch, rng)
         targets = predict(teacher, crops).astype(np.float32)
         goal = start * keep ** (s / stages)
         structured_prune(model, crops, targets, keep=min(1.0, goal / count_params(model)), kinds=kinds, cost=cost,
