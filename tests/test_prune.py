@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +18,9 @@ from train.compress_common import (
     count_params,
     distil_layers,
     finetune,
+    load_clips,
     predict,
+    SEGMENT_SAMPLES,
     synthetic_clips,
     tiny_distillmos_net,
 )
@@ -140,7 +143,7 @@ def test_prune_help_documents_every_option() -> None:
     out = subprocess.run([sys.executable, "-m", "train.prune", "--help"], capture_output=True, text=True, check=True).stdout
     for opt in ("--method", "--keep", "--model", "--kinds", "--cost", "--rounds", "--stages", "--hidden-weight", "--extend", "--importance",
                 "--importance-batches", "--steps",
-                "--batch", "--lr", "--crop-seconds", "--train-clips", "--crops-per-clip", "--cache", "--threads",
+                "--batch", "--lr", "--crop-seconds", "--train-clips", "--train-labels", "--crops-per-clip", "--cache", "--threads",
                 "--seed", "--out"):
         assert opt in out
     assert "Taylor" in out
@@ -208,3 +211,23 @@ def test_extending_a_pruned_model_adds_to_its_stated_budget() -> None:
     net, meta = extend_distillation(net, meta, teacher, clips, ext, log=lambda s: None)
     assert meta["steps"] == 5 and meta["extensions"] == [ext] and meta["method"] == "iterative"
     assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))
+
+
+def test_train_clips_come_from_the_labellers_audio_cache(tmp_path: Path) -> None:
+    audio_dir = tmp_path / "audio"
+    audio_dir.mkdir()
+    rng = np.random.default_rng(0)
+    pcm = {h: rng.integers(-20000, 20000, size=SEGMENT_SAMPLES - 7 * i, dtype=np.int16) for i, h in enumerate("abc")}
+    for h in "ab":  # "c" is listed but its audio was never cached
+        np.save(audio_dir / f"{h}.npy", pcm[h])
+    csv_path = tmp_path / "train.distillmos.csv"
+    csv_path.write_text("clip_id,sha256,split,speaker,mos\n"
+                        "t0,a,train,spk0,3.1\nt1,b,train,spk1,2.0\nt2,c,train,spk2,4.0\nv0,a,val,spk9,3.0\n")
+    clips, speakers = load_clips("train", 2, labels_csv=csv_path, audio_dir=audio_dir, cache_dir=tmp_path / "c")
+    assert sorted(speakers) == ["spk0", "spk1"] and clips.shape == (2, SEGMENT_SAMPLES)
+    for clip, spk in zip(clips, speakers):
+        want = pcm["a" if spk == "spk0" else "b"].astype(np.float32) / 32768.0
+        np.testing.assert_array_equal(clip[: want.size], want)
+        assert not clip[want.size :].any()  # short clips are zero-padded to the segment
+    with pytest.raises(ValueError, match="only 2 train clips have cached audio"):
+        load_clips("train", 3, labels_csv=csv_path, audio_dir=audio_dir, cache_dir=tmp_path / "c")

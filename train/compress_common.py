@@ -237,31 +237,33 @@ def macs_per_second_of(model: nn.Module, samples: int = SEGMENT_SAMPLES) -> int:
 # --------------------------------------------------------------------------------------------
 # Audio and targets
 # --------------------------------------------------------------------------------------------
-def load_clips(split: str, n: int, *, labels_dir: Path = Path("train/labels"),
-               audio_dir: Path = Path("cache/audio"), manifests: Path = Path("cache/manifests"),
-               cache_dir: Path = Path("cache/compression"), seed: int = 0,
+def load_clips(split: str, n: int, *, labels_csv: Path | None = None, audio_dir: Path = Path("cache/audio"),
+               manifests: Path = Path("cache/manifests"), cache_dir: Path = Path("cache/compression"), seed: int = 0,
                log: Callable[[str], None] = print) -> tuple[np.ndarray, list[str]]:
-    """``n`` clips [n, 122880] of ``split`` and their speakers, cached as one .npy file.
+    """``n`` clips [n, 122880] of ``split`` and their speakers, cached as one .npz file.
 
-    The labeller's int16 audio cache is used when its label CSV lists the split; otherwise
-    clips are rendered from the manifest. Clips are drawn at random (``seed``) over the whole
-    split, so every speaker of the held-out test split is represented; fr/ru never are.
+    With ``labels_csv`` (a ``train.label`` output), clips are those of the CSV's ``split`` rows
+    whose int16 audio the labeller cached in ``audio_dir``: thousands of clips load in seconds,
+    where rendering them again from the manifest runs every codec chain. Without it, clips are
+    rendered from the manifest. Clips are drawn at random (``seed``) over the whole split, so
+    every speaker of the held-out test split is represented; fr/ru never are.
     """
-    out = cache_dir / f"{split}_{n}_{seed}.npz"
+    tag = f"_{labels_csv.stem}" if labels_csv is not None else ""
+    out = cache_dir / f"{split}_{n}_{seed}{tag}.npz"
     if out.exists():
         z = np.load(out)
         return z["audio"], [str(s) for s in z["speakers"]]
     rng = np.random.default_rng(seed)
-    csv_path = labels_dir / f"{split}.csv"
     audio: list[np.ndarray] = []
     speakers: list[str] = []
-    rows = []
-    if csv_path.exists():
+    if labels_csv is not None:
         from train.distill import read_labels
 
-        rows = [r for r in read_labels(csv_path, split) if r.get("lang") not in EXCLUDED_LANGS
+        rows = [r for r in read_labels(labels_csv, split) if r.get("lang") not in EXCLUDED_LANGS
                 and (audio_dir / f"{r['sha256']}.npy").exists()]
-    if len(rows) >= n:
+        if len(rows) < n:
+            raise ValueError(f"{labels_csv}: only {len(rows)} {split} clips have cached audio in {audio_dir}, "
+                             f"{n} requested")
         for i in sorted(rng.choice(len(rows), n, replace=False)):
             audio.append(np.load(audio_dir / f"{rows[i]['sha256']}.npy").astype(np.float32) / 32768.0)
             speakers.append(rows[i].get("speaker", ""))
@@ -477,6 +479,10 @@ def add_finetune_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--lr", type=float, default=3e-4, help="peak learning rate of fine-tuning (default 3e-4)")
     ap.add_argument("--crop-seconds", type=float, default=2.0, help="training crop length (default 2.0)")
     ap.add_argument("--train-clips", type=int, default=400, help="train-split clips the crops come from (default 400)")
+    ap.add_argument("--train-labels", type=Path, default=None,
+                    help="take the train clips from this label CSV (train.label output) and the labeller's audio "
+                         "cache (cache/audio) instead of rendering them from the manifest; needed for thousands "
+                         "of clips (default: render)")
     ap.add_argument("--crops-per-clip", type=int, default=2, help="crops per training clip (default 2)")
     ap.add_argument("--cache", type=Path, default=Path("cache/compression"),
                     help="clip and reference-output cache directory (default cache/compression)")

@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> None:
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     model = load_reference_net()
     ref_params = count_params(model)
-    clips, _ = load_clips("train", args.train_clips, cache_dir=args.cache, seed=args.seed, log=log)
+    clips, _ = load_clips("train", args.train_clips, labels_csv=args.train_labels, cache_dir=args.cache,
+                          seed=args.seed, log=log)
     crops = make_crops(clips, int(args.crop_seconds * 16000), args.crops_per_clip, seed=args.seed)
     targets = cached_predict(model, crops, args.cache / f"targets_distillmos_{crops.shape}_{args.seed}.npy")
     names = lowrank(model, args.keep)

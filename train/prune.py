@@ -611,14 +611,18 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     ref = load_reference_net() if args.model == "distillmos" else tiny_xlsr_net(args.seed)
-    clips, _ = load_clips("train", args.train_clips, cache_dir=args.cache, seed=args.seed, log=log)
+    clips, _ = load_clips("train", args.train_clips, labels_csv=args.train_labels, cache_dir=args.cache,
+                          seed=args.seed, log=log)
     meta: dict = {"method": args.method, "keep": args.keep, "reference_params": count_params(ref), "steps": args.steps,
                   "batch": args.batch, "lr": args.lr, "crop_seconds": args.crop_seconds,
                   "train_clips": args.train_clips}
+    if args.train_labels is not None:
+        meta["train_labels"] = str(args.train_labels)
     if args.method == "iterative" and args.extend is not None:
         saved = torch.load(args.extend, map_location="cpu", weights_only=False)
         extension = {"from": str(args.extend), "hidden_weight": args.hidden_weight,
-                     **{k: meta[k] for k in ("steps", "batch", "lr", "crop_seconds", "train_clips")}}
+                     **{k: meta[k] for k in ("steps", "batch", "lr", "crop_seconds", "train_clips", "train_labels")
+                        if k in meta}}
         model, meta = extend_distillation(saved["model"], saved["meta"], ref, clips, extension, seed=args.seed,
                                           log=log)
         _save(model, meta, args.out, log)
