@@ -99,3 +99,25 @@ def test_saved_pruned_model_is_measured_next_to_the_reference(tmp_path: Path) ->
     it = rows[2]
     assert it["budget"]["stages"] == 1 and it["finetune_steps"] == 2 and it["rtf_ort_1t_reference"] > 0
     assert it["ratio"] <= 0.5 and set(FIELDS) <= set(it)
+
+
+def test_pruned_fit_reads_the_last_training_set_and_scores_agreement() -> None:
+    import numpy as np
+
+    from benchmarks.pruned_fit import fit, last_training_set
+
+    base = {"train_clips": 1500, "steps": 1000}
+    assert last_training_set(base) == (1500, None)
+    extended = {**base, "extensions": [{"train_clips": 1500}, {"train_clips": 5480, "train_labels": "l/t.csv"}]}
+    assert last_training_set(extended) == (5480, Path("l/t.csv"))
+    ref = np.array([1.0, 2.0, 3.0, 4.0])
+    shifted = fit(ref + 0.5, ref)
+    assert shifted["pcc"] == pytest.approx(1.0) and shifted["rmse"] == pytest.approx(0.5) and shifted["clips"] == 4
+    assert fit(ref[::-1].copy(), ref)["srcc"] == pytest.approx(-1.0)
+
+
+def test_pruned_fit_help_documents_every_option() -> None:
+    out = subprocess.run([sys.executable, "-m", "benchmarks.pruned_fit", "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    for opt in ("--pruned", "--json", "--clips", "--val-clips", "--cache", "--threads", "--seed"):
+        assert opt in out

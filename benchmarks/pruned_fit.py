@@ -1,0 +1,78 @@
+"""How well saved pruned models fit the unpruned Distill-MOS on clips they trained on and on
+validation speakers they never saw: the gap between the two says whether more steps or more
+training clips is the next thing to buy.
+
+    python -m benchmarks.pruned_fit --json benchmarks/results/pruned_fit.json \\
+        --pruned runs/prune/a.pt runs/prune/b.pt
+
+"Seen" clips are the first ``--clips`` clips of the set the model's last training run drew
+its crops from (its last ``--extend``, else the pruning run itself), rebuilt from its saved
+meta. "Val" clips are validation-split clips: held-out speakers, as the test split, but
+the split that choices are made on. The test split is never read here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks import write_json
+from train.compress_common import cached_predict, load_clips, load_reference_net, predict
+from train.distill import pearson, spearman
+
+
+def last_training_set(meta: dict) -> tuple[int, Path | None]:
+    """(clip count, label CSV or None = rendered from the manifest) of the model's last run."""
+    run = (meta.get("extensions") or [meta])[-1]
+    labels = run.get("train_labels")
+    return int(run["train_clips"]), Path(labels) if labels else None
+
+
+def fit(pred: np.ndarray, ref: np.ndarray) -> dict[str, float]:
+    """Agreement of a model's outputs with the reference's on the same clips."""
+    return {"clips": int(len(ref)), "pcc": pearson(pred, ref), "srcc": spearman(pred, ref),
+            "rmse": float(np.sqrt(np.mean((pred - ref) ** 2)))}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pruned", type=Path, nargs="+", required=True,
+                    help="models saved by python -m train.prune (torch.save of {'model', 'meta'})")
+    ap.add_argument("--json", type=Path, required=True, help="output JSON: one row per model")
+    ap.add_argument("--clips", type=int, default=150, help="seen clips per model (default 150)")
+    ap.add_argument("--val-clips", type=int, default=200, help="validation-split clips (default 200)")
+    ap.add_argument("--cache", type=Path, default=Path("cache/compression"),
+                    help="clip and reference-output cache directory (default cache/compression)")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the clip draws, as in train.prune (default 0)")
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    ref = load_reference_net()
+    val, _ = load_clips("val", args.val_clips, cache_dir=args.cache, seed=args.seed, log=log)
+    val_ref = cached_predict(ref, val, args.cache / f"ref_val_{val.shape[0]}_{args.seed}.npy")
+    rows = []
+    for path in args.pruned:
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        n, labels = last_training_set(saved["meta"])
+        seen, _ = load_clips("train", n, labels_csv=labels, cache_dir=args.cache, seed=args.seed, log=log)
+        seen = seen[: args.clips]
+        tag = f"{n}_{args.seed}" + (f"_{labels.stem}" if labels else "")
+        seen_ref = cached_predict(ref, seen, args.cache / f"ref_seen_{len(seen)}_{tag}.npy")
+        row = {"model": str(path), "params": saved["meta"]["params"], "steps": saved["meta"]["steps"],
+               "seen_set": {"train_clips": n, "train_labels": str(labels) if labels else None},
+               "seen": fit(predict(saved["model"], seen), seen_ref),
+               "val": fit(predict(saved["model"], val), val_ref)}
+        row["gap_pcc"] = row["seen"]["pcc"] - row["val"]["pcc"]
+        log(f"{path}: seen PCC {row['seen']['pcc']:.3f}, val PCC {row['val']['pcc']:.3f}")
+        rows.append(row)
+    write_json(args.json, {"reference": "distill-mos-v7", "val_clips": int(len(val)), "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
