@@ -56,14 +56,17 @@ def main(argv: list[str] | None = None) -> None:
     ref = load_reference_net()
     val, _ = load_clips("val", args.val_clips, cache_dir=args.cache, seed=args.seed, log=log)
     val_ref = cached_predict(ref, val, args.cache / f"ref_val_{val.shape[0]}_{args.seed}.npy")
+    seen_sets: dict[tuple[int, Path | None], tuple[np.ndarray, np.ndarray]] = {}
     rows = []
     for path in args.pruned:
         saved = torch.load(path, map_location="cpu", weights_only=False)
         n, labels = last_training_set(saved["meta"])
-        seen, _ = load_clips("train", n, labels_csv=labels, cache_dir=args.cache, seed=args.seed, log=log)
-        seen = seen[: args.clips]
-        tag = f"{n}_{args.seed}" + (f"_{labels.stem}" if labels else "")
-        seen_ref = cached_predict(ref, seen, args.cache / f"ref_seen_{len(seen)}_{tag}.npy")
+        if (n, labels) not in seen_sets:  # a training set can be gigabytes: load it once per run
+            seen = load_clips("train", n, labels_csv=labels, cache_dir=args.cache, seed=args.seed, log=log)[0]
+            seen = seen[: args.clips].copy()
+            tag = f"{n}_{args.seed}" + (f"_{labels.stem}" if labels else "")
+            seen_sets[n, labels] = seen, cached_predict(ref, seen, args.cache / f"ref_seen_{len(seen)}_{tag}.npy")
+        seen, seen_ref = seen_sets[n, labels]
         row = {"model": str(path), "params": saved["meta"]["params"], "steps": saved["meta"]["steps"],
                "seen_set": {"train_clips": n, "train_labels": str(labels) if labels else None},
                "seen": fit(predict(saved["model"], seen), seen_ref),

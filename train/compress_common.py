@@ -243,10 +243,11 @@ def load_clips(split: str, n: int, *, labels_csv: Path | None = None, audio_dir:
     """``n`` clips [n, 122880] of ``split`` and their speakers, cached as one .npz file.
 
     With ``labels_csv`` (a ``train.label`` output), clips are those of the CSV's ``split`` rows
-    whose int16 audio the labeller cached in ``audio_dir``: thousands of clips load in seconds,
-    where rendering them again from the manifest runs every codec chain. Without it, clips are
+    whose int16 audio the labeller cached in ``audio_dir``: they are read from disk, where
+    rendering them again from the manifest runs every codec chain. Without it, clips are
     rendered from the manifest. Clips are drawn at random (``seed``) over the whole split, so
-    every speaker of the held-out test split is represented; fr/ru never are.
+    every speaker of the held-out test split is represented; fr/ru never are: label CSVs carry
+    no language, so a labelled clip's language is looked up in the split's manifest.
     """
     tag = f"_{labels_csv.stem}" if labels_csv is not None else ""
     out = cache_dir / f"{split}_{n}_{seed}{tag}.npz"
@@ -256,10 +257,15 @@ def load_clips(split: str, n: int, *, labels_csv: Path | None = None, audio_dir:
     rng = np.random.default_rng(seed)
     audio: list[np.ndarray] = []
     speakers: list[str] = []
+    from train.data.manifest import read_manifest, render_clip
+
+    manifest = manifests / f"{split}.csv"
     if labels_csv is not None:
         from train.distill import read_labels
 
-        rows = [r for r in read_labels(labels_csv, split) if r.get("lang") not in EXCLUDED_LANGS
+        listed = read_manifest(manifest) if manifest.exists() else []
+        reserved = {r.clip_id for r in listed if r.lang in EXCLUDED_LANGS}
+        rows = [r for r in read_labels(labels_csv, split) if r["clip_id"] not in reserved
                 and (audio_dir / f"{r['sha256']}.npy").exists()]
         if len(rows) < n:
             raise ValueError(f"{labels_csv}: only {len(rows)} {split} clips have cached audio in {audio_dir}, "
@@ -268,9 +274,7 @@ def load_clips(split: str, n: int, *, labels_csv: Path | None = None, audio_dir:
             audio.append(np.load(audio_dir / f"{rows[i]['sha256']}.npy").astype(np.float32) / 32768.0)
             speakers.append(rows[i].get("speaker", ""))
     else:
-        from train.data.manifest import read_manifest, render_clip
-
-        mrows = [r for r in read_manifest(manifests / f"{split}.csv") if r.lang not in EXCLUDED_LANGS]
+        mrows = [r for r in read_manifest(manifest) if r.lang not in EXCLUDED_LANGS]
         if len(mrows) < n:
             raise ValueError(f"{split}: only {len(mrows)} clips, {n} requested")
         t0 = time.time()
