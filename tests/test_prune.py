@@ -20,6 +20,7 @@ from train.compress_common import (
     finetune,
     load_clips,
     predict,
+    random_crops,
     SEGMENT_SAMPLES,
     synthetic_clips,
     tiny_distillmos_net,
@@ -142,7 +143,7 @@ def test_xlsr_sqa_net_matches_teacher_and_prunes(tmp_path) -> None:
 def test_prune_help_documents_every_option() -> None:
     out = subprocess.run([sys.executable, "-m", "train.prune", "--help"], capture_output=True, text=True, check=True).stdout
     for opt in ("--method", "--keep", "--model", "--kinds", "--cost", "--rounds", "--stages", "--hidden-weight", "--extend", "--importance",
-                "--importance-batches", "--steps",
+                "--importance-batches", "--steps", "--speed-perturb",
                 "--batch", "--lr", "--crop-seconds", "--train-clips", "--train-labels", "--crops-per-clip", "--cache", "--threads",
                 "--seed", "--out"):
         assert opt in out
@@ -250,3 +251,43 @@ def test_labelled_clips_of_reserved_languages_are_never_loaded(tmp_path: Path) -
     assert speakers == ["spk0"]
     with pytest.raises(ValueError, match="only 1 train clips"):
         load_clips("train", 2, labels_csv=csv_path, audio_dir=audio_dir, manifests=manifests, cache_dir=tmp_path / "d")
+
+
+def _peak_hz(x: np.ndarray) -> float:
+    spec = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    return float(np.argmax(spec) * 16000 / len(x))
+
+
+def test_speed_perturbed_crops_lower_the_pitch_by_the_drawn_factor() -> None:
+    """A 1 kHz tone played at speed f comes out at f kHz, crops keep their length, and a
+    range that would need more source audio than a clip has is refused."""
+    t = np.arange(16000) / 16000
+    clips = np.stack([np.sin(2 * np.pi * 1000 * t)] * 3).astype(np.float32)
+    crops = random_crops(clips, 8000, 3, np.random.default_rng(0), speed=(0.8, 0.8))
+    assert crops.shape == (3, 8000) and crops.dtype == np.float32
+    assert [_peak_hz(c) for c in crops] == pytest.approx([800.0] * 3, abs=4)
+    mixed = random_crops(clips, 8000, 3, np.random.default_rng(1), speed=(0.7, 1.0))
+    assert all(690 <= _peak_hz(c) <= 1004 for c in mixed) and len({round(_peak_hz(c)) for c in mixed}) > 1
+    plain = random_crops(clips, 8000, 3, np.random.default_rng(0))
+    assert [_peak_hz(c) for c in plain] == pytest.approx([1000.0] * 3, abs=4)
+    with pytest.raises(ValueError, match="speed range"):
+        random_crops(clips, 16000, 1, np.random.default_rng(0), speed=(0.9, 1.1))
+
+
+def test_speed_perturbation_is_recorded_with_the_extension() -> None:
+    """The extension distils on perturbed crops and says so in the saved budget."""
+    clips = synthetic_clips(4, 16000, seed=7)
+    teacher = tiny_distillmos_net()
+    net = tiny_distillmos_net()
+    ext = {"from": "x.pt", "steps": 2, "batch": 2, "lr": 1e-3, "crop_seconds": 0.4, "train_clips": 4,
+           "hidden_weight": 1.0, "speed_perturb": [0.85, 1.0]}
+    net, meta = extend_distillation(net, {"method": "iterative", "steps": 2}, teacher, clips, ext, log=lambda s: None)
+    assert meta["extensions"][-1]["speed_perturb"] == [0.85, 1.0]
+    assert np.isfinite(predict(net, clips)).all()
+
+
+def test_speed_perturb_option_rejects_a_malformed_range(tmp_path: Path) -> None:
+    for bad in ("0.9", "1.1,0.9", "a,b"):
+        out = subprocess.run([sys.executable, "-m", "train.prune", "--speed-perturb", bad, "--out",
+                              str(tmp_path / "x.pt")], capture_output=True, text=True)
+        assert out.returncode == 2 and "--speed-perturb" in out.stderr

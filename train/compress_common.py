@@ -298,11 +298,32 @@ def make_crops(clips: np.ndarray, crop_samples: int, per_clip: int, seed: int = 
     return np.stack([clips[i, s : s + crop_samples] for i in range(clips.shape[0]) for s in starts[i]])
 
 
-def random_crops(clips: np.ndarray, crop_samples: int, n: int, rng: np.random.Generator) -> np.ndarray:
-    """``n`` crops of distinct random clips at random offsets: [n, crop_samples]."""
+def random_crops(clips: np.ndarray, crop_samples: int, n: int, rng: np.random.Generator,
+                 speed: tuple[float, float] | None = None) -> np.ndarray:
+    """``n`` crops of distinct random clips at random offsets: [n, crop_samples].
+
+    With ``speed`` = (lo, hi), each crop is played at a factor drawn uniformly from [lo, hi]
+    (resampled, so pitch, formants and tempo move together, as in Kaldi's speed perturbation):
+    a factor f takes ``crop_samples * f`` source samples. Why: the held-out splits are held out
+    by voice, and a slowed-down voice is a new, lower one that costs no labelling when the
+    teacher scores the same perturbed crop on the fly.
+    """
     idx = rng.choice(len(clips), size=min(n, len(clips)), replace=False)
-    starts = rng.integers(0, clips.shape[1] - crop_samples + 1, size=len(idx))
-    return np.stack([clips[i, s : s + crop_samples] for i, s in zip(idx, starts)])
+    if speed is None:
+        starts = rng.integers(0, clips.shape[1] - crop_samples + 1, size=len(idx))
+        return np.stack([clips[i, s : s + crop_samples] for i, s in zip(idx, starts)])
+    import soxr
+
+    lo, hi = speed
+    if not 0 < lo <= hi or math.ceil(crop_samples * hi) > clips.shape[1]:
+        raise ValueError(f"speed range {speed} needs 0 < lo <= hi and crop_samples * hi <= "
+                         f"{clips.shape[1]} clip samples (crop_samples {crop_samples})")
+    factors = rng.uniform(lo, hi, size=len(idx))
+    # Two spare source samples so the resampled segment never falls short of the crop.
+    lengths = np.minimum(clips.shape[1], np.ceil(crop_samples * factors).astype(int) + 2)
+    starts = rng.integers(0, clips.shape[1] - lengths + 1)
+    return np.stack([soxr.resample(clips[i, s : s + length], SAMPLE_RATE, SAMPLE_RATE / f)[:crop_samples]
+                     for i, s, length, f in zip(idx, starts, lengths, factors)])
 
 
 @torch.no_grad()
@@ -381,7 +402,8 @@ def _capture(layers: list[nn.Module], into: list) -> list:
 
 
 def distil_layers(student: nn.Module, teacher: nn.Module, clips: np.ndarray, *, steps: int, batch: int,
-                  crop_samples: int, lr: float, hidden_weight: float = 1.0, seed: int = 0,
+                  crop_samples: int, lr: float, hidden_weight: float = 1.0,
+                  speed: tuple[float, float] | None = None, seed: int = 0,
                   log: Callable[[str], None] = print) -> list[float]:
     """Distil ``teacher`` into a pruned copy of itself: output MSE plus, weighted by
     ``hidden_weight``, the MSE of every surviving transformer layer's output against the same
@@ -390,8 +412,9 @@ def distil_layers(student: nn.Module, teacher: nn.Module, clips: np.ndarray, *, 
     Why layer-wise: one scalar per crop is a weak signal for re-learning what removed units
     did; the hidden states give thousands of targets per crop, so far fewer steps recover the
     model. Crops are drawn afresh every step (random clip, random offset) and labelled by the
-    teacher on the fly, so the budget is not limited to a fixed crop set. A layer removed by
-    pruning is skipped: survivors are matched by their ``source_index``.
+    teacher on the fly, so the budget is not limited to a fixed crop set, and ``speed`` can
+    perturb them (see :func:`random_crops`). A layer removed by pruning is skipped: survivors
+    are matched by their ``source_index``.
     """
     if steps <= 0:
         return []
@@ -411,7 +434,7 @@ def distil_layers(student: nn.Module, teacher: nn.Module, clips: np.ndarray, *, 
     t0 = time.time()
     try:
         for step in range(steps):
-            x = torch.from_numpy(random_crops(clips, crop_samples, batch, rng)).to(dev)
+            x = torch.from_numpy(random_crops(clips, crop_samples, batch, rng, speed)).to(dev)
             t_out.clear()
             s_out.clear()
             with torch.no_grad():

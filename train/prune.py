@@ -428,13 +428,15 @@ def structured_prune(model: nn.Module, crops: np.ndarray, targets: np.ndarray, *
 
 
 def iterative_prune(model: nn.Module, clips: np.ndarray, *, keep: float, stages: int, steps: int, batch: int,
-                    crop_samples: int, lr: float, hidden_weight: float = 1.0, criterion: str = "output",
+                    crop_samples: int, lr: float, hidden_weight: float = 1.0,
+                    speed: tuple[float, float] | None = None, criterion: str = "output",
                     kinds: tuple[str, ...] = KINDS, cost: str = "mixed", importance_batches: int = 8,
                     seed: int = 0, log: Callable[[str], None] = print) -> nn.Module:
     """Prune ``model`` in place to ``keep`` x its parameters in ``stages`` equal geometric
     steps, each followed by layer-wise distillation from an unpruned copy
     (:func:`train.compress_common.distil_layers`); ``steps`` is the total distillation budget,
-    split evenly over the stages. Returns the model.
+    split evenly over the stages; ``speed`` perturbs the distillation crops (not the
+    importance crops). Returns the model.
 
     Why not one shot: removing three quarters of Distill-MOS at once leaves too little of what
     it computed for a short fine-tuning to recover (measured: PCC 0.19 before fine-tuning at
@@ -460,7 +462,7 @@ def iterative_prune(model: nn.Module, clips: np.ndarray, *, keep: float, stages:
                          criterion=criterion, log=log)
         log(f"stage {s}/{stages}: {count_params(model)} params, distilling {per_stage[s - 1]} steps")
         distil_layers(model, teacher, clips, steps=per_stage[s - 1], batch=batch, crop_samples=crop_samples, lr=lr,
-                      hidden_weight=hidden_weight, seed=seed + 100 * s, log=log)
+                      hidden_weight=hidden_weight, speed=speed, seed=seed + 100 * s, log=log)
     return model
 
 
@@ -468,7 +470,8 @@ def extend_distillation(model: nn.Module, meta: dict, teacher: nn.Module, clips:
                         seed: int = 0, log: Callable[[str], None] = print) -> tuple[nn.Module, dict]:
     """Distil an already pruned ``model`` further from the unpruned ``teacher`` (layer-wise,
     at its final size) for ``extension["steps"]`` steps of ``extension["batch"]`` crops of
-    ``extension["crop_seconds"]``; return it with ``meta`` whose ``steps`` count the whole
+    ``extension["crop_seconds"]`` (speed-perturbed by ``extension["speed_perturb"]`` when
+    given); return it with ``meta`` whose ``steps`` count the whole
     budget and whose ``extensions`` list records this one.
 
     Why: the last stage of :func:`iterative_prune` removes the most per remaining unit and
@@ -480,7 +483,8 @@ def extend_distillation(model: nn.Module, meta: dict, teacher: nn.Module, clips:
         p.requires_grad_(False)
     distil_layers(model, teacher, clips, steps=extension["steps"], batch=extension["batch"],
                   crop_samples=int(extension["crop_seconds"] * 16000), lr=extension["lr"],
-                  hidden_weight=extension["hidden_weight"], seed=seed + 10_000, log=log)
+                  hidden_weight=extension["hidden_weight"], speed=extension.get("speed_perturb"),
+                  seed=seed + 10_000, log=log)
     meta = {**meta, "steps": meta["steps"] + extension["steps"],
             "extensions": [*meta.get("extensions", []), extension]}
     return model, meta
@@ -593,6 +597,10 @@ def main(argv: list[str] | None = None) -> None:
                     help="iterative: prune/distil stages; --steps is split evenly over them (default 4)")
     ap.add_argument("--hidden-weight", type=float, default=1.0,
                     help="iterative: weight of the per-layer hidden-state loss against the output loss (default 1)")
+    ap.add_argument("--speed-perturb", type=_speed_range, default=None, metavar="LO,HI",
+                    help="iterative: play each distillation crop at a speed drawn from [LO, HI] (resampled, "
+                         "so pitch moves too; 0.85,1.0 makes voices up to ~3 semitones lower); the unpruned "
+                         "teacher scores the same perturbed crop. Needs crop length x HI <= 7.68 s (default off)")
     ap.add_argument("--extend", type=Path, default=None,
                     help="iterative: instead of pruning, load a model saved by an earlier iterative run and "
                          "distil it --steps more steps (layer-wise, from the unpruned --model, all at its final "
@@ -623,6 +631,8 @@ def main(argv: list[str] | None = None) -> None:
         extension = {"from": str(args.extend), "hidden_weight": args.hidden_weight,
                      **{k: meta[k] for k in ("steps", "batch", "lr", "crop_seconds", "train_clips", "train_labels")
                         if k in meta}}
+        if args.speed_perturb is not None:
+            extension["speed_perturb"] = list(args.speed_perturb)
         model, meta = extend_distillation(saved["model"], saved["meta"], ref, clips, extension, seed=args.seed,
                                           log=log)
         _save(model, meta, args.out, log)
@@ -630,9 +640,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.method == "iterative":
         iterative_prune(ref, clips, keep=args.keep, stages=args.stages, steps=args.steps, batch=args.batch,
                         crop_samples=int(args.crop_seconds * 16000), lr=args.lr, hidden_weight=args.hidden_weight,
-                        kinds=tuple(args.kinds.split(",")), cost=args.cost,
+                        speed=args.speed_perturb, kinds=tuple(args.kinds.split(",")), cost=args.cost,
                         importance_batches=args.importance_batches, seed=args.seed, log=log)
         meta.update(stages=args.stages, hidden_weight=args.hidden_weight, importance="output")
+        if args.speed_perturb is not None:
+            meta["speed_perturb"] = list(args.speed_perturb)
         _save(ref, meta, args.out, log)
         return
     crops = make_crops(clips, int(args.crop_seconds * 16000), args.crops_per_clip, seed=args.seed)
@@ -655,6 +667,17 @@ def main(argv: list[str] | None = None) -> None:
     if args.method != "magnitude":
         meta["importance"] = args.importance
     _save(model, meta, args.out, log)
+
+
+def _speed_range(text: str) -> tuple[float, float]:
+    """``LO,HI`` from the command line, as the (lo, hi) speed range of ``random_crops``."""
+    try:
+        lo, hi = (float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO,HI (two numbers), got {text!r}") from None
+    if not 0 < lo <= hi:
+        raise argparse.ArgumentTypeError(f"need 0 < LO <= HI, got {text!r}")
+    return lo, hi
 
 
 def _save(model: nn.Module, meta: dict, out: Path, log: Callable[[str], None]) -> None:
