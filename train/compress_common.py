@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
+import soxr
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -312,8 +313,6 @@ def random_crops(clips: np.ndarray, crop_samples: int, n: int, rng: np.random.Ge
     if speed is None:
         starts = rng.integers(0, clips.shape[1] - crop_samples + 1, size=len(idx))
         return np.stack([clips[i, s : s + crop_samples] for i, s in zip(idx, starts)])
-    import soxr
-
     lo, hi = speed
     if not 0 < lo <= hi or math.ceil(crop_samples * hi) > clips.shape[1]:
         raise ValueError(f"speed range {speed} needs 0 < lo <= hi and crop_samples * hi <= "
