@@ -275,14 +275,20 @@ def test_speed_perturbed_crops_lower_the_pitch_by_the_drawn_factor() -> None:
 
 
 def test_speed_perturbation_is_recorded_with_the_extension() -> None:
-    """The extension distils on perturbed crops and says so in the saved budget."""
+    """The extension distils on perturbed crops (the same seed without perturbation ends
+    elsewhere) and says so in the saved budget."""
     clips = synthetic_clips(4, 16000, seed=7)
     teacher = tiny_distillmos_net()
-    net = tiny_distillmos_net()
     ext = {"from": "x.pt", "steps": 2, "batch": 2, "lr": 1e-3, "crop_seconds": 0.4, "train_clips": 4,
-           "hidden_weight": 1.0, "speed_perturb": [0.85, 1.0]}
-    net, meta = extend_distillation(net, {"method": "iterative", "steps": 2}, teacher, clips, ext, log=lambda s: None)
+           "hidden_weight": 1.0}
+    # A student unlike the teacher (another seed): a copy of it would have zero loss and gradient.
+    plain, _ = extend_distillation(tiny_distillmos_net(seed=1), {"method": "iterative", "steps": 2}, teacher, clips,
+                                   ext, log=lambda s: None)
+    ext = {**ext, "speed_perturb": [0.85, 1.0]}
+    net, meta = extend_distillation(tiny_distillmos_net(seed=1), {"method": "iterative", "steps": 2}, teacher, clips,
+                                    ext, log=lambda s: None)
     assert meta["extensions"][-1]["speed_perturb"] == [0.85, 1.0]
+    assert any(not torch.equal(a, b) for a, b in zip(plain.parameters(), net.parameters()))
     assert np.isfinite(predict(net, clips)).all()
 
 
