@@ -293,7 +293,8 @@ def test_speed_perturbation_is_recorded_with_the_extension() -> None:
 
 
 def test_speed_perturb_option_rejects_a_malformed_range(tmp_path: Path) -> None:
-    for bad in ("0.9", "1.1,0.9", "a,b"):
-        out = subprocess.run([sys.executable, "-m", "train.prune", "--speed-perturb", bad, "--out",
+    """Refused before any clip is loaded: malformed, reversed, or faster than 7.68 s crops allow."""
+    for bad in (["0.9"], ["1.1,0.9"], ["a,b"], ["0.9,1.1", "--crop-seconds", "7.68"]):
+        out = subprocess.run([sys.executable, "-m", "train.prune", "--speed-perturb", *bad, "--out",
                               str(tmp_path / "x.pt")], capture_output=True, text=True)
         assert out.returncode == 2 and "--speed-perturb" in out.stderr

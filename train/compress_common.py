@@ -299,6 +299,16 @@ def make_crops(clips: np.ndarray, crop_samples: int, per_clip: int, seed: int = 
     return np.stack([clips[i, s : s + crop_samples] for i in range(clips.shape[0]) for s in starts[i]])
 
 
+def check_speed_range(speed: tuple[float, float], crop_samples: int, clip_samples: int) -> None:
+    """Raise ValueError unless ``speed`` = (lo, hi) is a range :func:`random_crops` can play:
+    0 < lo <= hi, and a crop at the fastest speed fits in a clip. One check for the library
+    and the command line, which calls it before loading gigabytes of clips."""
+    lo, hi = speed
+    if not 0 < lo <= hi or math.ceil(crop_samples * hi) > clip_samples:
+        raise ValueError(f"speed range {lo},{hi} needs 0 < lo <= hi and crop samples x hi <= "
+                         f"{clip_samples} clip samples (crop samples {crop_samples})")
+
+
 def random_crops(clips: np.ndarray, crop_samples: int, n: int, rng: np.random.Generator,
                  speed: tuple[float, float] | None = None) -> np.ndarray:
     """``n`` crops of distinct random clips at random offsets: [n, crop_samples].
@@ -314,11 +324,8 @@ def random_crops(clips: np.ndarray, crop_samples: int, n: int, rng: np.random.Ge
     if speed is None:
         starts = rng.integers(0, clips.shape[1] - crop_samples + 1, size=len(idx))
         return np.stack([clips[i, s : s + crop_samples] for i, s in zip(idx, starts)])
-    lo, hi = speed
-    if not 0 < lo <= hi or math.ceil(crop_samples * hi) > clips.shape[1]:
-        raise ValueError(f"speed range {speed} needs 0 < lo <= hi and crop_samples * hi <= "
-                         f"{clips.shape[1]} clip samples (crop_samples {crop_samples})")
-    factors = rng.uniform(lo, hi, size=len(idx))
+    check_speed_range(speed, crop_samples, clips.shape[1])
+    factors = rng.uniform(*speed, size=len(idx))
     # Two spare source samples so the resampled segment never falls short of the crop.
     lengths = np.minimum(clips.shape[1], np.ceil(crop_samples * factors).astype(int) + 2)
     starts = rng.integers(0, clips.shape[1] - lengths + 1)
