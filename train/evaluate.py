@@ -4,7 +4,10 @@
 
 Each clip is scored with ``streamqa.model.Model.score`` (the code path of ``streamqa
 score`` and of the live monitor), then compared with the teacher's labels: Pearson and
-Spearman correlation and RMSE per output.
+Spearman correlation and RMSE per output, overall and per held-out speaker. The per-speaker
+figures separate the two ways a student can fall short: a constant offset on a voice it has
+never heard (``bias``, which lowers the pooled PCC although the ranking within the voice is
+right) and a poor ranking within the voice (``pcc``).
 """
 
 from __future__ import annotations
@@ -20,18 +23,35 @@ from streamqa.model import Model
 from train.distill import clip_audio, merge_labels, pearson, spearman
 
 
+def speaker_breakdown(pred: np.ndarray, target: np.ndarray, speakers: list[str]) -> dict[str, dict]:
+    """Per speaker: clip count, PCC and mean offset (prediction minus teacher)."""
+    groups = np.array(speakers)
+    out: dict[str, dict] = {}
+    for name in sorted(set(speakers)):
+        mask = groups == name
+        p, t = pred[mask], target[mask]
+        out[name] = {
+            "n": int(mask.sum()),
+            "pcc": pearson(p, t) if mask.sum() >= 3 else None,
+            "bias": float(np.mean(p - t)),
+        }
+    return out
+
+
 def evaluate_onnx(model_path: Path, labels: list[Path], audio_dir: Path = Path("cache/audio"), *, split: str | None = "test") -> dict:
     """PCC/SRCC/RMSE per output of ``model_path`` against teacher labels on ``split``."""
     model = Model(model_path)
     rows = [r for r in merge_labels(labels) if split is None or r.get("split") == split]
-    preds = {k: [] for k in model.info.outputs}
-    targets = {k: [] for k in model.info.outputs}
+    preds: dict[str, list[float]] = {k: [] for k in model.info.outputs}
+    targets: dict[str, list[float]] = {k: [] for k in model.info.outputs}
+    speakers: dict[str, list[str]] = {k: [] for k in model.info.outputs}
     for row in rows:
         scores = model.score(clip_audio(row, audio_dir))
         for k in model.info.outputs:
             if row.get(k) not in (None, ""):
                 preds[k].append(scores[k])
                 targets[k].append(float(row[k]))
+                speakers[k].append(row.get("speaker", ""))
     result: dict = {"model": str(model_path), "clips": len(rows), "split": split}
     for k in model.info.outputs:
         p, t = np.array(preds[k]), np.array(targets[k])
@@ -42,6 +62,7 @@ def evaluate_onnx(model_path: Path, labels: list[Path], audio_dir: Path = Path("
             "pcc": pearson(p, t),
             "srcc": spearman(p, t),
             "rmse": float(math.sqrt(np.mean((p - t) ** 2))),
+            "by_speaker": speaker_breakdown(p, t, speakers[k]),
         }
     return result
 
