@@ -36,3 +36,18 @@ def test_regain_is_an_exact_level_change():
     logmel, _ = m.log_energies(x, cache)
     louder, _ = m.log_energies(x * 10 ** (6 / 20), cache)
     torch.testing.assert_close(regain(logmel, torch.tensor([6.0, 6.0])), louder, atol=1e-3, rtol=1e-4)
+
+
+def test_warp_bands_moves_a_spectral_peak_by_the_factor():
+    from train.distill import warp_bands
+    from train.students import band_edges
+
+    centres = band_edges(40)[1:-1]
+    x = torch.full((3, 40, 8), -10.0)
+    x[:, 12, :] = 0.0  # one peak at band 12
+    out = warp_bands(x, torch.tensor([1.0, 1.15, 1 / 1.15]))
+    assert torch.equal(out[0], x[0])
+    for row, factor in ((1, 1.15), (2, 1 / 1.15)):
+        peak = int(out[row, :, 0].argmax())
+        assert abs(centres[peak] - centres[12] * factor) < (centres[peak + 1] - centres[peak - 1]) / 2
+        assert peak != 12

@@ -10,7 +10,9 @@ mix was about 20 %) comes from human-labelled MOS and supervises the ``mos`` out
 The student's Gabor frontend is fixed, so log band energies are computed once per clip and
 training runs the encoder only; level augmentation is applied on the cached energies
 exactly (``log(E * g^2 + eps)``), because Distill-MOS peak-normalises and a student must not
-read quality from loudness. Under ``torchrun`` (WORLD_SIZE set) it trains with DDP on gloo
+read quality from loudness. ``--warp`` adds vocal-tract-length perturbation on the same cached
+energies: each clip's spectrum is scaled in frequency by a random factor, which makes new
+"speakers" out of the few real voices there are to train on. Under ``torchrun`` (WORLD_SIZE set) it trains with DDP on gloo
 or NCCL; each rank takes a disjoint shard of every epoch.
 """
 
@@ -31,7 +33,8 @@ import torch.distributed as dist
 from torch import Tensor
 
 from train.export import save_checkpoint
-from train.students import FAMILY, FRAME_SAMPLES, OUTPUTS, Student, StudentConfig, count_params, macs_per_second
+from train.students import (FAMILY, FRAME_SAMPLES, OUTPUTS, Student, StudentConfig, band_edges, count_params,
+                            macs_per_second)
 
 EPS = 1e-7
 
@@ -109,6 +112,23 @@ def regain(logmel: Tensor, gain_db: Tensor) -> Tensor:
     return torch.log(torch.clamp(torch.exp(logmel) - EPS, min=0.0) * g2 + EPS)
 
 
+def warp_bands(logmel: Tensor, factors: Tensor) -> Tensor:
+    """Scale each clip's spectrum in frequency: band i takes the energy at f_i / factor.
+
+    Vocal-tract-length perturbation (Jaitly & Hinton 2013) done on the filterbank output:
+    a factor above 1 moves formants and harmonics up, as a shorter vocal tract would. The
+    energy at f_i / factor is interpolated linearly between the two nearest band centres
+    (held at the outermost bands), so factor 1 is the identity.
+    """
+    centres = band_edges(logmel.shape[1])[1:-1]
+    index = np.arange(len(centres), dtype=np.float64)
+    pos = np.stack([np.interp(centres / float(f), centres, index) for f in factors])  # [B, bands]
+    lo = np.floor(pos).astype(np.int64).clip(max=len(centres) - 2)
+    frac = torch.from_numpy(pos - lo).to(logmel)[:, :, None]
+    lo_t = torch.from_numpy(lo)[:, :, None].expand(-1, -1, logmel.shape[2])
+    return torch.gather(logmel, 1, lo_t) * (1 - frac) + torch.gather(logmel, 1, lo_t + 1) * frac
+
+
 def masked_mse(pred: Tensor, target: Tensor) -> Tensor:
     mask = torch.isfinite(target)
     diff = torch.where(mask, pred - torch.nan_to_num(target), torch.zeros_like(pred))
@@ -183,6 +203,7 @@ def train(
     human: LabelledSet | None = None,
     human_ratio: float = 0.2,
     gain_db: float = 10.0,
+    warp: float = 0.0,
     log=print,
 ) -> dict[str, float]:
     """Train in place; returns the final validation metrics (empty without a val set)."""
@@ -211,6 +232,8 @@ def train(
                 x = torch.cat([x, human.feats[h]])
                 y = torch.cat([y, human.targets[h]])
             x = regain(x, (torch.rand(len(x), generator=gen) * 2 - 1) * gain_db)
+            if warp > 0:
+                x = warp_bands(x, torch.exp((torch.rand(len(x), generator=gen) * 2 - 1) * math.log1p(warp)))
             loss = masked_mse(model(x), y)
             opt.zero_grad()
             loss.backward()
@@ -237,6 +260,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     ap.add_argument("--human", type=Path, help="label CSV with human MOS (path,mos) to mix in")
+    ap.add_argument("--warp", type=float, default=0.0,
+                    help="vocal-tract-length perturbation: frequency factors in [1/(1+W), 1+W] (0: off)")
     ap.add_argument("--human-ratio", type=float, default=0.2, help="share of each batch from --human")
     ap.add_argument("--teacher", default="distillmos+dnsmos", help="recorded in the checkpoint and model card")
     args = ap.parse_args(argv)
@@ -266,7 +291,7 @@ def main(argv: list[str] | None = None) -> None:
     init_feature_norm(student, train_set.feats)
     metrics = train(
         student, train_set, val_set, epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed,
-        human=human, human_ratio=args.human_ratio,
+        human=human, human_ratio=args.human_ratio, warp=args.warp,
     )
     rank, _ = _ddp()
     if rank == 0:
@@ -274,6 +299,7 @@ def main(argv: list[str] | None = None) -> None:
             "teacher": args.teacher,
             "training_data": f"{len(train_rows)} clips from {', '.join(p.name for p in args.labels)}",
             "epochs": args.epochs,
+            "warp": args.warp,
             "val": metrics,
             "params": count_params(student),
             "macs_per_second": macs_per_second(cfg),

@@ -70,6 +70,13 @@ FAMILY: dict[str, StudentConfig] = {
 }
 
 
+def band_edges(n_bands: int, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """The n_bands + 2 mel-spaced frequencies (Hz) whose inner ones are the band centres."""
+    mel = lambda f: 2595.0 * np.log10(1.0 + f / 700.0)  # noqa: E731
+    imel = lambda m: 700.0 * (10.0 ** (m / 2595.0) - 1.0)  # noqa: E731
+    return imel(np.linspace(mel(50.0), mel(sr / 2 - 200.0), n_bands + 2))
+
+
 def gabor_filterbank(n_bands: int, kernel: int = GABOR_KERNEL, sr: int = SAMPLE_RATE) -> np.ndarray:
     """Complex Gabor filters at mel-spaced centres, as [2 * n_bands, 1, kernel] real weights.
 
@@ -78,9 +85,7 @@ def gabor_filterbank(n_bands: int, kernel: int = GABOR_KERNEL, sr: int = SAMPLE_
     ONNX. Bandwidths follow the spacing of the mel scale, so the band energies behave like
     a log-mel spectrogram.
     """
-    mel = lambda f: 2595.0 * np.log10(1.0 + f / 700.0)  # noqa: E731
-    imel = lambda m: 700.0 * (10.0 ** (m / 2595.0) - 1.0)  # noqa: E731
-    edges = imel(np.linspace(mel(50.0), mel(sr / 2 - 200.0), n_bands + 2))
+    edges = band_edges(n_bands, sr)
     centres = edges[1:-1]
     bandwidth = np.maximum((edges[2:] - edges[:-2]) / 2.0, 40.0)  # Hz, full width ~ 2.35 sigma_f
     t = (np.arange(kernel) - (kernel - 1) / 2.0) / sr
