@@ -41,6 +41,7 @@ def test_mini_pipeline(tmp_path):
 
     student, meta = load_checkpoint(run / "xxs" / "student.pt")
     assert meta["teacher"] == "distillmos+dnsmos1"
+    assert meta["warp"] == 0.25 and summary["xxs"]["training"]["warp"] == 0.25  # the recipe's frequency warp
     model = Model(Path(summary["xxs"]["onnx"]))
     clip = np.load(next((tmp_path / "cache" / "audio").glob("*.npy"))).astype(np.float32) / 32768
     state = model.init_state(1)

@@ -57,10 +57,11 @@ def test_window_is_the_ring_length():
 def test_family_spans_orders_of_magnitude():
     sizes = {n: count_params(Student(c)) for n, c in FAMILY.items()}
     assert max(sizes.values()) / min(sizes.values()) >= 10**2.5
-    assert sizes["s"] <= 250_000 and macs_per_second(FAMILY["s"]) <= 20e6
+    for name in ("s", "sm"):  # the members within the shipping budget
+        assert sizes[name] <= 250_000 and macs_per_second(FAMILY[name]) <= 20e6
 
 
-@pytest.mark.parametrize("name", ["xxs", "s", "m"])
+@pytest.mark.parametrize("name", ["xxs", "s", "sm", "m"])
 def test_macs_counter_matches_torch_flop_counter(name):
     from torch.utils.flop_counter import FlopCounterMode
 

@@ -77,7 +77,7 @@ def train_student(args: argparse.Namespace, name: str, labels: list[Path]) -> Pa
         _run([sys.executable, "-m", "train.distill", "--labels", *map(str, labels),
               "--student", str(config) if config.exists() else name,
               "--out", str(ckpt), "--epochs", str(args.epochs), "--audio-dir", str(args.cache / "audio"),
-              "--threads", str(args.jobs), "--teacher", args.teachers.replace(",", "+")])
+              "--threads", str(args.jobs), "--warp", str(args.warp), "--teacher", args.teachers.replace(",", "+")])
     return ckpt
 
 
@@ -92,6 +92,7 @@ def export_and_evaluate(args: argparse.Namespace, name: str, ckpt: Path, labels:
         "macs_per_second": macs_per_second(model.cfg),
         "test": evaluate_onnx(onnx_path, labels, args.cache / "audio"),
         "onnx": str(onnx_path),
+        "training": {k: meta.get(k) for k in ("training_data", "epochs", "warp")},
     }
     if args.int8:
         q = quantize_int8(onnx_path, onnx_path.with_suffix(".int8.onnx"))
@@ -171,6 +172,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--students", default="xxs,xs,s,m,l", help="family members to train")
     ap.add_argument("--teachers", default="distillmos,dnsmos1", help="teachers for the pseudo-labels")
     ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--warp", type=float, default=0.25,
+                    help="vocal-tract-length perturbation while training (train.distill --warp)")
     ap.add_argument("--jobs", type=int, default=2, help="labelling processes / training threads")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--int8", action="store_true", help="also evaluate int8 dynamic quantisation")
@@ -196,9 +199,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name}: {results[name]['params']} params, test PCC mos {mos.get('pcc', float('nan')):.3f}", file=sys.stderr)
     (args.out / "summary.json").write_text(json.dumps(results, indent=2) + "\n")
     if args.ship:
-        train_rows = sum(1 for _ in open(args.labels / "train.distillmos.csv")) - 1
         command = "python -m train.pipeline " + " ".join(argv if argv is not None else sys.argv[1:])
-        data = f"{train_rows} generated degraded clips labelled by the teachers (train split, {args.labels}/train.*.csv)"
+        fit = results[args.ship]["training"]  # what the checkpoint itself records
+        data = (f"{fit['training_data']} (generated degraded speech, train split); "
+                f"{fit['epochs']} epochs, frequency warp {fit['warp'] or 0}")
         dst = ship(results[args.ship], args.teachers, data, command)
         write_models_doc()
         print(f"shipped {dst}", file=sys.stderr)
