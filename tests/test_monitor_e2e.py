@@ -35,6 +35,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 websockets_client = pytest.importorskip("websockets.asyncio.client")
 
+from streamqa.model import DEFAULT_MODEL  # noqa: E402
+
 MODELS_DIR = Path(__file__).resolve().parents[1] / "streamqa" / "models"
 IT_SOUNDS = Path("/usr/share/asterisk/sounds/it")
 CLIP_SOURCE = IT_SOUNDS / "vm-instructions.g722"  # asterisk-carlo: held out from training
@@ -477,12 +479,11 @@ def test_demo_shows_live_mos_and_publishes_both_legs(tiny_onnx) -> None:
         assert ts == pytest.approx([ts[0] + hop * k for k in range(len(ts))], abs=1e-3)
 
 
-@pytest.mark.skipif(not (MODELS_DIR / "streamqa-s.onnx").exists(), reason="streamqa-s is not bundled yet")
 def test_make_run_command_line_shows_live_mos_within_30s() -> None:
     """Exactly what `make run` starts (no --model, default hop), apart from a free port."""
     lines, messages, live_after = asyncio.run(_demo([]))
     assert live_after <= 30.0, lines
-    assert lines[0].startswith("streamqa: model streamqa-s ")
+    assert lines[0].startswith(f"streamqa: model {DEFAULT_MODEL} ")
     assert sorted({m["info"]["codec"] for m in messages if m.get("event") == "start"}) == ["G722", "PCMU"]
 
 
