@@ -92,7 +92,7 @@ def export_and_evaluate(args: argparse.Namespace, name: str, ckpt: Path, labels:
         "macs_per_second": macs_per_second(model.cfg),
         "test": evaluate_onnx(onnx_path, labels, args.cache / "audio"),
         "onnx": str(onnx_path),
-        "training": {k: meta.get(k) for k in ("training_data", "epochs", "warp")},
+        "training": {k: meta.get(k) for k in ("training_data", "epochs", "warp", "val")},  # val: what picked it
     }
     if args.int8:
         q = quantize_int8(onnx_path, onnx_path.with_suffix(".int8.onnx"))
