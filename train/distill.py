@@ -99,14 +99,13 @@ def featurise(student: Student, clips: list[np.ndarray], batch: int = 64) -> Ten
 def load_set(rows: list[dict[str, str]], student: Student, audio_dir: Path, batch: int = 256) -> LabelledSet:
     """Features of every row, read ``batch`` clips at a time: 20,000 clips of raw float audio
     would take 10 GB, their band energies a quarter of that."""
-    feats = []
-    for i in range(0, len(rows), batch):
-        feats.append(featurise(student, [clip_audio(r, audio_dir) for r in rows[i : i + batch]]))
-    frames = min(f.shape[2] for f in feats) if feats else 0
+    feats = [featurise(student, [clip_audio(r, audio_dir) for r in rows[i : i + batch]])
+             for i in range(0, len(rows), batch)]
+    frames = min(f.shape[2] for f in feats)  # as if every clip were trimmed to the shortest
     return LabelledSet(
         ids=[r["clip_id"] for r in rows],
         speakers=[r.get("speaker", "") for r in rows],
-        feats=torch.cat([f[:, :, :frames] for f in feats]) if feats else torch.zeros(0, student.cfg.n_bands, 0),
+        feats=torch.cat([f[:, :, :frames] for f in feats]),
         targets=torch.tensor([_target(r) for r in rows], dtype=torch.float32),
     )
 

@@ -64,7 +64,7 @@ FAMILY: dict[str, StudentConfig] = {
     "xxs": StudentConfig("xxs", channels=16, blocks=(0, 1, 1), embed=16, head_hidden=16, expansion=2),
     "xs": StudentConfig("xs", channels=32, blocks=(0, 1, 2), embed=32, head_hidden=32),
     "s": StudentConfig("s", channels=64, blocks=(1, 2, 2), embed=64, head_hidden=64),
-    # The largest within the shipping budget (<= 250 k parameters, <= 20 M MAC/s): wider,
+    # Near the top of the shipping budget (<= 250 k parameters, <= 20 M MAC/s): wider,
     # and its depth moved to the 50 and 25 frames/s stages where a block costs less.
     "sm": StudentConfig("sm", channels=96, blocks=(0, 2, 3), embed=96, head_hidden=96),
     "m": StudentConfig("m", channels=128, blocks=(1, 2, 3), embed=128, head_hidden=128),
