@@ -3,6 +3,9 @@
 # `make run` needs only Python). As root it runs apt-get; otherwise it names what is missing.
 set -euo pipefail
 pkgs=(ffmpeg espeak-ng flite sox libportaudio2 alsa-utils
+      festival festvox-kallpc16k festvox-kdlpc16k festvox-italp16k festvox-itapc16k
+      festvox-ca-ona-hts festvox-czech-dita festvox-czech-machac festvox-czech-ph
+      festvox-czech-krb festvox-suopuhe-lj festvox-suopuhe-mv
       asterisk-core-sounds-en-g722 asterisk-core-sounds-es-g722 asterisk-core-sounds-it-g722
       chromium redis-server)
 missing=()

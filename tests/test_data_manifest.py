@@ -8,8 +8,9 @@ import pytest
 import soundfile as sf
 
 from train.data.corpus import load_audio_16k, read_corpus_csv
-from train.data.manifest import (CLIP_SAMPLES, FIELDS, ClipRow, build_manifest, main,
-                                 read_manifest, render_clip, split_of, write_manifest)
+from train.data.manifest import (CLIP_SAMPLES, FIELDS, ClipRow, build_manifest,
+                                 extend_manifest, main, read_manifest, render_clip, split_of,
+                                 write_manifest)
 from train.data.speech import SAMPLE_RATE, Utterance
 
 SPEAKERS = ["asterisk-allison", "asterisk-carlo", "espeak-sv+m1", "espeak-sv+f2",
@@ -64,6 +65,28 @@ def test_build_manifest_is_deterministic_and_seeded(utterances):
     assert {r.split for r in custom if r.speaker.startswith("flite")} == {"val"}
     with pytest.raises(ValueError, match="both"):
         build_manifest(utterances, 10, val_speakers=["flite-*"], test_speakers=["flite-slt"])
+
+
+def test_extending_keeps_every_row_and_adds_only_new_speakers(utterances):
+    """Labels are cached per row, so growing a manifest must not touch the rows it has."""
+    old_speakers = {"asterisk-allison", "asterisk-carlo", "espeak-sv+m1", "flite-kal"}
+    base = build_manifest([u for u in utterances if u.speaker in old_speakers], 120, seed=2)
+    added = extend_manifest(base, utterances, 200, seed=2)
+    assert len(added) == 200
+    assert {r.speaker for r in added} == set(SPEAKERS) - old_speakers
+    for split in ("train", "val", "test"):
+        n_old = sum(r.split == split for r in base)
+        new_ids = sorted(r.clip_id for r in added if r.split == split)
+        assert new_ids == [f"{split}-{j:06d}" for j in range(n_old, n_old + len(new_ids))]
+    # New random streams: no new row repeats an old row's degradation.
+    assert not {(r.chain, r.seed) for r in added} & {(r.chain, r.seed) for r in base}
+    talkers = {t for r in added for step in json.loads(r.chain) for t in step.get("talkers", [])}
+    assert talkers and all(t.split("/")[-1].rsplit("-", 1)[0] not in old_speakers
+                           for t in talkers), "babble only from the new speakers"
+    assert extend_manifest(base + added, utterances, 50, seed=2) == [], "nothing new to add"
+    assert extend_manifest(base, utterances, 200, seed=2) == added, "deterministic"
+    with pytest.raises(ValueError, match="gaps"):
+        extend_manifest(base[1:], utterances, 10)
 
 
 def test_manifest_csv_round_trip_and_bad_files(utterances, tmp_path):
@@ -137,8 +160,8 @@ def test_cli_help_documents_every_option(capsys):
         main(["--help"])
     assert e.value.code == 0
     text = capsys.readouterr().out
-    for opt in ("--clips", "--out", "--seed", "--cache", "--langs", "--no-tts",
-                "--val-speakers", "--test-speakers"):
+    for opt in ("--clips", "--out", "--seed", "--cache", "--langs", "--no-tts", "--festival",
+                "--extend", "--val-speakers", "--test-speakers"):
         assert opt in text
 
 

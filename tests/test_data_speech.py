@@ -108,11 +108,14 @@ def test_asterisk_listing_builds_long_single_speaker_utterances():
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("engine,voice", [("espeak-ng", "de+f2"), ("flite", "kal"),
-                                          ("flite", "slt")])
-def test_tts_engines_render_16k_speech(engine, voice):
+@pytest.mark.parametrize("engine,voice,lang", [
+    ("espeak-ng", "de+f2", "de"), ("flite", "kal", "en"), ("flite", "slt", "en"),
+    ("festival", "pc_diphone", "it"),  # Latin-1 text
+    ("festival", "czech_machac", "cs"),  # ISO-8859-2 text, 32 kHz output
+])
+def test_tts_engines_render_16k_speech(engine, voice, lang):
     rng = np.random.default_rng(0)
-    text = make_text(voice.split("+")[0] if engine == "espeak-ng" else "en", rng, 8)
+    text = make_text(lang, rng, 8)
     audio = _synthesise(engine, voice, text, rng)
     assert audio.dtype == np.float32
     assert 1.5 * SAMPLE_RATE < len(audio) < 12 * SAMPLE_RATE

@@ -7,7 +7,12 @@ measure generalisation to unheard voices and languages. Babble noise is mixed fr
 utterances of the SAME split, picked at build time and written into the chain step
 (``"talkers"``), so a row is self-contained and no test voice leaks into training clips.
 
-CLI: ``python -m train.data.manifest --clips N --out cache/manifests/ --seed 0``.
+A manifest grows without invalidating what was built on it: ``--extend`` appends clips of
+speakers it does not hold yet (for example the Festival voices) after the existing rows, with
+new clip ids and random streams, so every existing row and its cached labels stay valid.
+
+CLI: ``python -m train.data.manifest --clips N --out cache/manifests/ --seed 0``, then
+optionally ``python -m train.data.manifest --extend --festival --clips M --out cache/manifests/``.
 """
 from __future__ import annotations
 
@@ -15,12 +20,14 @@ import argparse
 import csv
 import functools
 import json
+import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import astuple, dataclass, fields
 from fnmatch import fnmatch
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import numpy as np
 
@@ -64,13 +71,16 @@ def split_of(speaker: str, val_speakers: Iterable[str], test_speakers: Iterable[
 def build_manifest(utterances: list[Utterance], n_clips: int, *, seed: int = 0,
                    val_speakers: Iterable[str] = DEFAULT_VAL_SPEAKERS,
                    test_speakers: Iterable[str] = DEFAULT_TEST_SPEAKERS,
-                   cache_dir: Path = Path("cache/speech")) -> list[ClipRow]:
+                   cache_dir: Path = Path("cache/speech"),
+                   first_index: Mapping[str, int] | None = None) -> list[ClipRow]:
     """``n_clips`` rows shared among splits in proportion to their seconds of speech.
 
     Within a split, utterances are drawn with probability proportional to their length (long
     prompts hold more distinct windows) and the window offset is uniform. Deterministic in
-    (utterances, n_clips, seed, patterns).
+    (utterances, n_clips, seed, patterns). Row j of a split is ``{split}-{j:06d}`` and draws
+    from random stream (seed, split, j); ``first_index`` starts j per split elsewhere than 0.
     """
+    first_index = first_index or {}
     if n_clips < 0:
         raise ValueError("n_clips must be >= 0")
     val_speakers, test_speakers = tuple(val_speakers), tuple(test_speakers)
@@ -90,7 +100,8 @@ def build_manifest(utterances: list[Utterance], n_clips: int, *, seed: int = 0,
             continue
         weights = np.array([n for _, n in group], np.float64)
         weights /= weights.sum()
-        for j in range(counts[split]):
+        start = first_index.get(split, 0)
+        for j in range(start, start + counts[split]):
             rng = np.random.default_rng([seed, si, j])
             u, n = group[int(rng.choice(len(group), p=weights))]
             offset = int(rng.integers(0, n - CLIP_SAMPLES + 1)) if n > CLIP_SAMPLES else 0
@@ -103,6 +114,30 @@ def build_manifest(utterances: list[Utterance], n_clips: int, *, seed: int = 0,
                 split=split, offset=offset, chain=json.dumps(chain, separators=(",", ":")),
                 seed=int(rng.integers(0, 2**31 - 1))))
     return rows
+
+
+def extend_manifest(existing: list[ClipRow], utterances: list[Utterance], n_clips: int, *,
+                    seed: int = 0, val_speakers: Iterable[str] = DEFAULT_VAL_SPEAKERS,
+                    test_speakers: Iterable[str] = DEFAULT_TEST_SPEAKERS,
+                    cache_dir: Path = Path("cache/speech")) -> list[ClipRow]:
+    """``n_clips`` new rows from the speakers that ``existing`` does not hold yet.
+
+    Their ids and random streams continue after each split's existing rows, so the new rows
+    never repeat an existing row's degradation and the existing rows (and the teacher labels
+    cached for them) are untouched. Babble talkers come from the new speakers of the split
+    only. Returns [] when every speaker is already there, so extending twice adds nothing.
+    """
+    known = {r.speaker for r in existing}
+    new = [u for u in utterances if u.speaker not in known]
+    if not new:
+        return []
+    first = Counter(r.split for r in existing)
+    ids = {r.clip_id for r in existing}
+    if len(ids) != len(existing) or any(f"{s}-{j:06d}" not in ids
+                                        for s, n in first.items() for j in range(n)):
+        raise ValueError("existing manifest ids are not {split}-000000 onwards without gaps")
+    return build_manifest(new, n_clips, seed=seed, val_speakers=val_speakers,
+                          test_speakers=test_speakers, cache_dir=cache_dir, first_index=first)
 
 
 def _pick_talkers(rng: np.random.Generator, u: Utterance,
@@ -185,7 +220,12 @@ def main(argv: list[str] | None = None) -> int:
                     "Decodes the Asterisk prompts and synthesises the TTS voices into --cache "
                     "on first use (about a minute); clips are rendered later, on demand.")
     ap.add_argument("--clips", type=int, required=True,
-                    help="total number of clips over all splits (shared by seconds of speech)")
+                    help="total number of clips over all splits (shared by seconds of speech); "
+                         "with --extend, the number of clips to add")
+    ap.add_argument("--extend", action="store_true",
+                    help="append clips of the speakers that the manifests in --out do not hold "
+                         "yet, keeping every existing row (and its cached labels) as it is; "
+                         "adds nothing if there is no new speaker")
     ap.add_argument("--out", type=Path, default=Path("cache/manifests"),
                     help="output directory for train.csv, val.csv, test.csv "
                          "(default: cache/manifests)")
@@ -194,7 +234,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="speech cache directory (default: cache/speech)")
     ap.add_argument("--langs", default="en,es,it",
                     help="Asterisk prompt languages, comma-separated (default: en,es,it)")
-    ap.add_argument("--no-tts", action="store_true", help="leave out the TTS voices")
+    ap.add_argument("--no-tts", action="store_true",
+                    help="leave out the espeak-ng and flite voices")
+    ap.add_argument("--festival", action="store_true",
+                    help="include the Festival voices (Debian festvox-* packages)")
     ap.add_argument("--val-speakers", default=",".join(DEFAULT_VAL_SPEAKERS),
                     help="comma-separated fnmatch patterns of held-out validation speakers "
                          f"(default: {','.join(DEFAULT_VAL_SPEAKERS)})")
@@ -209,21 +252,29 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
 
     langs = tuple(x for x in args.langs.split(",") if x)
+    patterns = {"val_speakers": [p for p in args.val_speakers.split(",") if p],
+                "test_speakers": [p for p in args.test_speakers.split(",") if p]}
     try:
-        utts = list_utterances(args.cache, langs=langs, tts=not args.no_tts, progress=progress)
-        rows = build_manifest(utts, args.clips, seed=args.seed,
-                              val_speakers=[p for p in args.val_speakers.split(",") if p],
-                              test_speakers=[p for p in args.test_speakers.split(",") if p],
-                              cache_dir=args.cache)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        existing = ([r for s in SPLITS for r in read_manifest(args.out / f"{s}.csv")]
+                    if args.extend else [])
+        utts = list_utterances(args.cache, langs=langs, tts=not args.no_tts,
+                               festival=args.festival, progress=progress)
+        if args.extend:
+            rows = existing + extend_manifest(existing, utts, args.clips, seed=args.seed,
+                                              cache_dir=args.cache, **patterns)
+        else:
+            rows = build_manifest(utts, args.clips, seed=args.seed, cache_dir=args.cache,
+                                  **patterns)
+    except (ValueError, OSError, RuntimeError, subprocess.CalledProcessError) as e:
         print(f"\nerror: {e}", file=sys.stderr)
         return 2
     print(file=sys.stderr)
     for split in SPLITS:
         part = [r for r in rows if r.split == split]
+        added = len(part) - sum(r.split == split for r in existing)
         write_manifest(part, args.out / f"{split}.csv")
-        print(f"{split}: {len(part)} clips, {len({r.speaker for r in part})} speakers -> "
-              f"{args.out / f'{split}.csv'}")
+        print(f"{split}: {len(part)} clips ({added} new), {len({r.speaker for r in part})} "
+              f"speakers -> {args.out / f'{split}.csv'}")
     return 0
 
 

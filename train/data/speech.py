@@ -9,7 +9,7 @@ cheap after the first run and the audio is bit-identical on every later run.
 Speakers are what the train/val/test split holds out, so the speaker id names the real voice:
 the en and es prompt sets are read by the same woman (Allison, per the Debian directory names),
 hence one speaker ``asterisk-allison``; the it set is one man, ``asterisk-carlo``. Every TTS
-voice/variant is its own speaker (``espeak-de+f2``, ``flite-slt``).
+voice/variant is its own speaker (``espeak-de+f2``, ``flite-slt``, ``festival-pc_diphone``).
 """
 from __future__ import annotations
 
@@ -45,6 +45,16 @@ PAUSE_SECONDS = (0.2, 0.5)
 ESPEAK_LANGS = ("en", "en-us", "de", "nl", "sv", "pl", "pt", "es", "it")
 ESPEAK_VARIANTS = ("m1", "m3", "f2", "f4")
 FLITE_VOICES = ("kal", "awb", "rms", "slt", "kal16")
+# Festival's Debian voices (festvox-*) and the language of the text each reads. Most are diphone
+# voices: concatenated recordings of a real speaker, so nearer to real speech than formant
+# synthesis, and they add the male real-speaker timbres that the Asterisk set lacks.
+# cmu_us_slt_arctic_hts is left out: the same speaker as flite-slt, a test voice.
+FESTIVAL_VOICES = (("kal_diphone", "en"), ("ked_diphone", "en"), ("lp_diphone", "it"),
+                   ("pc_diphone", "it"), ("upc_ca_ona_hts", "ca"), ("czech_dita", "cs"),
+                   ("czech_machac", "cs"), ("czech_ph", "cs"), ("czech_krb", "cs"),
+                   ("suo_fi_lj_diphone", "fi"), ("hy_fi_mv_diphone", "fi"))
+# Festival reads 8-bit text; its Czech voices expect ISO-8859-2, the others Latin-1.
+FESTIVAL_ENCODING = {"cs": "iso-8859-2"}
 TTS_UTTERANCES_PER_VOICE = 10
 
 Progress = Callable[[str], None]
@@ -308,6 +318,29 @@ _GRAMMAR: dict[str, tuple[tuple[str, ...], ...]] = {
             "un sacchetto di mele"),
            ("prima di pranzo", "vicino alla stazione", "l'inverno scorso", "dopo la riunione",
             "in giardino", "in una mattina di pioggia", "al porto", "durante il temporale")),
+    "ca": (("el conductor", "la meva veïna", "un jove professor", "el vell pagès",
+            "la nostra directora", "l'estudiant", "el seu germà", "la infermera"),
+           ("va trobar", "va portar", "va pintar", "va vendre", "va arreglar", "va demanar",
+            "va oblidar", "va obrir"),
+           ("una bicicleta verda", "la porta de fusta", "dotze cartes", "una tassa de te",
+            "la caixa pesada", "un mapa antic", "la finestra de la cuina", "una bossa de pomes"),
+           ("abans de dinar", "a prop de l'estació", "l'hivern passat", "després de la reunió",
+            "al jardí", "un matí de pluja", "al port", "durant la tempesta")),
+    "cs": (("řidič", "moje sousedka", "mladý učitel", "starý farmář", "náš ředitel", "student",
+            "její bratr", "zdravotní sestra"),
+           ("našel", "nesl", "namaloval", "prodal", "opravil", "objednal", "zapomněl",
+            "otevřel"),
+           ("zelené kolo", "dřevěné dveře", "dvanáct dopisů", "šálek čaje", "těžkou krabici",
+            "starou mapu", "kuchyňské okno", "pytel jablek"),
+           ("před obědem", "u nádraží", "minulou zimu", "po schůzce", "na zahradě",
+            "jednoho deštivého rána", "v přístavu", "během bouřky")),
+    "fi": (("kuljettaja", "naapurini", "nuori opettaja", "vanha maanviljelijä", "johtajamme",
+            "opiskelija", "hänen veljensä", "sairaanhoitaja"),
+           ("löysi", "kantoi", "maalasi", "myi", "korjasi", "tilasi", "unohti", "avasi"),
+           ("vihreän polkupyörän", "puisen oven", "kaksitoista kirjettä", "kupin teetä",
+            "painavan laatikon", "vanhan kartan", "keittiön ikkunan", "pussin omenoita"),
+           ("ennen lounasta", "aseman lähellä", "viime talvena", "kokouksen jälkeen",
+            "puutarhassa", "eräänä sateisena aamuna", "satamassa", "myrskyn aikana")),
 }
 
 
@@ -326,12 +359,17 @@ def make_text(lang: str, rng: np.random.Generator, min_words: int = 26) -> str:
     return " ".join(sentences)
 
 
-def _tts_voices(langs: Iterable[str]) -> list[tuple[str, str, str]]:
-    """(engine, voice, lang) for every TTS speaker."""
+def _tts_voices() -> list[tuple[str, str, str]]:
+    """(engine, voice, lang) for every espeak-ng and flite speaker."""
     voices = [("espeak-ng", f"{lang}+{var}", lang) for lang in ESPEAK_LANGS
               for var in ESPEAK_VARIANTS]
     voices += [("flite", v, "en") for v in FLITE_VOICES]
     return voices
+
+
+def _festival_voices() -> list[tuple[str, str, str]]:
+    """(engine, voice, lang) for every Festival speaker."""
+    return [("festival", v, lang) for v, lang in FESTIVAL_VOICES]
 
 
 def _synthesise(engine: str, voice: str, text: str, rng: np.random.Generator) -> np.ndarray:
@@ -341,9 +379,18 @@ def _synthesise(engine: str, voice: str, text: str, rng: np.random.Generator) ->
         if engine == "espeak-ng":
             cmd = ["espeak-ng", "-v", voice, "-s", str(int(rng.integers(135, 185))),
                    "-p", str(int(rng.integers(30, 70))), "-w", str(wav), text]
-        else:
+        elif engine == "flite":
             cmd = ["flite", "-voice", voice, "--setf",
                    f"duration_stretch={rng.uniform(0.9, 1.15):.3f}", "-t", text, "-o", str(wav)]
+        elif engine == "festival":
+            lang = next(lang for v, lang in FESTIVAL_VOICES if v == voice)
+            txt = Path(tmp) / "in.txt"
+            txt.write_bytes(text.encode(FESTIVAL_ENCODING.get(lang, "latin-1")))
+            cmd = ["text2wave", "-eval", f"(voice_{voice})", "-eval",
+                   f"(Parameter.set 'Duration_Stretch {rng.uniform(0.9, 1.15):.3f})",
+                   "-o", str(wav), str(txt)]
+        else:
+            raise ValueError(f"unknown TTS engine {engine!r}")
         subprocess.run(cmd, check=True, capture_output=True)
         audio, sr = sf.read(wav, dtype="float32", always_2d=True)
     audio = audio.mean(axis=1)
@@ -352,9 +399,14 @@ def _synthesise(engine: str, voice: str, text: str, rng: np.random.Generator) ->
     return _trim(audio)
 
 
-def _tts_index(cache_dir: Path, min_seconds: float, progress: Progress | None) -> list[dict]:
-    path = cache_dir / "index" / "tts.json"
-    voices = _tts_voices(ESPEAK_LANGS)
+def _tts_index(cache_dir: Path, name: str, voices: list[tuple[str, str, str]],
+               min_seconds: float, progress: Progress | None) -> list[dict]:
+    """Synthesise (once) and index ``voices`` as ``index/NAME.json``.
+
+    Each engine has its own index so that adding one never changes another's key, and with it
+    the utterances, manifests and teacher labels built on it.
+    """
+    path = cache_dir / "index" / f"{name}.json"
     key = {"voices": [list(v) for v in voices], "per_voice": TTS_UTTERANCES_PER_VOICE}
     if path.exists():
         idx = json.loads(path.read_text())
@@ -362,7 +414,7 @@ def _tts_index(cache_dir: Path, min_seconds: float, progress: Progress | None) -
             return idx["utterances"]
     rows = []
     for vi, (engine, voice, lang) in enumerate(voices):
-        speaker = f"{'espeak' if engine == 'espeak-ng' else 'flite'}-{voice}"
+        speaker = f"{'espeak' if engine == 'espeak-ng' else engine}-{voice}"
         for k in range(TTS_UTTERANCES_PER_VOICE):
             uid = f"tts-{speaker}-{k:02d}"
             rng = np.random.default_rng(_seed("tts", uid))
@@ -380,7 +432,7 @@ def _tts_index(cache_dir: Path, min_seconds: float, progress: Progress | None) -
             rows.append({"id": uid, "speaker": speaker, "lang": lang, "kind": "tts",
                          "parts": [engine, voice, text], "samples": len(audio)})
         if progress:
-            progress(f"tts: synthesised {vi + 1}/{len(voices)} voices")
+            progress(f"{name}: synthesised {vi + 1}/{len(voices)} voices")
     _write_atomic_json(path, {"version": INDEX_VERSION, "key": key, "utterances": rows})
     return rows
 
@@ -398,11 +450,13 @@ def _to_utterance(row: dict, cache_dir: Path) -> Utterance:
 
 
 def list_utterances(cache_dir: Path = Path("cache/speech"), *, langs=("en", "es", "it"),
-                    tts: bool = True, min_seconds: float = 7.68,
+                    tts: bool = True, festival: bool = False, min_seconds: float = 7.68,
                     progress: Progress | None = None) -> list[Utterance]:
     """All clean utterances >= ``min_seconds``, decoding/synthesising into the cache once.
 
-    Order is deterministic: Asterisk languages in the given order, then TTS voices.
+    Order is deterministic: Asterisk languages in the given order, then espeak-ng and flite
+    voices (``tts``), then Festival voices (``festival``, off by default: they came later, and
+    the default listing fixes the clip manifests that existing labels belong to).
     ``progress`` receives one line per batch on the first (slow) run.
     """
     cache_dir = Path(cache_dir)
@@ -412,7 +466,9 @@ def list_utterances(cache_dir: Path = Path("cache/speech"), *, langs=("en", "es"
             raise ValueError(f"no Asterisk prompt set for {lang!r} (allowed: en, es, it)")
         rows += _asterisk_index(lang, cache_dir, progress)
     if tts:
-        rows += _tts_index(cache_dir, min_seconds, progress)
+        rows += _tts_index(cache_dir, "tts", _tts_voices(), min_seconds, progress)
+    if festival:
+        rows += _tts_index(cache_dir, "festival", _festival_voices(), min_seconds, progress)
     return [_to_utterance(r, cache_dir) for r in rows
             if r["samples"] >= min_seconds * SAMPLE_RATE]
 
