@@ -48,7 +48,8 @@ FLITE_VOICES = ("kal", "awb", "rms", "slt", "kal16")
 # Festival's Debian voices (festvox-*) and the language of the text each reads. Most are diphone
 # voices: concatenated recordings of a real speaker, so nearer to real speech than formant
 # synthesis, and they add the male real-speaker timbres that the Asterisk set lacks.
-# cmu_us_slt_arctic_hts is left out: the same speaker as flite-slt, a test voice.
+# Left out: cmu_us_slt_arctic_hts (the same speaker as flite-slt, a test voice), ru (kept,
+# like fr, for independent evaluation), hi/mr/te (no grammar here for their scripts).
 FESTIVAL_VOICES = (("kal_diphone", "en"), ("ked_diphone", "en"), ("lp_diphone", "it"),
                    ("pc_diphone", "it"), ("upc_ca_ona_hts", "ca"), ("czech_dita", "cs"),
                    ("czech_machac", "cs"), ("czech_ph", "cs"), ("czech_krb", "cs"),
