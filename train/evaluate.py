@@ -23,17 +23,28 @@ from streamqa.model import Model
 from train.distill import clip_audio, merge_labels, pearson, spearman
 
 
+# Bands of teacher score in ``by_level``: edges and names.
+LEVEL_EDGES = (2.0, 3.0, 4.0)
+LEVEL_NAMES = ("<2", "2-3", "3-4", "4+")
+
+
 def speaker_breakdown(pred: np.ndarray, target: np.ndarray, speakers: list[str]) -> dict[str, dict]:
-    """Per speaker: clip count, PCC and mean offset (prediction minus teacher)."""
+    """Per speaker: clip count, PCC, mean offset (prediction minus teacher), and the offset per
+    band of teacher score (``by_level``: a voice whose good clips are scored too low has an
+    offset that grows with the band, which one mean offset hides)."""
     groups = np.array(speakers)
     out: dict[str, dict] = {}
     for name in sorted(set(speakers)):
         mask = groups == name
         p, t = pred[mask], target[mask]
+        bands = np.searchsorted(LEVEL_EDGES, t, side="right")
         out[name] = {
             "n": int(mask.sum()),
             "pcc": pearson(p, t) if mask.sum() >= 3 else None,
             "bias": float(np.mean(p - t)),
+            "by_level": {LEVEL_NAMES[b]: {"n": int((bands == b).sum()),
+                                          "bias": float(np.mean((p - t)[bands == b]))}
+                         for b in sorted(set(bands.tolist()))},
         }
     return out
 
