@@ -384,7 +384,7 @@ def _synthesise(engine: str, voice: str, text: str, rng: np.random.Generator) ->
             cmd = ["flite", "-voice", voice, "--setf",
                    f"duration_stretch={rng.uniform(0.9, 1.15):.3f}", "-t", text, "-o", str(wav)]
         elif engine == "festival":
-            lang = next(lang for v, lang in FESTIVAL_VOICES if v == voice)
+            lang = dict(FESTIVAL_VOICES).get(voice, "")
             txt = Path(tmp) / "in.txt"
             txt.write_bytes(text.encode(FESTIVAL_ENCODING.get(lang, "latin-1")))
             cmd = ["text2wave", "-eval", f"(voice_{voice})", "-eval",
