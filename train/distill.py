@@ -12,7 +12,8 @@ training runs the encoder only; level augmentation is applied on the cached ener
 exactly (``log(E * g^2 + eps)``), because Distill-MOS peak-normalises and a student must not
 read quality from loudness. ``--warp`` adds vocal-tract-length perturbation on the same cached
 energies: each clip's spectrum is scaled in frequency by a random factor, which makes new
-"speakers" out of the few real voices there are to train on. Under ``torchrun`` (WORLD_SIZE
+"speakers" out of the few real voices there are to train on. The clip keeps its teacher label;
+``benchmarks/teacher_warp.py`` shows Distill-MOS agrees within about x0.9-1.1 and not beyond. Under ``torchrun`` (WORLD_SIZE
 set) it trains with DDP on gloo or NCCL; each rank takes a disjoint shard of every epoch.
 """
 

@@ -37,13 +37,13 @@ def speaker_breakdown(pred: np.ndarray, target: np.ndarray, speakers: list[str])
     for name in sorted(set(speakers)):
         mask = groups == name
         p, t = pred[mask], target[mask]
+        err = p - t
         bands = np.searchsorted(LEVEL_EDGES, t, side="right")
         out[name] = {
             "n": int(mask.sum()),
             "pcc": pearson(p, t) if mask.sum() >= 3 else None,
-            "bias": float(np.mean(p - t)),
-            "by_level": {LEVEL_NAMES[b]: {"n": int((bands == b).sum()),
-                                          "bias": float(np.mean((p - t)[bands == b]))}
+            "bias": float(np.mean(err)),
+            "by_level": {LEVEL_NAMES[b]: {"n": int((bands == b).sum()), "bias": float(np.mean(err[bands == b]))}
                          for b in sorted(set(bands.tolist()))},
         }
     return out
