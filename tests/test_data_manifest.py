@@ -56,6 +56,16 @@ def test_splits_hold_out_whole_speakers(utterances):
     assert any("talkers" in r.chain for r in rows)
 
 
+def test_a_converted_voice_is_held_out_with_its_source():
+    val, test = ("espeak-sv+*", "flite-awb"), ("asterisk-carlo", "espeak-pl+*")
+    assert split_of("asterisk-carlo@m95", val, test) == "test"
+    assert split_of("espeak-sv+f2@m95", val, test) == "val"
+    assert split_of("asterisk-allison@m95", val, test) == "train"
+    assert split_of("asterisk-allison@m95", val, ("asterisk-allison@*",)) == "test"
+    with pytest.raises(ValueError, match="both"):
+        split_of("flite-awb@m95", val, ("*@m95",))
+
+
 def test_build_manifest_is_deterministic_and_seeded(utterances):
     a = build_manifest(utterances, 50, seed=3)
     assert a == build_manifest(utterances, 50, seed=3)

@@ -10,10 +10,12 @@ import pytest
 import soundfile as sf
 
 from train.data import demo
+from train.data import speech
+from train.data.manifest import split_of
 from train.data.speech import (ASTERISK_SPEAKERS, NON_SPEECH, SAMPLE_RATE, Utterance,
-                               _pauses, _synthesise, _trim, active_rms, find_utterance,
-                               list_utterances, load_utterance, make_text, normalise_level,
-                               utterance_samples)
+                               _asterisk_index, _converted_index, _pauses, _synthesise, _trim,
+                               active_rms, convert_voice, find_utterance, list_utterances,
+                               load_utterance, make_text, normalise_level, utterance_samples)
 
 # Shared by test runs: the first run decodes the it prompt set (~10 s), later runs reuse it.
 CACHE = Path(os.environ.get("STREAMQA_TEST_SPEECH_CACHE",
@@ -120,6 +122,48 @@ def test_tts_engines_render_16k_speech(engine, voice, lang):
     assert audio.dtype == np.float32
     assert 1.5 * SAMPLE_RATE < len(audio) < 12 * SAMPLE_RATE
     assert active_rms(audio) > 0.01
+
+
+def _median_pitch(audio: np.ndarray) -> float:
+    import parselmouth
+
+    f0 = parselmouth.Sound(audio.astype(np.float64), SAMPLE_RATE).to_pitch().selected_array["frequency"]
+    return float(np.median(f0[f0 > 0]))
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_voice_conversion_moves_the_pitch_and_keeps_the_duration():
+    clean = load_utterance(list_utterances(CACHE, langs=("it",), tts=False)[0], CACHE)
+    for target in (95.0, 260.0):
+        assert abs(_median_pitch(clean) - target) > 0.3 * target, "a real move"
+        out = convert_voice(clean, 1.0, target)
+        assert out.dtype == np.float32 and len(out) == len(clean)
+        assert np.isfinite(out).all() and np.abs(out).max() <= 1.0
+        assert _median_pitch(out) == pytest.approx(target, rel=0.15)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_converted_voices_are_indexed_loaded_and_held_out_with_their_source(
+        monkeypatch, tmp_path):
+    sources = _asterisk_index("it", CACHE, None)[:2]
+    monkeypatch.setattr(speech, "VOICE_CONVERSIONS", (("m200", 0.95, 200.0),))
+    cache = tmp_path / "speech"
+    (cache / "asterisk").mkdir(parents=True)
+    (cache / "asterisk" / "it").symlink_to(CACHE / "asterisk" / "it")
+    rows = _converted_index(cache, sources, None)
+    assert [r["id"] for r in rows] == [f"vc-m200-{s['id']}" for s in sources]
+    index = cache / "index" / "converted.json"
+    stamp = index.stat().st_mtime_ns
+    assert _converted_index(cache, sources, None) == rows and index.stat().st_mtime_ns == stamp
+    u = find_utterance(rows[0]["id"], cache)
+    assert (u.speaker, u.kind, u.parts[0]) == ("asterisk-carlo@m200", "converted", sources[0]["id"])
+    audio = load_utterance(u, cache)
+    assert len(audio) == utterance_samples(u, cache) == sources[0]["samples"]
+    assert 20 * np.log10(active_rms(audio)) == pytest.approx(-26, abs=0.5)
+    assert _median_pitch(audio) == pytest.approx(200, rel=0.1)
+    assert split_of(u.speaker, ("flite-awb",), ("asterisk-carlo",)) == "test"
 
 
 def test_bundled_demo_assets_match_the_schedule():

@@ -33,7 +33,8 @@ def _run(cmd: list[str]) -> None:
 
 def make_manifest(args: argparse.Namespace) -> Path:
     """The base manifest (``--clips``), then ``--festival-clips`` appended from the Festival
-    voices; appending is a no-op once they are there, so a resumed run keeps its rows."""
+    voices and ``--converted-clips`` from the converted copies of the training voice; appending
+    is a no-op once they are there, so a resumed run keeps its rows."""
     mdir = args.cache / "manifests"
     common = ["--out", str(mdir), "--seed", str(args.seed), "--cache", str(args.speech_cache)]
     if not all((mdir / f"{s}.csv").exists() for s in SPLITS):
@@ -41,6 +42,9 @@ def make_manifest(args: argparse.Namespace) -> Path:
     if args.festival_clips:
         _run([sys.executable, "-m", "train.data.manifest", "--extend", "--festival",
               "--clips", str(args.festival_clips), *common])
+    if args.converted_clips:
+        _run([sys.executable, "-m", "train.data.manifest", "--extend", "--converted",
+              "--clips", str(args.converted_clips), *common])
     return mdir
 
 
@@ -173,6 +177,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--clips", type=int, default=22000, help="clips in the manifest (all splits)")
     ap.add_argument("--festival-clips", type=int, default=0,
                     help="clips of the Festival voices appended to the manifest (default: 0)")
+    ap.add_argument("--converted-clips", type=int, default=0,
+                    help="clips of the converted training voice appended after them (default: 0)")
     ap.add_argument("--train-clips", type=int, help="label and train on the first K train clips (default: all)")
     ap.add_argument("--eval-clips", type=int, default=800, help="label the first K val and test clips (0: all)")
     ap.add_argument("--students", default="xxs,xs,s,m,l", help="family members to train")

@@ -8,11 +8,13 @@ utterances of the SAME split, picked at build time and written into the chain st
 (``"talkers"``), so a row is self-contained and no test voice leaks into training clips.
 
 A manifest grows without invalidating what was built on it: ``--extend`` appends clips of
-speakers it does not hold yet (for example the Festival voices) after the existing rows, with
+speakers it does not hold yet (for example the Festival voices, or the converted copies of
+the training voice) after the existing rows, with
 new clip ids and random streams, so every existing row and its cached labels stay valid.
 
 CLI: ``python -m train.data.manifest --clips N --out cache/manifests/ --seed 0``, then
-optionally ``python -m train.data.manifest --extend --festival --clips M --out cache/manifests/``.
+optionally ``python -m train.data.manifest --extend --festival --clips M --out cache/manifests/``
+and ``python -m train.data.manifest --extend --converted --clips K --out cache/manifests/``.
 """
 from __future__ import annotations
 
@@ -60,9 +62,14 @@ FIELDS = [f.name for f in fields(ClipRow)]
 
 
 def split_of(speaker: str, val_speakers: Iterable[str], test_speakers: Iterable[str]) -> str:
-    """The split a speaker belongs to; a speaker matching both val and test is an error."""
-    in_val = any(fnmatch(speaker, p) for p in val_speakers)
-    in_test = any(fnmatch(speaker, p) for p in test_speakers)
+    """The split a speaker belongs to; a speaker matching both val and test is an error.
+
+    A converted voice ``SOURCE@NAME`` (``train.data.speech.VOICE_CONVERSIONS``) is matched as
+    itself and as its source, so a held-out voice's copies are held out with it.
+    """
+    names = {speaker, speaker.split("@")[0]}
+    in_val = any(fnmatch(n, p) for n in names for p in val_speakers)
+    in_test = any(fnmatch(n, p) for n in names for p in test_speakers)
     if in_val and in_test:
         raise ValueError(f"speaker {speaker!r} matches both val and test patterns")
     return "val" if in_val else "test" if in_test else "train"
@@ -238,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="leave out the espeak-ng and flite voices")
     ap.add_argument("--festival", action="store_true",
                     help="include the Festival voices (Debian festvox-* packages)")
+    ap.add_argument("--converted", action="store_true",
+                    help="include the converted copies of the en/es prompt voice (Praat's "
+                         "'Change gender' to male pitches; needs praat-parselmouth)")
     ap.add_argument("--val-speakers", default=",".join(DEFAULT_VAL_SPEAKERS),
                     help="comma-separated fnmatch patterns of held-out validation speakers "
                          f"(default: {','.join(DEFAULT_VAL_SPEAKERS)})")
@@ -258,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         existing = ([r for s in SPLITS for r in read_manifest(args.out / f"{s}.csv")]
                     if args.extend else [])
         utts = list_utterances(args.cache, langs=langs, tts=not args.no_tts,
-                               festival=args.festival, progress=progress)
+                               festival=args.festival, converted=args.converted,
+                               progress=progress)
         if args.extend:
             rows = existing + extend_manifest(existing, utts, args.clips, seed=args.seed,
                                               cache_dir=args.cache, **patterns)

@@ -57,6 +57,17 @@ FESTIVAL_VOICES = (("kal_diphone", "en"), ("ked_diphone", "en"), ("lp_diphone", 
 # Festival reads 8-bit text; its Czech voices expect ISO-8859-2, the others Latin-1.
 FESTIVAL_ENCODING = {"cs": "iso-8859-2"}
 TTS_UTTERANCES_PER_VOICE = 10
+# Converted copies of the real training voice (Praat's "Change gender": PSOLA pitch change and
+# formant scaling): (name, formant ratio, new median pitch in Hz). Allison is the only real voice
+# the training split has, so every high-quality training clip was hers and a student learns to
+# tie "good" to her voice; these put her recordings at male pitches and timbres. Only the
+# prompt sets named here are converted, and a converted speaker ``SOURCE@NAME`` always shares
+# its source's split (``train.data.manifest.split_of``). The teacher labels every converted
+# clip like any other: Distill-MOS keeps its score under these changes only roughly.
+VOICE_CONVERSIONS = (("m95", 1.0, 95.0), ("m105", 0.95, 105.0), ("m115", 0.9, 115.0),
+                     ("m125", 0.97, 125.0), ("m140", 0.92, 140.0), ("m160", 1.0, 160.0))
+CONVERSION_LANGS = ("en", "es")
+CONVERSION_PITCH_RANGE = (75.0, 600.0)  # Praat's pitch analysis floor and ceiling, Hz
 
 Progress = Callable[[str], None]
 
@@ -67,7 +78,8 @@ class Utterance:
 
     ``parts`` for kind "prompt" are prompt paths relative to the language's sound directory
     (without extension), joined in order with pauses derived from ``id``; for "tts" they are
-    ``(engine, voice, text)``; for "user" a single file path.
+    ``(engine, voice, text)``; for "converted" ``(source id, formant ratio, pitch Hz)``; for
+    "user" a single file path.
     """
 
     id: str
@@ -438,6 +450,47 @@ def _tts_index(cache_dir: Path, name: str, voices: list[tuple[str, str, str]],
     return rows
 
 
+def convert_voice(audio: np.ndarray, formant_ratio: float, pitch_hz: float) -> np.ndarray:
+    """``audio`` (16 kHz) with its median pitch moved to ``pitch_hz`` and its formants scaled
+    by ``formant_ratio``, duration kept (Praat's "Change gender", pitch range unchanged)."""
+    import parselmouth
+    from parselmouth.praat import call
+
+    sound = parselmouth.Sound(np.asarray(audio, np.float64), SAMPLE_RATE)
+    out = call(sound, "Change gender", *CONVERSION_PITCH_RANGE, formant_ratio, pitch_hz, 1.0, 1.0)
+    return np.clip(out.values[0], -1.0, 1.0).astype(np.float32)
+
+
+def _converted_index(cache_dir: Path, sources: list[dict],
+                     progress: Progress | None) -> list[dict]:
+    """Convert (once) every source utterance with every ``VOICE_CONVERSIONS`` entry and index
+    the copies as ``index/converted.json``; the key names the sources, so a changed Asterisk
+    index rebuilds it."""
+    path = cache_dir / "index" / "converted.json"
+    key = {"conversions": [list(c) for c in VOICE_CONVERSIONS],
+           "sources": [r["id"] for r in sources]}
+    if path.exists():
+        idx = json.loads(path.read_text())
+        if idx.get("version") == INDEX_VERSION and idx.get("key") == key:
+            return idx["utterances"]
+    rows = []
+    for ci, (name, formant_ratio, pitch_hz) in enumerate(VOICE_CONVERSIONS):
+        for src in sources:
+            audio = convert_voice(load_utterance(_to_utterance(src, cache_dir), cache_dir),
+                                  formant_ratio, pitch_hz)
+            dst = cache_dir / "converted" / name / f"{src['id']}.wav"
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            sf.write(dst, audio, SAMPLE_RATE, subtype="PCM_16")
+            rows.append({"id": f"vc-{name}-{src['id']}", "speaker": f"{src['speaker']}@{name}",
+                         "lang": src["lang"], "kind": "converted",
+                         "parts": [src["id"], str(formant_ratio), str(pitch_hz)],
+                         "samples": len(audio)})
+        if progress:
+            progress(f"converted: {ci + 1}/{len(VOICE_CONVERSIONS)} voices")
+    _write_atomic_json(path, {"version": INDEX_VERSION, "key": key, "utterances": rows})
+    return rows
+
+
 # ---------------------------------------------------------------------------------------------
 # Public API
 
@@ -451,13 +504,15 @@ def _to_utterance(row: dict, cache_dir: Path) -> Utterance:
 
 
 def list_utterances(cache_dir: Path = Path("cache/speech"), *, langs=("en", "es", "it"),
-                    tts: bool = True, festival: bool = False, min_seconds: float = 7.68,
+                    tts: bool = True, festival: bool = False, converted: bool = False,
+                    min_seconds: float = 7.68,
                     progress: Progress | None = None) -> list[Utterance]:
     """All clean utterances >= ``min_seconds``, decoding/synthesising into the cache once.
 
     Order is deterministic: Asterisk languages in the given order, then espeak-ng and flite
-    voices (``tts``), then Festival voices (``festival``, off by default: they came later, and
-    the default listing fixes the clip manifests that existing labels belong to).
+    voices (``tts``), then Festival voices (``festival``), then the converted copies of the
+    ``CONVERSION_LANGS`` prompt sets (``converted``). The last two are off by default: they
+    came later, and the default listing fixes the clip manifests that existing labels belong to.
     ``progress`` receives one line per batch on the first (slow) run.
     """
     cache_dir = Path(cache_dir)
@@ -470,6 +525,11 @@ def list_utterances(cache_dir: Path = Path("cache/speech"), *, langs=("en", "es"
         rows += _tts_index(cache_dir, "tts", _tts_voices(), min_seconds, progress)
     if festival:
         rows += _tts_index(cache_dir, "festival", _festival_voices(), min_seconds, progress)
+    if converted:
+        sources = [r for lang in CONVERSION_LANGS
+                   for r in _asterisk_index(lang, cache_dir, progress)
+                   if r["samples"] >= min_seconds * SAMPLE_RATE]
+        rows += _converted_index(cache_dir, sources, progress)
     return [_to_utterance(r, cache_dir) for r in rows
             if r["samples"] >= min_seconds * SAMPLE_RATE]
 
@@ -524,6 +584,8 @@ def load_utterance(u: Utterance, cache_dir: Path = Path("cache/speech")) -> np.n
         audio = np.concatenate(chunks)
     elif u.kind == "tts":
         audio = _read_wav(cache_dir / "tts" / u.speaker / f"{u.id.rsplit('-', 1)[1]}.wav")
+    elif u.kind == "converted":
+        audio = _read_wav(cache_dir / "converted" / u.id.split("-")[1] / f"{u.parts[0]}.wav")
     elif u.kind == "user":
         from train.data.corpus import load_audio_16k
         audio = load_audio_16k(Path(u.parts[0]))
