@@ -412,6 +412,16 @@ def _synthesise(engine: str, voice: str, text: str, rng: np.random.Generator) ->
     return _trim(audio)
 
 
+def _cached_index(path: Path, key: dict) -> list[dict] | None:
+    """The utterance rows of index ``path`` if it was built with this ``key``, else None."""
+    if not path.exists():
+        return None
+    idx = json.loads(path.read_text())
+    if idx.get("version") == INDEX_VERSION and idx.get("key") == key:
+        return idx["utterances"]
+    return None
+
+
 def _tts_index(cache_dir: Path, name: str, voices: list[tuple[str, str, str]],
                min_seconds: float, progress: Progress | None) -> list[dict]:
     """Synthesise (once) and index ``voices`` as ``index/NAME.json``.
@@ -421,10 +431,9 @@ def _tts_index(cache_dir: Path, name: str, voices: list[tuple[str, str, str]],
     """
     path = cache_dir / "index" / f"{name}.json"
     key = {"voices": [list(v) for v in voices], "per_voice": TTS_UTTERANCES_PER_VOICE}
-    if path.exists():
-        idx = json.loads(path.read_text())
-        if idx.get("version") == INDEX_VERSION and idx.get("key") == key:
-            return idx["utterances"]
+    cached = _cached_index(path, key)
+    if cached is not None:
+        return cached
     rows = []
     for vi, (engine, voice, lang) in enumerate(voices):
         speaker = f"{'espeak' if engine == 'espeak-ng' else engine}-{voice}"
@@ -469,10 +478,9 @@ def _converted_index(cache_dir: Path, sources: list[dict],
     path = cache_dir / "index" / "converted.json"
     key = {"conversions": [list(c) for c in VOICE_CONVERSIONS],
            "sources": [r["id"] for r in sources]}
-    if path.exists():
-        idx = json.loads(path.read_text())
-        if idx.get("version") == INDEX_VERSION and idx.get("key") == key:
-            return idx["utterances"]
+    cached = _cached_index(path, key)
+    if cached is not None:
+        return cached
     rows = []
     for ci, (name, formant_ratio, pitch_hz) in enumerate(VOICE_CONVERSIONS):
         for src in sources:
