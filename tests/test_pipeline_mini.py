@@ -50,3 +50,14 @@ def test_mini_pipeline(tmp_path):
     with torch.no_grad():
         ref = student(torch.from_numpy(clip)[None]).numpy()
     np.testing.assert_allclose(onnx_scores, ref, atol=1e-4)
+
+    # Evaluation narrowed to one voice scores exactly that voice's clips.
+    from train.evaluate import evaluate_onnx
+
+    labels = [tmp_path / "labels" / "test.distillmos.csv"]
+    one = sorted(test["mos"]["by_speaker"])[0]
+    narrowed = evaluate_onnx(Path(summary["xxs"]["onnx"]), labels, tmp_path / "cache" / "audio",
+                             speakers=one)
+    assert narrowed["speakers"] == one
+    assert narrowed["clips"] == test["mos"]["by_speaker"][one]["n"]
+    assert set(narrowed.get("mos", {}).get("by_speaker", {one: 0})) == {one}

@@ -1,6 +1,8 @@
 """Held-out accuracy of an exported student, through the runtime's own ONNX step() path.
 
     python -m train.evaluate MODEL.onnx --labels train/labels/test.csv [--json OUT]
+    python -m train.evaluate MODEL.onnx --labels train/labels/train.distillmos.csv \
+        --split train --speakers 'asterisk-allison@*'    # voices a student did not train on
 
 Each clip is scored with ``streamqa.model.Model.score`` (the code path of ``streamqa
 score`` and of the live monitor), then compared with the teacher's labels: Pearson and
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from fnmatch import fnmatch
 from pathlib import Path
 
 import numpy as np
@@ -49,10 +52,14 @@ def speaker_breakdown(pred: np.ndarray, target: np.ndarray, speakers: list[str])
     return out
 
 
-def evaluate_onnx(model_path: Path, labels: list[Path], audio_dir: Path = Path("cache/audio"), *, split: str | None = "test") -> dict:
-    """PCC/SRCC/RMSE per output of ``model_path`` against teacher labels on ``split``."""
+def evaluate_onnx(model_path: Path, labels: list[Path], audio_dir: Path = Path("cache/audio"), *,
+                  split: str | None = "test", speakers: str | None = None) -> dict:
+    """PCC/SRCC/RMSE per output of ``model_path`` against teacher labels on ``split``, on the
+    clips whose speaker matches the ``fnmatch`` pattern ``speakers`` (all when None): voices
+    added to a manifest after a student was trained are held out for that student."""
     model = Model(model_path)
-    rows = [r for r in merge_labels(labels) if split is None or r.get("split") == split]
+    rows = [r for r in merge_labels(labels) if (split is None or r.get("split") == split)
+            and (speakers is None or fnmatch(r.get("speaker", ""), speakers))]
     preds: dict[str, list[float]] = {k: [] for k in model.info.outputs}
     targets: dict[str, list[float]] = {k: [] for k in model.info.outputs}
     speakers: dict[str, list[str]] = {k: [] for k in model.info.outputs}
@@ -64,6 +71,8 @@ def evaluate_onnx(model_path: Path, labels: list[Path], audio_dir: Path = Path("
                 targets[k].append(float(row[k]))
                 speakers[k].append(row.get("speaker", ""))
     result: dict = {"model": str(model_path), "clips": len(rows), "split": split}
+    if speakers is not None:
+        result["speakers"] = speakers
     for k in model.info.outputs:
         p, t = np.array(preds[k]), np.array(targets[k])
         if len(p) < 3:
@@ -83,10 +92,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("model", type=Path, help="exported student (.onnx)")
     ap.add_argument("--labels", type=Path, nargs="+", required=True, help="label CSVs (with split column)")
     ap.add_argument("--split", default="test", help="which split to score (default: test)")
+    ap.add_argument("--speakers", help="only speakers matching this fnmatch pattern")
     ap.add_argument("--audio-dir", type=Path, default=Path("cache/audio"))
     ap.add_argument("--json", type=Path, help="write the result here")
     args = ap.parse_args(argv)
-    result = evaluate_onnx(args.model, args.labels, args.audio_dir, split=args.split)
+    result = evaluate_onnx(args.model, args.labels, args.audio_dir, split=args.split,
+                           speakers=args.speakers)
     text = json.dumps(result, indent=2)
     if args.json:
         args.json.write_text(text + "\n")
