@@ -62,14 +62,14 @@ def evaluate_onnx(model_path: Path, labels: list[Path], audio_dir: Path = Path("
             and (speakers is None or fnmatch(r.get("speaker", ""), speakers))]
     preds: dict[str, list[float]] = {k: [] for k in model.info.outputs}
     targets: dict[str, list[float]] = {k: [] for k in model.info.outputs}
-    speakers: dict[str, list[str]] = {k: [] for k in model.info.outputs}
+    voices: dict[str, list[str]] = {k: [] for k in model.info.outputs}
     for row in rows:
         scores = model.score(clip_audio(row, audio_dir))
         for k in model.info.outputs:
             if row.get(k) not in (None, ""):
                 preds[k].append(scores[k])
                 targets[k].append(float(row[k]))
-                speakers[k].append(row.get("speaker", ""))
+                voices[k].append(row.get("speaker", ""))
     result: dict = {"model": str(model_path), "clips": len(rows), "split": split}
     if speakers is not None:
         result["speakers"] = speakers
@@ -82,7 +82,7 @@ def evaluate_onnx(model_path: Path, labels: list[Path], audio_dir: Path = Path("
             "pcc": pearson(p, t),
             "srcc": spearman(p, t),
             "rmse": float(math.sqrt(np.mean((p - t) ** 2))),
-            "by_speaker": speaker_breakdown(p, t, speakers[k]),
+            "by_speaker": speaker_breakdown(p, t, voices[k]),
         }
     return result
 
