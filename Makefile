@@ -32,7 +32,7 @@ test-fast: $(VENV)/.full
 
 # Reproduce the shipped students from scratch: data, teacher labels, training, export, card.
 train: sysdeps $(VENV)/.full
-	$(BIN)/python -m train.pipeline --out runs/release --clips 28500 --festival-clips 4400 --converted-clips 4800 --students xxs,xs,s,sm,m --ship s --epochs 12
+	$(BIN)/python -m train.pipeline --out runs/release --clips 28500 --festival-clips 4400 --students xxs,xs,s,sm,m --ship s --epochs 12
 
 # The reference runs behind docs/results.md (each writes JSON and prints a table).
 R := benchmarks/results
