@@ -59,11 +59,11 @@ FESTIVAL_ENCODING = {"cs": "iso-8859-2"}
 TTS_UTTERANCES_PER_VOICE = 10
 # Converted copies of the real training voice (Praat's "Change gender": PSOLA pitch change and
 # formant scaling): (name, formant ratio, new median pitch in Hz). Allison is the only real voice
-# the training split has, so every high-quality training clip was hers and a student learns to
+# the training split has, so nearly every high-quality training clip is hers and a student can
 # tie "good" to her voice; these put her recordings at male pitches and timbres. Only the
 # prompt sets named here are converted, and a converted speaker ``SOURCE@NAME`` always shares
 # its source's split (``train.data.manifest.split_of``). The teacher labels every converted
-# clip like any other: Distill-MOS keeps its score under these changes only roughly.
+# clip itself; no label is carried over from the source recording.
 VOICE_CONVERSIONS = (("m95", 1.0, 95.0), ("m105", 0.95, 105.0), ("m115", 0.9, 115.0),
                      ("m125", 0.97, 125.0), ("m140", 0.92, 140.0), ("m160", 1.0, 160.0))
 CONVERSION_LANGS = ("en", "es")
@@ -593,7 +593,7 @@ def load_utterance(u: Utterance, cache_dir: Path = Path("cache/speech")) -> np.n
     elif u.kind == "tts":
         audio = _read_wav(cache_dir / "tts" / u.speaker / f"{u.id.rsplit('-', 1)[1]}.wav")
     elif u.kind == "converted":
-        audio = _read_wav(cache_dir / "converted" / u.id.split("-")[1] / f"{u.parts[0]}.wav")
+        audio = _read_wav(cache_dir / "converted" / u.speaker.split("@")[1] / f"{u.parts[0]}.wav")
     elif u.kind == "user":
         from train.data.corpus import load_audio_16k
         audio = load_audio_16k(Path(u.parts[0]))
