@@ -21,9 +21,9 @@ import numpy as np
 
 from benchmarks import write_json
 from streamqa.model import load_model
+from train.data.manifest import clip_window
+from train.data.speech import SAMPLE_RATE, list_utterances, load_utterance
 
-CLIP = 122_880
-RATE = 16_000
 SPEAKER = "asterisk-allison"
 
 
@@ -31,19 +31,14 @@ def frequency_scale(audio: np.ndarray, factor: float) -> np.ndarray:
     """``audio`` with every frequency multiplied by ``factor`` and its duration kept."""
     if factor == 1.0:
         return audio.astype(np.float32)
-    chain = f"asetrate={round(RATE * factor)},aresample={RATE},atempo={1 / factor:.6f}"
-    fmt = ["-f", "f32le", "-ar", str(RATE), "-ac", "1"]
+    chain = f"asetrate={round(SAMPLE_RATE * factor)},aresample={SAMPLE_RATE},atempo={1 / factor:.6f}"
+    fmt = ["-f", "f32le", "-ar", str(SAMPLE_RATE), "-ac", "1"]
     out = subprocess.run(["ffmpeg", "-nostdin", "-v", "error", *fmt, "-i", "-", "-af", chain, *fmt, "-"],
                          input=audio.astype(np.float32).tobytes(), capture_output=True, check=True).stdout
     return np.frombuffer(out, np.float32).copy()
 
 
-def _window(audio: np.ndarray) -> np.ndarray:
-    return np.pad(audio[:CLIP], (0, max(0, CLIP - len(audio))))
-
-
 def run(model_spec: str | None, n_utterances: int, factors: list[float]) -> dict:
-    from train.data.speech import list_utterances, load_utterance
     from train.teachers.distillmos import DistillMosTeacher
 
     model = load_model(model_spec)
@@ -54,7 +49,7 @@ def run(model_spec: str | None, n_utterances: int, factors: list[float]) -> dict
     for i, u in enumerate(utts):
         clean = load_utterance(u)
         for f in factors:
-            clip = _window(frequency_scale(clean, f))
+            clip = clip_window(frequency_scale(clean, f))
             scores[f]["teacher"].append(teacher.score_batch([clip])[0]["mos"])
             scores[f]["student"].append(model.score(clip)["mos"])
         print(f"\r{i + 1}/{len(utts)} utterances", end="", file=sys.stderr, flush=True)

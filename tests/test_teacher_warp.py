@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks.teacher_warp import RATE, frequency_scale, main
+from benchmarks.teacher_warp import frequency_scale, main
+from train.data.speech import SAMPLE_RATE as RATE
 
 
 def _peak_hz(x: np.ndarray) -> float:

@@ -195,7 +195,8 @@ def _load(uid: str, cache_dir: str) -> np.ndarray:
     return audio
 
 
-def _window(audio: np.ndarray, offset: int) -> np.ndarray:
+def clip_window(audio: np.ndarray, offset: int = 0) -> np.ndarray:
+    """The CLIP_SAMPLES of ``audio`` from ``offset``, zero-padded where the audio ends."""
     out = np.zeros(CLIP_SAMPLES, np.float32)
     seg = audio[offset: offset + CLIP_SAMPLES]
     out[: len(seg)] = seg
@@ -205,7 +206,7 @@ def _window(audio: np.ndarray, offset: int) -> np.ndarray:
 def render_clip(row: ClipRow, cache_dir: Path = Path("cache/speech")) -> np.ndarray:
     """The row's degraded clip, float32 [CLIP_SAMPLES], identical bytes on every call."""
     cache_dir = str(Path(cache_dir))
-    clean = _window(_load(row.utterance_id, cache_dir), row.offset)
+    clean = clip_window(_load(row.utterance_id, cache_dir), row.offset)
     chain = json.loads(row.chain)
     talkers = [t for step in chain for t in step.get("talkers", [])]
 
@@ -214,7 +215,7 @@ def render_clip(row: ClipRow, cache_dir: Path = Path("cache/speech")) -> np.ndar
         for uid in talkers:
             audio = _load(uid, cache_dir)
             start = int(rng.integers(0, max(1, len(audio) - CLIP_SAMPLES + 1)))
-            mix += _window(audio, start)
+            mix += clip_window(audio, start)
         return mix
 
     return apply_chain(clean, chain, row.seed, babble_pool=babble if talkers else None)

@@ -459,14 +459,25 @@ def _tts_index(cache_dir: Path, name: str, voices: list[tuple[str, str, str]],
     return rows
 
 
-def convert_voice(audio: np.ndarray, formant_ratio: float, pitch_hz: float) -> np.ndarray:
+def convert_voice(audio: np.ndarray, formant_ratio: float, pitch_hz: float,
+                  seed: int) -> np.ndarray:
     """``audio`` (16 kHz) with its median pitch moved to ``pitch_hz`` and its formants scaled
-    by ``formant_ratio``, duration kept (Praat's "Change gender", pitch range unchanged)."""
+    by ``formant_ratio``, duration kept (Praat's "Change gender", pitch range unchanged).
+
+    Praat's overlap-add draws random numbers, so two unseeded calls differ; its generator is
+    seeded with ``seed`` for the call (and made unpredictable again after), which makes the
+    result a function of its arguments like every other source here.
+    """
     import parselmouth
-    from parselmouth.praat import call
+    from parselmouth.praat import call, run
 
     sound = parselmouth.Sound(np.asarray(audio, np.float64), SAMPLE_RATE)
-    out = call(sound, "Change gender", *CONVERSION_PITCH_RANGE, formant_ratio, pitch_hz, 1.0, 1.0)
+    run(f"random_initializeWithSeedUnsafelyButPredictably ({int(seed)})")
+    try:
+        out = call(sound, "Change gender", *CONVERSION_PITCH_RANGE, formant_ratio, pitch_hz,
+                   1.0, 1.0)
+    finally:
+        run("random_initializeSafelyAndUnpredictably ()")
     return np.clip(out.values[0], -1.0, 1.0).astype(np.float32)
 
 
@@ -481,20 +492,23 @@ def _converted_index(cache_dir: Path, sources: list[dict],
     cached = _cached_index(path, key)
     if cached is not None:
         return cached
-    rows = []
-    for ci, (name, formant_ratio, pitch_hz) in enumerate(VOICE_CONVERSIONS):
-        for src in sources:
-            audio = convert_voice(load_utterance(_to_utterance(src, cache_dir), cache_dir),
-                                  formant_ratio, pitch_hz)
+    by_voice: dict[str, list[dict]] = {name: [] for name, _, _ in VOICE_CONVERSIONS}
+    for si, src in enumerate(sources):
+        clean = load_utterance(_to_utterance(src, cache_dir), cache_dir)
+        for name, formant_ratio, pitch_hz in VOICE_CONVERSIONS:
+            audio = convert_voice(clean, formant_ratio, pitch_hz,
+                                  _seed("converted", name, src["id"]))
             dst = cache_dir / "converted" / name / f"{src['id']}.wav"
             dst.parent.mkdir(parents=True, exist_ok=True)
             sf.write(dst, audio, SAMPLE_RATE, subtype="PCM_16")
-            rows.append({"id": f"vc-{name}-{src['id']}", "speaker": f"{src['speaker']}@{name}",
-                         "lang": src["lang"], "kind": "converted",
-                         "parts": [src["id"], str(formant_ratio), str(pitch_hz)],
-                         "samples": len(audio)})
+            by_voice[name].append({"id": f"vc-{name}-{src['id']}",
+                                   "speaker": f"{src['speaker']}@{name}", "lang": src["lang"],
+                                   "kind": "converted",
+                                   "parts": [src["id"], str(formant_ratio), str(pitch_hz)],
+                                   "samples": len(audio)})
         if progress:
-            progress(f"converted: {ci + 1}/{len(VOICE_CONVERSIONS)} voices")
+            progress(f"converted: {si + 1}/{len(sources)} utterances")
+    rows = [row for voice in by_voice.values() for row in voice]  # grouped by voice, as listed
     _write_atomic_json(path, {"version": INDEX_VERSION, "key": key, "utterances": rows})
     return rows
 
