@@ -74,3 +74,27 @@ def test_macs_counter_matches_torch_flop_counter(name):
     analytical = macs_per_second(FAMILY[name], 192)
     # The counter skips elementwise work (norms, activations); convs and matmuls must agree.
     assert abs(measured - analytical) / analytical < 0.05, (measured, analytical)
+
+
+def test_dropout_trains_noisy_but_evaluates_and_reloads_as_before():
+    """Dropout is training-only: eval output is deterministic and equals the same weights
+    without dropout, and a config saved before the field existed still loads."""
+    import dataclasses
+    import json
+
+    from train.students import StudentConfig
+
+    torch.manual_seed(4)
+    cfg = dataclasses.replace(FAMILY["xs"], dropout=0.3)
+    m = Student(cfg)
+    plain = Student(FAMILY["xs"])
+    plain.load_state_dict(m.state_dict())
+    x = _speechlike(48 * FRAME_SAMPLES)[None].repeat(2, 1)
+    with torch.no_grad():
+        m.train()
+        assert not torch.allclose(m(x)[0], m(x)[1])  # two draws of the mask differ
+        m.eval()
+        torch.testing.assert_close(m(x), plain.eval()(x))
+    old = json.loads(cfg.to_json())
+    del old["dropout"]
+    assert StudentConfig.from_json(json.dumps(old)).dropout == 0.0

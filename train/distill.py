@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import math
 import os
 import sys
@@ -267,6 +268,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--human", type=Path, help="label CSV with human MOS (path,mos) to mix in")
     ap.add_argument("--warp", type=float, default=0.0,
                     help="vocal-tract-length perturbation: frequency factors in [1/(1+W), 1+W] (0: off)")
+    ap.add_argument("--dropout", type=float, help="training dropout in the blocks and before the head "
+                    "(overrides the student config's; 0 = off)")
     ap.add_argument("--human-ratio", type=float, default=0.2, help="share of each batch from --human")
     ap.add_argument("--teacher", default="distillmos+dnsmos", help="recorded in the checkpoint and model card")
     args = ap.parse_args(argv)
@@ -274,6 +277,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     cfg = FAMILY[args.student] if args.student in FAMILY else StudentConfig.from_json(Path(args.student).read_text())
+    if args.dropout is not None:
+        cfg = dataclasses.replace(cfg, dropout=args.dropout)
     student = Student(cfg)
     rows = merge_labels(args.labels)
     train_rows = [r for r in rows if r.get("split", "train") == "train"]

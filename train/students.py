@@ -47,6 +47,10 @@ class StudentConfig:
     embed: int = 64
     head_hidden: int = 64
     outputs: tuple[str, ...] = OUTPUTS
+    # Training-only regulariser (identity in eval mode and in the exported graph): the
+    # students overfit the few voices they train on (train MSE keeps falling while
+    # validation on unseen voices stalls), so branches and the pooled vector are dropped.
+    dropout: float = 0.0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -122,8 +126,9 @@ class CausalConv(nn.Module):
 class Block(nn.Module):
     """Depthwise causal conv -> per-frame LayerNorm -> pointwise MLP, with a residual."""
 
-    def __init__(self, channels: int, kernel: int, expansion: int):
+    def __init__(self, channels: int, kernel: int, expansion: int, dropout: float = 0.0):
         super().__init__()
+        self.dropout = dropout
         self.dw = CausalConv(channels, channels, kernel, groups=channels)
         self.norm = nn.LayerNorm(channels)
         self.pw1 = nn.Linear(channels, channels * expansion)
@@ -133,7 +138,7 @@ class Block(nn.Module):
         y, cache = self.dw(x, cache)
         y = self.norm(y.transpose(1, 2))
         y = self.pw2(F.gelu(self.pw1(y))).transpose(1, 2)
-        return x + y, cache
+        return x + F.dropout(y, self.dropout, self.training), cache
 
 
 class Student(nn.Module):
@@ -148,7 +153,7 @@ class Student(nn.Module):
         self.feat_bias = nn.Parameter(torch.zeros(cfg.n_bands))
         self.stem = CausalConv(cfg.n_bands, cfg.channels, 3)
         self.stages = nn.ModuleList(
-            nn.ModuleList(Block(cfg.channels, cfg.kernel, cfg.expansion) for _ in range(n)) for n in cfg.blocks
+            nn.ModuleList(Block(cfg.channels, cfg.kernel, cfg.expansion, cfg.dropout) for _ in range(n)) for n in cfg.blocks
         )
         self.proj = nn.Linear(cfg.channels, cfg.embed + 1)  # value + attention logit
         self.head = nn.Sequential(
@@ -198,7 +203,8 @@ class Student(nn.Module):
         weights = torch.softmax(logits, dim=1) * mask
         att = (weights.unsqueeze(-1) * values).sum(1) / (weights.sum(1, keepdim=True) + 1e-6)
         mean = (mask.unsqueeze(-1) * values).sum(1) / (mask.sum(1, keepdim=True) + 1e-6)
-        return self.head(torch.cat([att, mean], dim=1)) + self.out_bias
+        pooled = F.dropout(torch.cat([att, mean], dim=1), self.cfg.dropout, self.training)
+        return self.head(pooled) + self.out_bias
 
     def step(self, audio: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """One hop: audio [B, H] (H a multiple of 640) -> (scores [B, K], next state)."""
