@@ -37,6 +37,24 @@ def test_onnx_equals_torch(tiny_student, tiny_onnx):
     np.testing.assert_allclose(onnx_out, ref, atol=1e-4)
 
 
+def test_dilated_student_exports_with_parity(tmp_path):
+    """A student with dilated blocks (longer state caches) streams in ONNX as in torch."""
+    import dataclasses
+
+    from train.export import export_onnx
+    from train.students import FAMILY, Student
+
+    torch.manual_seed(5)
+    student = Student(dataclasses.replace(FAMILY["xxs"], dilations=(4,))).eval()
+    m = Model(export_onnx(student, tmp_path / "dilated.onnx", {"teacher": "random-init (test)"}))
+    x = np.stack([_audio(122880, s) for s in range(2)])
+    state = m.init_state(2)
+    for i in range(0, x.shape[1], 25 * 640):
+        onnx_out, state = m.step(x[:, i : i + 25 * 640], state)
+    with torch.no_grad():
+        np.testing.assert_allclose(onnx_out, student(torch.from_numpy(x)).numpy(), atol=1e-4)
+
+
 def test_batched_equals_one_by_one(tiny_onnx):
     m = Model(tiny_onnx)
     xs = [_audio(32000, s) for s in range(4)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -16,10 +18,14 @@ def _speechlike(n: int, seed: int = 0) -> torch.Tensor:
     return torch.from_numpy((rng.standard_normal(n) * env * 0.1).astype(np.float32))
 
 
+DILATED = dataclasses.replace(FAMILY["xs"], name="xs-dilated", dilations=(2, 4))
+
+
+@pytest.mark.parametrize("cfg", [FAMILY["xs"], DILATED], ids=["xs", "dilated"])
 @pytest.mark.parametrize("hop_frames", [1, 5, 25, 48])
-def test_chunked_equals_whole(hop_frames):
+def test_chunked_equals_whole(hop_frames, cfg):
     torch.manual_seed(1)
-    m = Student(FAMILY["xs"]).eval()
+    m = Student(cfg).eval()
     x = torch.stack([_speechlike(192 * FRAME_SAMPLES, s) for s in range(2)])
     with torch.no_grad():
         whole = m(x)
@@ -79,7 +85,6 @@ def test_macs_counter_matches_torch_flop_counter(name):
 def test_dropout_trains_noisy_but_evaluates_and_reloads_as_before():
     """Dropout is training-only: eval output is deterministic and equals the same weights
     without dropout, and a config saved before the field existed still loads."""
-    import dataclasses
     import json
 
     from train.students import StudentConfig
@@ -96,5 +101,16 @@ def test_dropout_trains_noisy_but_evaluates_and_reloads_as_before():
         m.eval()
         torch.testing.assert_close(m(x), plain.eval()(x))
     old = json.loads(cfg.to_json())
-    del old["dropout"]
-    assert StudentConfig.from_json(json.dumps(old)).dropout == 0.0
+    del old["dropout"], old["dilations"]
+    loaded = StudentConfig.from_json(json.dumps(old))
+    assert loaded.dropout == 0.0 and loaded.dilations == ()
+    assert StudentConfig.from_json(DILATED.to_json()) == DILATED
+
+
+def test_dilation_widens_the_state_not_the_macs():
+    """A dilated block keeps (kernel - 1) * dilation frames and costs what an undilated one does."""
+    shapes = Student(DILATED).state_shapes(192)
+    assert shapes["s2b0"] == (32, 4 * 2) and shapes["s2b1"] == (32, 4 * 4)
+    assert macs_per_second(DILATED) == macs_per_second(FAMILY["xs"])
+    with pytest.raises(ValueError, match="one per block"):
+        Student(dataclasses.replace(FAMILY["xs"], dilations=(2,)))
