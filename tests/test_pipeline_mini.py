@@ -61,3 +61,26 @@ def test_mini_pipeline(tmp_path):
     assert narrowed["speakers"] == one
     assert narrowed["clips"] == test["mos"]["by_speaker"][one]["n"]
     assert set(narrowed.get("mos", {}).get("by_speaker", {one: 0})) == {one}
+
+    # Two models scored as their mean (an ensemble), by train.evaluate and benchmarks.ensembles.
+    from benchmarks.ensembles import main as ensembles
+    from train.distill import pearson
+    from train.evaluate import clip_scores, select_rows
+    from train.export import export_onnx
+    from train.students import FAMILY, Student
+
+    torch.manual_seed(0)
+    other = export_onnx(Student(FAMILY["xxs"]).eval(), tmp_path / "random.onnx", {"teacher": "random-init (test)"})
+    trained = Path(summary["xxs"]["onnx"])
+    audio = tmp_path / "cache" / "audio"
+    rows = select_rows(labels, "test")
+    mean = (clip_scores(trained, rows, audio)["mos"] + clip_scores(other, rows, audio)["mos"]) / 2
+    expected = pearson(mean, np.array([float(r["mos"]) for r in rows]))
+    assert evaluate_onnx([trained, other], labels, audio)["mos"]["pcc"] == pytest.approx(expected)
+    out = tmp_path / "ensembles.json"
+    ensembles([f"T={trained}", f"R={other}", "--split", "test", "--labels", str(labels[0]),
+               "--audio-dir", str(audio), "--json", str(out)])
+    result = {r["name"]: r for r in json.loads(out.read_text())["results"]}
+    assert set(result) == {"T", "R", "T+R"}
+    assert result["T+R"]["mos"]["pcc"] == pytest.approx(expected)
+    assert result["T"]["mos"]["pcc"] == pytest.approx(test["mos"]["pcc"])

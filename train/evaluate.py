@@ -52,44 +52,58 @@ def speaker_breakdown(pred: np.ndarray, target: np.ndarray, speakers: list[str])
     return out
 
 
-def evaluate_onnx(model_path: Path, labels: list[Path], audio_dir: Path = Path("cache/audio"), *,
-                  split: str | None = "test", speakers: str | None = None) -> dict:
-    """PCC/SRCC/RMSE per output of ``model_path`` against teacher labels on ``split``, on the
-    clips whose speaker matches the ``fnmatch`` pattern ``speakers`` (all when None): voices
-    added to a manifest after a student was trained are held out for that student."""
-    model = Model(model_path)
-    rows = [r for r in merge_labels(labels) if (split is None or r.get("split") == split)
+def select_rows(labels: list[Path], split: str | None = "test", speakers: str | None = None) -> list[dict[str, str]]:
+    """Label rows of ``split`` whose speaker matches the ``fnmatch`` pattern ``speakers``
+    (all when None): voices added to a manifest after a student was trained are held out
+    for that student."""
+    return [r for r in merge_labels(labels) if (split is None or r.get("split") == split)
             and (speakers is None or fnmatch(r.get("speaker", ""), speakers))]
-    preds: dict[str, list[float]] = {k: [] for k in model.info.outputs}
-    targets: dict[str, list[float]] = {k: [] for k in model.info.outputs}
-    voices: dict[str, list[str]] = {k: [] for k in model.info.outputs}
-    for row in rows:
-        scores = model.score(clip_audio(row, audio_dir))
-        for k in model.info.outputs:
-            if row.get(k) not in (None, ""):
-                preds[k].append(scores[k])
-                targets[k].append(float(row[k]))
-                voices[k].append(row.get("speaker", ""))
-    result: dict = {"model": str(model_path), "clips": len(rows), "split": split}
-    if speakers is not None:
-        result["speakers"] = speakers
-    for k in model.info.outputs:
-        p, t = np.array(preds[k]), np.array(targets[k])
-        if len(p) < 3:
+
+
+def clip_scores(model_path: Path, rows: list[dict[str, str]], audio_dir: Path = Path("cache/audio")) -> dict[str, np.ndarray]:
+    """Each row's file score per output, through ``Model.score``: {output: [len(rows)]}."""
+    model = Model(model_path)
+    scores = [model.score(clip_audio(row, audio_dir)) for row in rows]
+    return {k: np.array([s[k] for s in scores]) for k in model.info.outputs}
+
+
+def accuracy(preds: dict[str, np.ndarray], rows: list[dict[str, str]]) -> dict:
+    """PCC/SRCC/RMSE and the per-speaker breakdown per output, on the rows the teacher labelled."""
+    result: dict = {}
+    for k, pred in preds.items():
+        labelled = [i for i, r in enumerate(rows) if r.get(k) not in (None, "")]
+        if len(labelled) < 3:
             continue
+        p = pred[labelled]
+        t = np.array([float(rows[i][k]) for i in labelled])
         result[k] = {
             "n": len(p),
             "pcc": pearson(p, t),
             "srcc": spearman(p, t),
             "rmse": float(math.sqrt(np.mean((p - t) ** 2))),
-            "by_speaker": speaker_breakdown(p, t, voices[k]),
+            "by_speaker": speaker_breakdown(p, t, [rows[i].get("speaker", "") for i in labelled]),
         }
+    return result
+
+
+def evaluate_onnx(model_path: Path | list[Path], labels: list[Path], audio_dir: Path = Path("cache/audio"), *,
+                  split: str | None = "test", speakers: str | None = None) -> dict:
+    """Accuracy of ``model_path`` against teacher labels on ``split`` (see :func:`select_rows`).
+    Several models are scored as their mean, the way an ensemble of them would be."""
+    paths = model_path if isinstance(model_path, list) else [model_path]
+    rows = select_rows(labels, split, speakers)
+    per_model = [clip_scores(p, rows, audio_dir) for p in paths]
+    preds = {k: np.mean([m[k] for m in per_model], axis=0) for k in per_model[0]}
+    result: dict = {"model": " + ".join(map(str, paths)), "clips": len(rows), "split": split}
+    if speakers is not None:
+        result["speakers"] = speakers
+    result.update(accuracy(preds, rows))
     return result
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("model", type=Path, help="exported student (.onnx)")
+    ap.add_argument("model", type=Path, nargs="+", help="exported student (.onnx); several are scored as their mean")
     ap.add_argument("--labels", type=Path, nargs="+", required=True, help="label CSVs (with split column)")
     ap.add_argument("--split", default="test", help="which split to score (default: test)")
     ap.add_argument("--speakers", help="only speakers matching this fnmatch pattern")
