@@ -249,7 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    if hasattr(signal, "SIGPIPE"):  # `streamqa score ... | head` should not print a traceback
+    if args.func in (cmd_score, cmd_models) and hasattr(signal, "SIGPIPE"):
+        # `streamqa score ... | head` should end quietly, as other filters do. Only for the
+        # commands whose one output is stdout: with the default action, a send() to a
+        # subscriber that has just vanished (EPIPE) would kill the monitor or the gateway
+        # without a word, so those keep Python's SIGPIPE-ignored setting.
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     sys.exit(args.func(args))
 

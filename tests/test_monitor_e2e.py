@@ -275,7 +275,11 @@ async def _scenario(clip: Path, model: Path, tmp: Path) -> RtpRun:
                     victim.kill()
                     await victim.wait()
             await asyncio.sleep(0.5)
-            health = await asyncio.to_thread(_get, f"http://127.0.0.1:{ws_port}/healthz")
+            try:
+                health = await asyncio.to_thread(_get, f"http://127.0.0.1:{ws_port}/healthz")
+            except OSError as exc:  # say whether the monitor died or only stopped answering
+                raise AssertionError(f"/healthz failed ({exc}); monitor exit code {proc.poll()}, "
+                                     f"stderr: {log.read_text()!r}") from exc
             run.health_after_kill = json.loads(health)
             relay_transport.close()
             run.relay_loss = relay.expected_loss()
@@ -524,3 +528,27 @@ def test_score_json_on_real_speech(speech_clip, tiny_onnx, tmp_path) -> None:
     assert res["speech_fraction"] > 0.3
     hello_outputs = {"sig", "bak", "ovrl"} & set(res)
     assert all(isinstance(res[k], float) for k in hello_outputs)
+
+
+def test_a_broken_pipe_does_not_kill_the_monitor(tiny_onnx, tmp_path) -> None:
+    """A send() to a subscriber that has just vanished raises SIGPIPE. The monitor must keep
+    Python's SIGPIPE-ignored setting (only `score` and `models` take the default action,
+    for pipes into `head`). With the default action, a fresh clone's run of this module once
+    lost the monitor without a word right after its subscriber was killed, which is what an
+    EPIPE would do; that run could not be repeated, so this test sends the signal itself."""
+    ws_port = _free_port(socket.SOCK_STREAM)
+    log = tmp_path / "monitor.err"
+    with log.open("w") as stderr:
+        proc = subprocess.Popen(_cli() + ["monitor", "--rtp", "127.0.0.1:0", "--ws", f"127.0.0.1:{ws_port}",
+                                          "--quiet", "--model", str(tiny_onnx)],
+                                stdout=subprocess.DEVNULL, stderr=stderr)
+        try:
+            asyncio.run(_wait_for_ws(f"ws://127.0.0.1:{ws_port}/", proc, 30 * TIMEOUT_SCALE, log))
+            proc.send_signal(signal.SIGPIPE)
+            time.sleep(0.5)
+            assert proc.poll() is None, f"monitor died of SIGPIPE (exit code {proc.returncode})"
+            assert json.loads(_get(f"http://127.0.0.1:{ws_port}/healthz"))
+        finally:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=10 * TIMEOUT_SCALE)
+    assert proc.returncode == 0, log.read_text()
