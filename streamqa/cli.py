@@ -20,6 +20,7 @@ from streamqa.model import Model, ModelError, bundled_models, load_model
 
 if TYPE_CHECKING:
     from streamqa.monitor import MonitorOptions
+    from streamqa.timeline import StreamResult
 
 MIN_SCORE_SECONDS = 1.0  # shorter files carry too little speech to judge
 
@@ -69,17 +70,57 @@ def score_file(model: Model, path: Path) -> dict[str, Any]:
     return result
 
 
+def _print_stream(name: str, result: StreamResult, args: argparse.Namespace) -> None:
+    """One stream of a capture (or a file's timeline): its hop rows with ``--timeline``,
+    then its record, as JSON or as one line of text."""
+    if args.timeline:
+        for row in result.timeline():
+            print(json.dumps({"file": name, "stream": result.stream, **row}))
+    if result.source != "rtp":
+        return  # a file's own line is score_file's
+    rec = result.record(name)
+    if args.json:
+        print(json.dumps(rec), flush=True)
+        return
+    labels = "".join(f"  {k} {rec[k]}" for k in ("call_id", "cname") if k in rec)
+    mos = "  n/a" if rec["mos"] is None else f"{rec['mos']:.2f}"
+    net = rec["summary"].get("net") or {}
+    print(f"{name} {rec['stream']} {rec.get('src')} -> {rec.get('dst')} {rec.get('codec')}{labels}\tMOS {mos}"
+          f"  [{rec['duration_s'] or 0:.1f} s, speech {rec['speech_fraction'] or 0:.0%}]"
+          f"  loss {100 * net.get('loss_total', 0.0):.1f}%  jitter {net.get('jitter_ms', 0.0):.1f} ms", flush=True)
+
+
 def cmd_score(args: argparse.Namespace) -> int:
+    from streamqa.capture import CaptureError, analyse_capture, is_capture
+    from streamqa.rtp.codecs import parse_rtp_map
+    from streamqa.sources.file import FileSourceError
+    from streamqa.timeline import file_timeline
+
     try:
         model = load_model(args.model, threads=args.threads)
-    except ModelError as exc:
+        rtp_map = {pt: (codec, rate, ch) for pt, codec, rate, ch in map(parse_rtp_map, args.rtp_map)}
+    except (ModelError, ValueError) as exc:
         print(f"streamqa: {exc}", file=sys.stderr)
         return 2
     failed = 0
+    plotted: list[tuple[str, StreamResult]] = []
     for name in args.files:
         try:
+            if is_capture(Path(name)):
+                streams, _ = analyse_capture(model, Path(name), rtp_map=rtp_map, window_s=args.window,
+                                             hop_s=args.hop, idle_timeout=args.idle_timeout)
+                if not streams:
+                    raise CaptureError("no RTP stream found (dynamic payload types need --rtp-map or SIP in the capture)")
+                for stream in streams:
+                    _print_stream(name, stream, args)
+                plotted += [(name, s) for s in streams]
+                continue
             res = score_file(model, Path(name))
-        except (AudioFileError, OSError) as exc:
+            if args.timeline or args.plot:
+                stream = file_timeline(model, Path(name), window_s=args.window, hop_s=args.hop)
+                _print_stream(name, stream, args)
+                plotted.append((name, stream))
+        except (AudioFileError, CaptureError, FileSourceError, OSError) as exc:
             print(f"{name}: error: {exc}", file=sys.stderr)
             failed += 1
             continue
@@ -90,6 +131,14 @@ def cmd_score(args: argparse.Namespace) -> int:
             mos = "  n/a" if res["mos"] is None else f"{res['mos']:.2f}"
             note = f"  ({res['reason']})" if "reason" in res else ""
             print(f"{name}\tMOS {mos}  {extra}  [{res['duration_s']:.1f} s, speech {res['speech_fraction']:.0%}]{note}", flush=True)
+    if args.plot and plotted:
+        from streamqa.plot import PlotError, plot_streams
+
+        try:
+            plot_streams(plotted, Path(args.plot))
+        except PlotError as exc:
+            print(f"streamqa: {exc}", file=sys.stderr)
+            return 2
     return 1 if failed else 0
 
 
@@ -207,6 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--model", help="bundled model name or path to an .onnx student")
     sc.add_argument("--json", action="store_true", help="one JSON object per line")
     sc.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    sc.add_argument("--timeline", action="store_true", help="also one JSON line per hop (t, mos, speech, loss, jitter)")
+    sc.add_argument("--plot", metavar="PNG", help="draw MOS over time of every stream (needs streamqa[plot])")
+    sc.add_argument("--rtp-map", action="append", default=[], metavar="PT=codec/rate[/ch]", help="dynamic payload type in a capture")
+    sc.add_argument("--window", type=float, help="window in seconds for timelines and captures (default: the model's)")
+    sc.add_argument("--hop", type=float, help="hop in seconds for timelines and captures (default: the model's)")
+    sc.add_argument("--idle-timeout", type=float, default=3.0, help="capture seconds without packets that end a stream")
     sc.set_defaults(func=cmd_score)
 
     mo = sub.add_parser("monitor", help="score live streams and publish over websockets")

@@ -7,6 +7,11 @@ ONNX Runtime call, so hundreds of streams cost one call per tick rather than one
 Results come back to the loop with ``call_soon_threadsafe``, where rolling statistics are
 updated and messages published. Per stream, hops and the end marker are kept in order, so
 a stream's end summary is always published after its last score.
+
+Offline analysis (a capture or a file scored after the fact, streamqa.capture and
+streamqa.timeline) builds the engine with ``loop=None``: no worker thread; hops are scored by
+the same batch, score and publish steps in the caller's thread (``score_pending``), so the
+numbers are the live monitor's and no hop is ever dropped for overload.
 """
 
 from __future__ import annotations
@@ -42,6 +47,9 @@ class _Stream:
     state: State | None = None  # worker-owned
     activity: ActivityDetector | None = None  # worker-owned
     net: dict[str, Any] | None = None
+    # Offline mode: the net statistics as they were when each queued hop was cut (a live
+    # hop is published within milliseconds, so it simply takes ``net`` as it is then).
+    nets: deque = field(default_factory=deque)
     started: float = field(default_factory=time.monotonic)
 
 
@@ -65,7 +73,7 @@ class Engine:
         model: Model,
         publish: Callable[[dict[str, Any]], None],
         *,
-        loop: asyncio.AbstractEventLoop,
+        loop: asyncio.AbstractEventLoop | None,
         metrics: Metrics | None = None,
         window_s: float | None = None,
         hop_s: float | None = None,
@@ -93,8 +101,11 @@ class Engine:
         self._lock = threading.Condition()
         self._ready: deque[str] = deque()  # stream ids with queued work, in arrival order
         self._stopping = False
-        self._worker = threading.Thread(target=self._run, name="streamqa-scorer", daemon=True)
-        self._worker.start()
+        self._worker: threading.Thread | None = None
+        self._inline_queued = 0  # offline mode: hops queued since the last score_pending
+        if loop is not None:
+            self._worker = threading.Thread(target=self._run, name="streamqa-scorer", daemon=True)
+            self._worker.start()
 
     @property
     def hop_s(self) -> float:
@@ -147,7 +158,7 @@ class Engine:
         with self._lock:
             was_idle = not st.queue
             st.queue.extend(items)
-            while len(st.queue) > self.max_pending_hops and st.queue[0] is not _END:
+            while self._worker is not None and len(st.queue) > self.max_pending_hops and st.queue[0] is not _END:
                 st.queue.popleft()  # overload: the oldest hop is the least useful
                 self.counters["hops_dropped"] += 1
                 if self.metrics is not None:
@@ -155,6 +166,26 @@ class Engine:
             if was_idle:
                 self._ready.append(stream_id)
             self._lock.notify()
+        if self._worker is None:
+            st.nets.extend(st.net for item in items if item is not _END)
+            self._inline_queued += len(items)
+            if self._inline_queued >= self.max_batch:
+                self.score_pending()
+
+    def score_pending(self) -> None:
+        """Offline mode (no loop): score and publish everything queued, in this thread.
+
+        The engine calls it itself once ``max_batch`` hops wait (so memory stays bounded);
+        the caller calls it when its input is done. Waiting until then lets one model call
+        score a hop of many streams at once, which costs a third less per hop than one call
+        per hop."""
+        self._inline_queued = 0
+        while True:
+            with self._lock:
+                batch, ended = self._take_batch()
+            if not batch and not ended:
+                return
+            self._deliver(self._score(batch) if batch else [], ended)
 
     # --- worker thread --------------------------------------------------------------------
     def _take_batch(self) -> tuple[list[tuple[str, _Stream, Hop]], list[str]]:
@@ -264,8 +295,9 @@ class Engine:
             }
             if not r.hop.finite:
                 msg["error"] = "non-finite audio"
-            if st.net is not None:
-                msg["net"] = st.net
+            net = st.net if self._worker is not None else st.nets.popleft()
+            if net is not None:
+                msg["net"] = net
             self.publish(msg)
             if self.metrics is not None:
                 self.metrics.inc("streamqa_hops_scored_total")
@@ -293,4 +325,5 @@ class Engine:
         with self._lock:
             self._stopping = True
             self._lock.notify_all()
-        self._worker.join(timeout=5)
+        if self._worker is not None:
+            self._worker.join(timeout=5)

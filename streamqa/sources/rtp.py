@@ -12,6 +12,13 @@ G.711 payloads are held until the sink can complete a hop with them (``samples_w
 and then decoded in one call. Anything hostile or unexpected (malformed datagrams, unknown
 payload types, SSRC floods, decoder failures, a sink that raises) is counted in
 ``counters`` and dropped; the callback never raises into the loop.
+
+Admission (issue 18): an SSRC gets a stream only after RFC 3550 A.1's probation
+(rtp.probation), at most ``new_streams_per_s`` streams open per second, one source address
+holds at most ``max_streams_per_address``, and when a cap is reached the stream that has
+delivered the least received audio (of that address, or of the table) is ended to make
+room: invented SSRCs cannot lock a real call out, and the calls that lose their slot are
+the ones that brought least.
 """
 
 from __future__ import annotations
@@ -34,8 +41,10 @@ except ImportError:  # pragma: no cover - the check is then skipped
 
 from ..rtp.codecs import STATIC_PAYLOAD_TYPES, Decoder, make_decoder, safe_decode
 from ..rtp.emodel import emodel_mos
+from ..ratelimit import TokenBucket
 from ..rtp.jitter import JitterBuffer, Lost
-from ..rtp.packet import MalformedPacket, parse
+from ..rtp.packet import MalformedPacket, RtpPacket, parse
+from ..rtp.probation import MIN_SEQUENTIAL, Probation
 from . import AudioSink, StreamInfo, samples_wanted
 
 log = logging.getLogger(__name__)
@@ -59,12 +68,14 @@ class _Stream:
     __slots__ = (
         "stream_id", "codec", "payload_type", "decoder", "jitter", "last_seen",
         "last_arrival", "fallback", "last_units", "next_net", "net_mark", "held",
-        "held_samples", "wanted",
+        "held_samples", "wanted", "host", "received_s",
     )
 
     def __init__(self, stream_id: str, codec: str, payload_type: int, decoder: Decoder,
-                 jitter: JitterBuffer, now: float) -> None:
+                 jitter: JitterBuffer, now: float, host: str) -> None:
         self.stream_id = stream_id
+        self.host = host  # source address without the port: the unit of the per-address cap
+        self.received_s = 0.0  # seconds of received (not concealed) audio delivered
         self.codec = codec
         self.payload_type = payload_type
         self.decoder = decoder
@@ -85,8 +96,11 @@ class RtpSource:
     """Receives RTP on one UDP socket and feeds every stream on it to ``sink``.
 
     ``rtp_map`` adds or overrides payload types (``{96: ("opus", 48000, 2)}``) on top of
-    the RFC 3551 static ones. A stream ends after ``idle_timeout`` seconds without packets;
-    at most ``max_streams`` are tracked at once (packets of further SSRCs are dropped).
+    the RFC 3551 static ones. A stream ends after ``idle_timeout`` seconds without packets.
+    Admission (module docstring): ``min_sequential`` in-order packets of probation, at most
+    ``max_streams`` at once and ``max_streams_per_address`` per source IP (the stream that
+    delivered least audio is evicted to make room), ``new_streams_per_s`` openings per
+    second (a burst of as many is allowed).
     """
 
     def __init__(
@@ -96,15 +110,24 @@ class RtpSource:
         rtp_map: dict[int, tuple[str, int, int]] | None = None,
         idle_timeout: float = 3.0,
         max_streams: int = 1000,
+        max_streams_per_address: int = 500,
+        new_streams_per_s: float = 100.0,
+        min_sequential: int = MIN_SEQUENTIAL,
         jitter_depth: int = 3,
         coalesce_s: float = COALESCE_S,
     ) -> None:
+        if max_streams < 1 or max_streams_per_address < 1 or new_streams_per_s <= 0:
+            raise ValueError("max_streams, max_streams_per_address and new_streams_per_s must be positive")
         self.sink = sink
         self.payload_types = {**STATIC_PAYLOAD_TYPES, **(rtp_map or {})}
         for codec, rate, channels in self.payload_types.values():
             make_decoder(codec, rate, channels)  # fail at start-up, not on the first packet
         self.idle_timeout = idle_timeout
         self.max_streams = max_streams
+        self.max_streams_per_address = max_streams_per_address
+        self._new_streams = TokenBucket(new_streams_per_s, max(1.0, new_streams_per_s), time.monotonic())
+        self._probation = Probation(min_sequential=min_sequential)
+        self._by_host: dict[str, set[tuple[int, Any]]] = defaultdict(set)
         self.jitter_depth = jitter_depth
         self.coalesce_s = coalesce_s
         self.counters: dict[str, int] = defaultdict(int)
@@ -161,6 +184,8 @@ class RtpSource:
             self._sock = None
         for key in list(self._streams):
             self._end(key)
+        self._probation.clear()
+        self._count_probation()
 
     def _read_ready(self) -> None:
         """Drain up to READ_BATCH datagrams. If the previous read emptied the socket less
@@ -220,9 +245,8 @@ class RtpSource:
         key = (pkt.ssrc, addr)
         stream = self._streams.get(key)
         if stream is None:
-            stream = self._open(key, pkt.payload_type, pkt.ssrc, addr, now)
-            if stream is None:
-                return
+            self._admit(key, pkt, addr, now)
+            return
         stream.last_seen = now
         frames = stream.jitter.push(pkt, now)
         if frames:
@@ -231,21 +255,49 @@ class RtpSource:
             stream.next_net = now + NET_INTERVAL
             self.sink.net(stream.stream_id, self._net_stats(stream))
 
-    def _open(self, key: tuple[int, Any], pt: int, ssrc: int, addr: Any, now: float) -> _Stream | None:
-        if len(self._streams) >= self.max_streams:
-            self.counters["max_streams"] += 1
-            return None
-        spec = self.payload_types.get(pt)
-        if spec is None:
+    def _admit(self, key: tuple[int, Any], pkt: RtpPacket, addr: Any, now: float) -> None:
+        """A packet of a key without a stream: probation, then the rate limit, then room
+        in the table (evicting if needed); the validating packets replay into the stream."""
+        if pkt.payload_type not in self.payload_types:
             self.counters["unknown_payload_type"] += 1
-            return None
-        codec, rate, channels = spec
+            return
+        packets = self._probation.offer(key, pkt, now)
+        self._count_probation()
+        if packets is None or not self._new_streams.take(now):
+            return  # still on probation, or over the opening rate: a later packet retries
+        host = str(addr[0]) if isinstance(addr, tuple) else str(addr)
+        mine = self._by_host.get(host)
+        if mine is not None and len(mine) >= self.max_streams_per_address:
+            self._evict(mine)
+        elif len(self._streams) >= self.max_streams:
+            self._evict(self._streams)
+        self._probation.admit(key)
+        stream = self._open(key, packets[0].payload_type, pkt.ssrc, addr, now, host)
+        for held in packets:
+            frames = stream.jitter.push(held, now)
+            if frames:
+                self._deliver(stream, frames)
+
+    def _evict(self, keys: Any) -> None:
+        """End the stream among ``keys`` that has delivered the least received audio."""
+        streams = self._streams
+        victim = min(keys, key=lambda k: streams[k].received_s)
+        self.counters["streams_evicted"] += 1
+        self._end(victim)
+
+    def _count_probation(self) -> None:
+        if self._probation.discarded:
+            self.counters["probation"] = self._probation.discarded
+
+    def _open(self, key: tuple[int, Any], pt: int, ssrc: int, addr: Any, now: float, host: str) -> _Stream:
+        codec, rate, channels = self.payload_types[pt]
         decoder = make_decoder(codec, rate, channels)
         self._started += 1
         stream_id = f"rtp-{ssrc:08x}-{self._started}"
         jitter = JitterBuffer(rate, depth=self.jitter_depth)
-        stream = _Stream(stream_id, codec, pt, decoder, jitter, now)
+        stream = _Stream(stream_id, codec, pt, decoder, jitter, now, host)
         self._streams[key] = stream
+        self._by_host[host].add(key)
         self.counters["streams_started"] += 1
         if isinstance(addr, tuple):
             host = f"[{addr[0]}]" if ":" in str(addr[0]) else addr[0]  # IPv6 in brackets
@@ -287,6 +339,7 @@ class RtpSource:
                 held.append(payload)
                 stream.held_samples += len(payload)
                 stream.last_units = len(payload)
+                stream.received_s += len(payload) / decoder.clock_rate
                 arrival = max(arrival, frame.arrival)
                 continue
             else:
@@ -295,6 +348,7 @@ class RtpSource:
                     self.counters[error] += 1
                 elif pcm.size:
                     stream.fallback = pcm.size
+                    stream.received_s += pcm.size / decoder.sample_rate
                 stream.last_units = pcm.size * decoder.clock_rate // decoder.sample_rate
             arrival = max(arrival, frame.arrival)
             if pcm.size:
@@ -342,6 +396,10 @@ class RtpSource:
         """Flush, report and end one stream; a failing sink is counted, never raised, so
         one bad stream cannot keep the others open."""
         stream = self._streams.pop(key)
+        mine = self._by_host[stream.host]
+        mine.discard(key)
+        if not mine:
+            del self._by_host[stream.host]
         self.counters["streams_ended"] += 1
         try:
             frames = stream.jitter.flush()
@@ -385,6 +443,13 @@ class RtpSource:
                 if now - deferred_since < MAX_REAP_DEFERRAL:
                     continue
             deferred_since = None
-            deadline = now - self.idle_timeout
-            for key in [k for k, s in self._streams.items() if s.last_seen < deadline]:
-                self._end(key)
+            self.end_idle(now)
+
+    def end_idle(self, now: float) -> None:
+        """End the streams silent for ``idle_timeout`` at ``now`` (the reaper's clock, or a
+        capture's timestamps when streamqa.capture replays one)."""
+        deadline = now - self.idle_timeout
+        for key in [k for k, s in self._streams.items() if s.last_seen < deadline]:
+            self._end(key)
+        self._probation.expire(now)
+        self._count_probation()

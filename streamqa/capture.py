@@ -1,0 +1,265 @@
+"""``streamqa score call.pcap``: score every RTP stream of a packet capture after the call.
+
+Why a capture goes through the live path: the question after a bad call is "what did the
+monitor see, hop by hop", so each UDP datagram is handed to the same
+:class:`~streamqa.sources.rtp.RtpSource` a live socket feeds, with the capture's timestamp
+as its arrival time. The jitter buffer, codecs, concealment, E-model and the engine's
+scoring therefore run exactly as they would have live; only the clock is the capture's.
+
+The capture is read with dpkt (pcap and pcapng; Ethernet, Linux cooked v1/v2, BSD loopback
+and raw IP links; IPv4 and IPv6; UDP only, IP fragments are skipped and counted). SIP over
+UDP in the capture maps media to calls (streamqa.sdp): each SDP audio address gets its own
+RtpSource with the SDP's payload-type map, and its streams are labelled with the Call-ID.
+Other destinations become RTP streams once two packets of one SSRC arrive in sequence with
+a known payload type (static, or ``--rtp-map``), which keeps DNS, STUN and the like out.
+"""
+
+from __future__ import annotations
+
+import itertools
+import socket
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from streamqa.engine import Engine
+from streamqa.model import Model
+from streamqa.rtp.codecs import STATIC_PAYLOAD_TYPES
+from streamqa.rtp.packet import MalformedPacket, RtpPacket, parse
+from streamqa.sdp import SdpAudio, parse_sip
+from streamqa.sources import StreamInfo
+from streamqa.sources.rtp import RtpSource
+from streamqa.timeline import Recorder, StreamResult
+
+Address = tuple[str, int]
+CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap")
+_PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
+_PCAP_MAGICS = (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d")
+_REAP_EVERY = 0.5  # seconds of capture time between idle checks (at most), as the live reaper
+_MAX_CANDIDATES = 10000  # unconfirmed (src, dst, SSRC) triples remembered at once
+
+
+class CaptureError(ValueError):
+    """A file that cannot be read as a capture, with the reason in words."""
+
+
+def is_capture(path: Path) -> bool:
+    """True for a pcap or pcapng file (by its magic number; by its suffix if unreadable)."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError:
+        return path.suffix.lower() in CAPTURE_SUFFIXES
+    return magic == _PCAPNG_MAGIC or magic in _PCAP_MAGICS
+
+
+def _link_decoder(linktype: int):
+    """A function from one link-layer frame to its IP packet (a dpkt object) or None."""
+    import dpkt
+
+    def ethernet(buf: bytes):
+        return dpkt.ethernet.Ethernet(buf).data
+
+    def cooked(buf: bytes):
+        return dpkt.sll.SLL(buf).data
+
+    def cooked2(buf: bytes):
+        return dpkt.sll2.SLL2(buf).data
+
+    def loopback(buf: bytes):
+        return dpkt.loopback.Loopback(buf).data
+
+    def raw(buf: bytes):
+        if not buf:
+            return None
+        return dpkt.ip.IP(buf) if buf[0] >> 4 == 4 else dpkt.ip6.IP6(buf) if buf[0] >> 4 == 6 else None
+
+    decoders = {dpkt.pcap.DLT_EN10MB: ethernet, dpkt.pcap.DLT_LINUX_SLL: cooked, 276: cooked2,
+                dpkt.pcap.DLT_NULL: loopback, dpkt.pcap.DLT_LOOP: loopback,
+                dpkt.pcap.DLT_RAW: raw, 12: raw, 14: raw, 228: raw, 229: raw}
+    decoder = decoders.get(linktype)
+    if decoder is None:
+        raise CaptureError(f"unsupported link type {linktype} (Ethernet, Linux cooked, loopback or raw IP)")
+    return decoder
+
+
+def read_udp(path: Path, counters: Counter | None = None) -> Iterator[tuple[float, Address, Address, bytes]]:
+    """Yield ``(time, source, destination, payload)`` for every UDP datagram in a capture.
+
+    Frames that are not IPv4/IPv6 UDP, fragments and truncated frames are counted in
+    ``counters`` (``not_udp``, ``fragment``, ``truncated``) and skipped."""
+    import dpkt
+
+    counters = counters if counters is not None else Counter()
+    try:
+        f = open(path, "rb")
+    except OSError as exc:
+        raise CaptureError(f"cannot open: {exc.strerror or exc}") from None
+    with f:
+        magic = f.read(4)
+        f.seek(0)
+        try:
+            reader = dpkt.pcapng.Reader(f) if magic == _PCAPNG_MAGIC else dpkt.pcap.Reader(f)
+        except (ValueError, dpkt.NeedData, dpkt.UnpackError) as exc:
+            raise CaptureError(f"not a pcap or pcapng capture: {exc}") from None
+        decode = _link_decoder(reader.datalink())
+        ip4, ip6, udp_type = dpkt.ip.IP, dpkt.ip6.IP6, dpkt.udp.UDP
+        ntop, inet, inet6 = socket.inet_ntop, socket.AF_INET, socket.AF_INET6
+        try:
+            for ts, frame in reader:
+                try:
+                    ip = decode(frame)
+                except (dpkt.NeedData, dpkt.UnpackError):
+                    counters["truncated"] += 1
+                    continue
+                udp = getattr(ip, "data", None)
+                if type(udp) is not udp_type:
+                    if type(ip) is ip4 and ip.p == 17 and ip.off & 0x3FFF:
+                        counters["fragment"] += 1
+                    else:
+                        counters["not_udp"] += 1
+                    continue
+                family = inet if type(ip) is ip4 else inet6 if type(ip) is ip6 else None
+                if family is None:
+                    counters["not_udp"] += 1
+                    continue
+                yield (float(ts), (ntop(family, ip.src), udp.sport), (ntop(family, ip.dst), udp.dport),
+                       bytes(udp.data))
+        except (dpkt.NeedData, dpkt.UnpackError, ValueError, EOFError):
+            counters["truncated_capture"] += 1  # a capture cut short (tcpdump killed): keep what we have
+
+
+def _remote(addr: Address) -> str:
+    host = f"[{addr[0]}]" if ":" in addr[0] else addr[0]
+    return f"{host}:{addr[1]}"
+
+
+class _Destination:
+    """Sink between one destination's RtpSource and the capture's shared engine: it gives
+    streams ids unique in the capture (RtpSource numbers them per source) and adds the
+    destination and SIP labels to their start info."""
+
+    def __init__(self, engine: Engine, numbers: Iterator[int], labels: dict[str, Any]) -> None:
+        self.engine = engine
+        self.numbers = numbers
+        self.labels = labels
+        self.ids: dict[str, str] = {}  # RtpSource's stream id -> capture stream id
+
+    def start(self, info: StreamInfo) -> None:
+        sid = f"rtp-{info.info['ssrc']:08x}-{next(self.numbers)}"
+        self.ids[info.stream_id] = sid
+        self.engine.start(StreamInfo(sid, info.source, info.sample_rate, {**info.info, **self.labels}))
+
+    def audio(self, stream_id: str, pcm: np.ndarray, arrival: float) -> None:
+        self.engine.audio(self.ids[stream_id], pcm, arrival)
+
+    def samples_wanted(self, stream_id: str) -> int:
+        return self.engine.samples_wanted(self.ids[stream_id])
+
+    def net(self, stream_id: str, stats: dict[str, Any]) -> None:
+        self.engine.net(self.ids[stream_id], stats)
+
+    def end(self, stream_id: str) -> None:
+        self.engine.end(self.ids.pop(stream_id))
+
+
+class CaptureAnalysis:
+    """Feeds a capture's datagrams, in capture order, through live RTP sources and one
+    offline engine; :meth:`finish` ends every stream and returns the results."""
+
+    def __init__(self, model: Model, *, rtp_map: dict[int, tuple[str, int, int]] | None = None,
+                 window_s: float | None = None, hop_s: float | None = None, idle_timeout: float = 3.0) -> None:
+        self.recorder = Recorder()
+        self.engine = Engine(model, self.recorder.publish, loop=None, window_s=window_s, hop_s=hop_s)
+        self.rtp_map = dict(rtp_map or {})
+        self.idle_timeout = idle_timeout
+        self.counters: Counter = Counter()
+        self._known_types = {**STATIC_PAYLOAD_TYPES, **self.rtp_map}
+        self._numbers = itertools.count(1)
+        self._media: dict[Address, tuple[SdpAudio, str]] = {}  # SDP receive address -> (media, call-id)
+        self._sources: dict[Address, RtpSource] = {}
+        self._candidates: dict[tuple[Address, Address, int], tuple[float, bytes, int]] = {}
+        self._reap_every = min(_REAP_EVERY, idle_timeout / 2.0)
+        self._next_reap = float("-inf")
+
+    def feed(self, now: float, src: Address, dst: Address, payload: bytes) -> None:
+        """One UDP datagram captured at ``now`` (Unix seconds)."""
+        self.recorder.now = now
+        if now >= self._next_reap:
+            self._next_reap = now + self._reap_every
+            for source in self._sources.values():
+                source.end_idle(now)
+        source = self._sources.get(dst)
+        if source is not None:
+            source.handle_datagram(payload, src, now)
+            return
+        if payload[:1].isalpha():  # SIP is text; an RTP packet starts with 0x80-0xBF
+            sip = parse_sip(payload)
+            if sip is not None:
+                self.counters["sip"] += 1
+                for media in sip.audio:
+                    self._media[(media.host, media.port)] = (media, sip.call_id)
+                return
+        if dst in self._media:
+            self._open(dst).handle_datagram(payload, src, now)
+            return
+        self._consider(now, src, dst, payload)
+
+    def _consider(self, now: float, src: Address, dst: Address, payload: bytes) -> None:
+        """RTP heuristics for a destination no SDP announced: two packets of one SSRC in
+        sequence, with a payload type we can decode, open a source for it."""
+        try:
+            pkt: RtpPacket = parse(payload)
+        except MalformedPacket:
+            self.counters["not_rtp"] += 1
+            return
+        if pkt.payload_type not in self._known_types:
+            self.counters["unknown_payload_type"] += 1
+            return
+        key = (src, dst, pkt.ssrc)
+        previous = self._candidates.get(key)
+        if previous is None or (pkt.sequence - previous[2]) & 0xFFFF != 1:
+            if len(self._candidates) >= _MAX_CANDIDATES:
+                self._candidates.clear()
+            self._candidates[key] = (now, payload, pkt.sequence)
+            return
+        del self._candidates[key]
+        source = self._open(dst)
+        source.handle_datagram(previous[1], src, previous[0])
+        source.handle_datagram(payload, src, now)
+
+    def _open(self, dst: Address) -> RtpSource:
+        labels: dict[str, Any] = {"dst": _remote(dst)}
+        rtp_map = dict(self.rtp_map)
+        known = self._media.get(dst)
+        if known is not None:
+            media, call_id = known
+            labels["call_id"] = call_id
+            rtp_map.update(media.payload_types)
+        sink = _Destination(self.engine, self._numbers, labels)
+        source = RtpSource(sink, rtp_map=rtp_map, idle_timeout=self.idle_timeout)
+        self._sources[dst] = source
+        return source
+
+    def finish(self) -> list[StreamResult]:
+        """End every stream still open (end of capture) and score what is left."""
+        for source in self._sources.values():
+            source.close()
+            self.counters.update(source.counters)
+        self.engine.score_pending()
+        self.engine.close()
+        return self.recorder.results
+
+
+def analyse_capture(model: Model, path: Path, *, rtp_map: dict[int, tuple[str, int, int]] | None = None,
+                    window_s: float | None = None, hop_s: float | None = None,
+                    idle_timeout: float = 3.0) -> tuple[list[StreamResult], Counter]:
+    """Score every RTP stream in the capture at ``path``; results in order of first packet,
+    and counters of what was skipped and why."""
+    analysis = CaptureAnalysis(model, rtp_map=rtp_map, window_s=window_s, hop_s=hop_s, idle_timeout=idle_timeout)
+    for now, src, dst, payload in read_udp(path, analysis.counters):
+        analysis.feed(now, src, dst, payload)
+    return analysis.finish(), analysis.counters

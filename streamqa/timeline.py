@@ -1,0 +1,110 @@
+"""After-the-fact scoring: record what the engine publishes, stream by stream.
+
+``streamqa score`` on a capture (streamqa.capture) or with ``--timeline``/``--plot`` on a
+file runs its audio through the live monitor's own pieces (sources, jitter buffer, codecs,
+engine) with an engine that scores in the caller's thread (``Engine(loop=None)``). This
+module is the subscriber of that engine: it keeps each stream's start info, every score
+message as a timeline row (t, mos, speech, loss, jitter) and the end summary, which are
+exactly what a websocket client of the monitor would have seen for the same audio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from streamqa.engine import Engine
+from streamqa.model import Model
+
+
+@dataclass
+class StreamResult:
+    """One stream as the monitor would have published it.
+
+    ``start`` is the capture time (Unix seconds) of the stream's first packet, or None for a
+    file; ``hops`` are the score messages in order; ``summary`` is the end message's."""
+
+    stream: str
+    source: str
+    info: dict[str, Any]
+    start: float | None = None
+    hops: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, Any] | None = None
+
+    def timeline(self) -> list[dict[str, Any]]:
+        """Per-hop rows: stream time, window MOS, rolling MOS, speech, and (RTP) the loss
+        over the last second, jitter and E-model MOS as the monitor reported them then."""
+        rows = []
+        for hop in self.hops:
+            net = hop.get("net") or {}
+            row = {"t": hop["t"], "mos": hop["mos"], "mos_rolling": hop["mos_rolling"], "speech": hop["speech"],
+                   "loss": net.get("loss"), "jitter_ms": net.get("jitter_ms"), "emodel_mos": net.get("emodel_mos")}
+            if self.start is not None:
+                row["ts"] = round(self.start + hop["t"], 3)
+            rows.append(row)
+        return rows
+
+
+    def record(self, file: str) -> dict[str, Any]:
+        """The stream's ``streamqa score --json`` line: what a file's line holds (``mos``
+        is here the mean window MOS, the summary's ``mean``), the stream's labels, and the
+        monitor's end summary."""
+        summary = self.summary or {}
+        out: dict[str, Any] = {"file": file, "stream": self.stream}
+        for key in ("ssrc", "remote", "dst", "call_id", "cname", "codec", "payload_type"):
+            if key in self.info:
+                out["src" if key == "remote" else key] = self.info[key]
+        if self.start is not None:
+            out["start"] = round(self.start, 3)
+        out["mos"] = None if summary.get("mean") is None else round(summary["mean"], 4)
+        out.update({k: round(v, 4) for k, v in (summary.get("outputs") or {}).items()})
+        out["duration_s"] = summary.get("duration_s")
+        out["speech_fraction"] = summary.get("speech_fraction")
+        out["summary"] = summary
+        return out
+
+
+class Recorder:
+    """Collects one engine's messages into :class:`StreamResult` objects, in start order.
+    ``now`` is set by a capture's reader to the time of the datagram being processed, so a
+    stream's ``start`` is the capture time of its first packet."""
+
+    def __init__(self) -> None:
+        self.results: list[StreamResult] = []
+        self.now: float | None = None
+        self._open: dict[str, StreamResult] = {}
+
+    def publish(self, msg: dict[str, Any]) -> None:
+        """The engine's ``publish`` callback."""
+        sid = msg.get("stream")
+        if msg["type"] == "stream" and msg["event"] == "start":
+            result = StreamResult(sid, msg["source"], dict(msg["info"]), self.now)
+            self._open[sid] = result
+            self.results.append(result)
+            return
+        result = self._open.get(sid)
+        if result is None:
+            return
+        if msg["type"] == "score":
+            result.hops.append(msg)
+        elif msg["type"] == "stream" and msg["event"] == "end":
+            result.summary = msg["summary"]
+            result.info = {**result.info, **msg["info"]}
+            del self._open[sid]
+
+
+def file_timeline(model: Model, path: Path, *, window_s: float | None = None,
+                  hop_s: float | None = None) -> StreamResult:
+    """Score a sound file hop by hop as ``streamqa monitor --file PATH --fast`` would."""
+    from streamqa.sources.file import FileSource
+
+    recorder = Recorder()
+    engine = Engine(model, recorder.publish, loop=None, window_s=window_s, hop_s=hop_s)
+    try:
+        asyncio.run(FileSource(engine, path, realtime=False, block_seconds=0.5).run())
+        engine.score_pending()
+    finally:
+        engine.close()
+    return recorder.results[0]
