@@ -109,9 +109,18 @@ def test_backward_jump_beyond_history_resyncs():
 
 def test_implausible_timestamp_gap_uses_last_step():
     jb = JitterBuffer(8000, depth=0)
-    # a lost packet, then a timestamp 10 minutes later: conceal one packet step, not 10 min
-    frames = run(jb, [0, 1, 3], ts_of=lambda s: s * STEP if s < 3 else 8000 * 600)
+    # a lost packet, then a timestamp that went backwards: conceal one packet step
+    frames = run(jb, [0, 1, 3], ts_of=lambda s: s * STEP if s < 3 else 0xFFFFF000)
     assert frames == [("r", 0), ("r", 1), ("l", 1, STEP), ("r", 3)]
+
+
+def test_jump_ahead_of_the_clock_is_a_restart_not_loss():
+    jb = JitterBuffer(8000, depth=0)
+    # a lost packet, then a timestamp 10 minutes later, 20 ms after the last packet:
+    # nothing is concealed, the stream starts a new sequence
+    frames = run(jb, [0, 1, 3], ts_of=lambda s: s * STEP if s < 3 else 8000 * 600)
+    assert frames == [("r", 0), ("r", 1), ("r", 3)]
+    assert jb.stats.resyncs == 1 and jb.stats.lost == 0
 
 
 def test_gap_duration_follows_timestamps_not_packet_count():
@@ -129,7 +138,7 @@ def test_gap_reports_its_exact_span_and_none_when_implausible():
     lost = frames[2]
     assert (lost.packets, lost.duration, lost.span) == (1, 112, 224)  # 224 - 160 = the real 64
     jb = JitterBuffer(8000, depth=0)
-    frames = [f for s in (0, 1, 3) for f in jb.push(pkt(s, s * STEP if s < 3 else 8000 * 600), 0.0)]
+    frames = [f for s in (0, 1, 3) for f in jb.push(pkt(s, s * STEP if s < 3 else 0xFFFFF000), 0.0)]
     assert frames[2].span == 0
 
 

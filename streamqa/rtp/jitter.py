@@ -8,6 +8,12 @@ passed in, which keeps it deterministic under test (aiortc's JitterBuffer is the
 
 Sequence numbers are extended past 16 bits (RFC 3550 A.1) and timestamp differences are taken
 modulo 2**32, so wrap-around of either is invisible to the caller.
+
+Concealment is synthesised audio the scorer must then process, so one datagram must not be
+able to buy much of it (issue 18): a forward jump whose timestamps run ahead of the arrival
+clock is a sender restart (a new sequence, as RFC 3550 A.1 treats a large sequence jump),
+not loss, and what a gap may conceal is capped per gap and by a budget that refills at the
+wall-clock rate.
 """
 
 from __future__ import annotations
@@ -23,6 +29,14 @@ _TS_HALF = 0x80000000
 # corrupted header) must not turn into a multi-minute concealment.
 MAX_PACKET_SECONDS = 0.2
 DEFAULT_PACKET_SECONDS = 0.02
+# Most audio one gap may conceal; also the size of the concealment budget, which refills at
+# one second of audio per second of arrival clock (a stream can never conceal faster than
+# real time, whatever its timestamps say).
+MAX_CONCEAL_SECONDS = 1.0
+# How far the timestamps of a forward jump may run ahead of the arrival clock (jitter, a
+# sender that paces in blocks: ffmpeg -re sends 128 ms at a time) before the jump counts as
+# a restart rather than loss.
+CLOCK_SLACK_SECONDS = 0.5
 
 
 class Received(NamedTuple):
@@ -66,6 +80,7 @@ class JitterStats:
     reordered: int = 0
     resyncs: int = 0
     bursts: int = 0
+    unconcealed: int = 0  # RTP timestamp units of gaps left out by the concealment caps
     jitter: float = 0.0  # RFC 3550 A.8 interarrival jitter, RTP timestamp units
 
     @property
@@ -100,18 +115,32 @@ class JitterBuffer:
 
     ``depth``: packets held while waiting for a missing one (latency vs. late losses).
     ``max_gap``: a sequence jump (forward, or backward beyond the recent history) larger
-    than this is a sender restart, not loss: the buffer flushes and resynchronises on it.
+    than this is a sender restart, not loss: the buffer flushes and resynchronises on it. So
+    is a forward jump whose timestamp advance exceeds the arrival time elapsed since the
+    highest packet by more than ``clock_slack_s``.
+    ``max_conceal_s``: most audio a gap conceals, and the budget that refills at one second
+    per second of arrival time; a gap beyond either is concealed only up to it.
     """
 
-    def __init__(self, clock_rate: int, *, depth: int = 3, max_gap: int = 100) -> None:
+    def __init__(self, clock_rate: int, *, depth: int = 3, max_gap: int = 100,
+                 max_conceal_s: float = MAX_CONCEAL_SECONDS,
+                 clock_slack_s: float = CLOCK_SLACK_SECONDS) -> None:
         if clock_rate <= 0:
             raise ValueError(f"clock rate must be positive, got {clock_rate}")
         if depth < 0 or max_gap < 1:
             raise ValueError(f"need depth >= 0 and max_gap >= 1, got {depth}, {max_gap}")
+        if max_conceal_s < 0 or clock_slack_s < 0:
+            raise ValueError(f"need max_conceal_s, clock_slack_s >= 0, got {max_conceal_s}, {clock_slack_s}")
         self.clock_rate = clock_rate
         self.depth = depth
         self.max_gap = max_gap
         self.stats = JitterStats(clock_rate)
+        self._max_conceal = int(max_conceal_s * clock_rate)
+        self._slack = clock_slack_s * clock_rate
+        self._budget = float(self._max_conceal)  # concealment still allowed, timestamp units
+        self._budget_at: float | None = None  # arrival time the budget was last refilled
+        self._highest_ts = 0  # timestamp and arrival of the highest accepted packet
+        self._highest_arrival = 0.0
         self._max_step = int(MAX_PACKET_SECONDS * clock_rate)
         self._step = max(1, int(DEFAULT_PACKET_SECONDS * clock_rate))
         self._buffer: dict[int, Received] = {}
@@ -133,7 +162,8 @@ class JitterBuffer:
             return self._begin(pkt, arrival, [])
         delta = ((pkt.sequence - self._highest + 0x8000) & 0xFFFF) - 0x8000
         ext = self._highest + delta
-        if delta > self.max_gap or ext < self._next - self.max_gap:
+        if delta > self.max_gap or ext < self._next - self.max_gap or (
+                delta > 1 and self._outruns_clock(pkt.timestamp, arrival)):
             out = self.flush()
             stats.resyncs += 1
             return self._begin(pkt, arrival, out)
@@ -151,6 +181,8 @@ class JitterBuffer:
             stats.reordered += 1
         else:
             self._highest = ext
+            self._highest_ts = pkt.timestamp
+            self._highest_arrival = arrival
         self._update_jitter(pkt.timestamp, arrival)
         self._buffer[ext] = Received(pkt, arrival, ext)
         return self._release(arrival, self.depth, [])
@@ -169,6 +201,8 @@ class JitterBuffer:
         ext = base + ((pkt.sequence - base) & 0xFFFF)
         self._next = ext
         self._highest = ext
+        self._highest_ts = pkt.timestamp
+        self._highest_arrival = arrival
         self._prev_arrival = None
         self.stats.received += 1
         self._update_jitter(pkt.timestamp, arrival)
@@ -196,7 +230,7 @@ class JitterBuffer:
                 target = min(buffer)
                 lost = target - nxt
                 next_ts = buffer[target].packet.timestamp
-                duration, span = self._gap_duration(lost, next_ts)
+                duration, span = self._capped(*self._gap_duration(lost, next_ts), arrival)
                 out.append(Lost(lost, duration, arrival, span))
                 stats.lost += lost
                 stats.expected += lost
@@ -215,6 +249,29 @@ class JitterBuffer:
         if span < _TS_HALF and 0 < span <= self._max_step * (lost + 1):
             return span * lost // (lost + 1), span
         return self._step * lost, 0
+
+    def _outruns_clock(self, ts: int, arrival: float) -> bool:
+        """True if ``ts`` lies further ahead of the highest packet's timestamp than the
+        arrival clock has moved since it came, plus the slack: audio that cannot have been
+        sent yet, so the jump is a restart and not loss to conceal."""
+        advance = (ts - self._highest_ts) & _TS_MASK
+        if advance >= _TS_HALF:
+            return False  # backwards: the gap's own plausibility check handles it
+        return advance > (arrival - self._highest_arrival) * self.clock_rate + self._slack
+
+    def _capped(self, duration: int, span: int, arrival: float) -> tuple[int, int]:
+        """Cap a gap's concealment at ``max_conceal_s`` and at the budget (refilled at the
+        arrival clock's rate); a capped gap reports no exact span."""
+        if self._budget_at is not None:
+            self._budget = min(float(self._max_conceal),
+                               self._budget + max(0.0, arrival - self._budget_at) * self.clock_rate)
+        self._budget_at = arrival
+        allowed = min(self._max_conceal, int(self._budget))
+        if duration > allowed:
+            self.stats.unconcealed += duration - allowed
+            duration, span = allowed, 0
+        self._budget -= duration
+        return duration, span
 
     def _update_jitter(self, ts: int, arrival: float) -> None:
         # RFC 3550 A.8: D = (Rj - Ri) - (Sj - Si) in timestamp units, J += (|D| - J) / 16.
