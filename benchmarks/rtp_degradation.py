@@ -42,7 +42,7 @@ import soundfile as sf
 import soxr
 
 from benchmarks import free_port, write_json
-from train.data.speech import ESPEAK_VARIANTS, active_rms, make_text, normalise_level
+from train.data.speech import ESPEAK_VARIANTS, active_rms, asterisk_dir, make_text, normalise_level
 
 SR = 16000
 PACKET_S = 0.02
@@ -50,7 +50,6 @@ THRESHOLD = 0.8
 # Silence after the call, so that packets lost at the very end (which no receiver can count
 # or conceal) never cost the last hop of the degraded half.
 TAIL_S = 0.5
-IT_SOUNDS = Path("/usr/share/asterisk/sounds/it")
 # Long speech prompts of the held-out Italian voice (no beeps, jingles or silence files).
 SPEECH_PROMPTS = ("demo-congrats", "demo-instruct", "priv-callee-options", "conf-adminmenu-18")
 BABBLE_VOICES = ("pl",) + tuple(f"pl+{v}" for v in ESPEAK_VARIANTS)
@@ -71,7 +70,7 @@ def held_out_speech(seconds: float) -> tuple[np.ndarray, list[str]]:
     pause = np.zeros(int(0.3 * SR), dtype=np.float32)
     parts, used, total = [], [], 0
     for name in SPEECH_PROMPTS:
-        audio = decode_prompt(IT_SOUNDS / f"{name}.g722")
+        audio = decode_prompt(asterisk_dir("it") / f"{name}.g722")
         parts += [audio, pause]
         used.append(f"it/{name}.g722")
         total += len(audio) + len(pause)

@@ -221,3 +221,27 @@ def test_bad_chains_and_odd_input():
                          [{"op": "noise", "kind": "pink", "snr_db": 10},
                           {"op": "clip", "level": 0.5}, {"op": "reverb", "rt60": 0.3}], seed=0)
     assert np.isfinite(silent).all()
+
+
+def test_noise_at_an_absolute_level_needs_no_speech():
+    silence = np.zeros(16000)
+    out = apply_chain(silence, [{"op": "noise", "kind": "white", "level_dbfs": -30.0}], seed=2)
+    rms_db = 20 * np.log10(np.sqrt(np.mean(out.astype(np.float64) ** 2)))
+    assert rms_db == pytest.approx(-30.0, abs=0.2)
+    assert not apply_chain(silence, [{"op": "noise", "kind": "white", "snr_db": 5.0}], seed=2).any()
+
+
+@pytest.mark.integration
+def test_recorded_noise_is_deterministic_and_at_the_asked_snr():
+    from train.data.noises import sources_of
+    from train.data.speech import active_rms
+
+    t = np.arange(3 * 16000) / 16000
+    speech = 0.05 * np.sin(2 * np.pi * 220 * t) * (np.sin(2 * np.pi * 3 * t) > 0)
+    step = {"op": "noise", "kind": "recorded", "source": sources_of("train")[0], "snr_db": 10.0}
+    a, b = apply_chain(speech, [step], seed=5), apply_chain(speech, [step], seed=5)
+    assert np.array_equal(a, b)
+    noise = a.astype(np.float64) - speech
+    assert 20 * np.log10(active_rms(speech) / np.sqrt(np.mean(noise ** 2))) == pytest.approx(10.0, abs=0.5)
+    with pytest.raises(ValueError, match="source"):
+        apply_chain(speech, [{"op": "noise", "kind": "recorded", "snr_db": 1.0}], seed=0)

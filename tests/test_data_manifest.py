@@ -219,3 +219,41 @@ def test_load_audio_16k_mixes_down_and_resamples(tmp_path):
     sf.write(tmp_path / "empty.wav", np.zeros(0), 16000)
     with pytest.raises(ValueError, match="no audio"):
         load_audio_16k(tmp_path / "empty.wav")
+
+
+def test_split_clips_and_recorded_noise_stay_in_their_split(utterances):
+    from train.data.noises import noise_files
+
+    rows = build_manifest(utterances, 0, seed=3, split_clips={"train": 40, "val": 10, "test": 20},
+                          recorded_noise=True)
+    assert [sum(r.split == s for r in rows) for s in ("train", "val", "test")] == [40, 10, 20]
+    recorded = [(r.split, step["source"]) for r in rows for step in json.loads(r.chain)
+                if step.get("kind") == "recorded"]
+    assert recorded, "no recorded noise drawn"
+    assert all(noise_files()[name][1] == split for split, name in recorded)
+    plain = build_manifest(utterances, 0, seed=3, split_clips={"train": 40, "val": 10, "test": 20})
+    assert [r.utterance_id for r in plain] == [r.utterance_id for r in rows], \
+        "recorded noise changes only the noise steps"
+
+
+def test_rows_without_speech_render_noise_alone_and_get_presence_zero(utterances, tmp_path):
+    from train.data.manifest import NO_SPEECH, clean_speech_fraction, no_speech_rows, \
+        write_presence_labels
+
+    rows = no_speech_rows({"train": 12, "test": 3}, seed=1, first_index={"train": 5})
+    assert [r.clip_id for r in rows][:2] == ["train-000005", "train-000006"]
+    assert all(r.utterance_id == NO_SPEECH and r.split in ("train", "test") for r in rows)
+    levels = []
+    for r in rows:
+        clip = render_clip(r)
+        assert clip.shape == (CLIP_SAMPLES,) and np.isfinite(clip).all()
+        levels.append(float(np.sqrt(np.mean(clip.astype(np.float64) ** 2))))
+        assert clean_speech_fraction(r) == 0.0
+    assert max(levels) > 1e-3, "some rows carry audible noise"
+    speech = build_manifest(utterances, 6, seed=0)
+    assert all(clean_speech_fraction(r) > 0.5 for r in speech)
+    out = tmp_path / "train.speech.csv"
+    assert write_presence_labels(speech[:3] + rows[:3], out) == 6
+    lines = out.read_text().splitlines()
+    assert lines[0] == "clip_id,split,speaker,speech"
+    assert [line.rsplit(",", 1)[1] for line in lines[1:]] == ["1"] * 3 + ["0"] * 3

@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from train.distill import masked_mse, merge_labels, regain  # noqa: E402
+from train.distill import _target, distill_loss, masked_mse, merge_labels, regain  # noqa: E402
 
 
 def test_merge_labels_fills_missing_cells(tmp_path):
@@ -51,3 +51,17 @@ def test_warp_bands_moves_a_spectral_peak_by_the_factor():
         peak = int(out[row, :, 0].argmax())
         assert abs(centres[peak] - centres[12] * factor) < (centres[peak + 1] - centres[peak - 1]) / 2
         assert peak != 12
+
+
+def test_presence_joins_the_loss_as_cross_entropy_and_masks_quality_labels_of_noise():
+    outputs = ("mos", "bak", "speech")
+    row_noise = {"mos": "2.0", "bak": "3.0", "speech": "0"}
+    row_speech = {"mos": "4.0", "bak": "", "speech": "1"}
+    t_noise, t_speech = _target(row_noise, outputs), _target(row_speech, outputs)
+    assert math.isnan(t_noise[0]) and t_noise[1:] == [3.0, 0.0]
+    assert t_speech[0] == 4.0 and math.isnan(t_speech[1]) and t_speech[2] == 1.0
+    pred = torch.tensor([[3.0, 3.0, -2.0], [4.0, 1.0, 2.0]])
+    target = torch.tensor([t_noise, t_speech])
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(torch.tensor([-2.0, 2.0]), torch.tensor([0.0, 1.0]))
+    assert distill_loss(pred, target, outputs).item() == pytest.approx(bce.item(), abs=1e-6)
+    assert distill_loss(pred[:, :2], target[:, :2], outputs[:2]).item() == 0.0

@@ -22,6 +22,7 @@ from train.label import (
     Progress,
     assemble,
     clip_sha256,
+    import_labels,
     label,
     load_cached_audio,
     main,
@@ -257,3 +258,23 @@ def test_cli_on_a_corpus_resumes_and_shards(tmp_path: Path) -> None:
     assert [Path(r["clip_id"]).name for r in rows] == ["f0.wav", "f1.wav", "f2.wav"]
     assert all(1.0 <= float(r["ovrl"]) <= 5.0 and r["mos"] == "" for r in rows)
     assert len(list((tmp_path / "audio").glob("*.npy"))) == 3
+
+
+def test_imported_labels_spare_the_teacher_and_stored_audio_is_written(tmp_path: Path) -> None:
+    first = CountingTeacher()
+    first_dns = DnsmosLike("dnsmos1")
+    cache = LabelCache(tmp_path / "old")
+    label(make_items(6), [first, first_dns], cache, audio_dir=None)
+    cache.close()
+    out = tmp_path / "committed.csv"
+    assemble(make_items(6), ["distillmos", "dnsmos1"], LabelCache(tmp_path / "old"), out)
+    # a fresh machine: empty cache, the committed CSV, and one clip the CSV does not hold
+    fresh = LabelCache(tmp_path / "new")
+    assert import_labels([out], ["distillmos", "dnsmos1"], fresh) == 12
+    assert import_labels([out], ["distillmos", "dnsmos1"], fresh) == 0, "nothing twice"
+    teacher = CountingTeacher()
+    label(make_items(7), [teacher], fresh, audio_dir=tmp_path / "audio")
+    assert len(teacher.scored) == 1 and len(list((tmp_path / "audio").glob("*.npy"))) == 7
+    again = tmp_path / "again.csv"
+    assemble(make_items(6), ["distillmos", "dnsmos1"], fresh, again)
+    assert read_csv(again) == read_csv(out)

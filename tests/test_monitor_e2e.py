@@ -38,8 +38,7 @@ websockets_client = pytest.importorskip("websockets.asyncio.client")
 from streamqa.model import DEFAULT_MODEL  # noqa: E402
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "streamqa" / "models"
-IT_SOUNDS = Path("/usr/share/asterisk/sounds/it")
-CLIP_SOURCE = IT_SOUNDS / "vm-instructions.g722"  # asterisk-carlo: held out from training
+CLIP_PROMPT = "vm-instructions.g722"  # asterisk-carlo (asterisk-core-sounds-it-g722): held out from training
 CLIP_S = 6.0
 HOP_S = 1.0
 IDLE_S = 1.5
@@ -81,11 +80,12 @@ def _need(program: str) -> None:
 def speech_clip(tmp_path_factory) -> Path:
     """Six seconds of real speech, 16 kHz mono WAV, decoded from an asterisk prompt."""
     _need("ffmpeg")
-    if not CLIP_SOURCE.exists():
-        pytest.skip(f"{CLIP_SOURCE} missing (Debian package asterisk-core-sounds-it-g722)")
+    from train.data.speech import asterisk_dir
+
+    clip_source = asterisk_dir("it") / CLIP_PROMPT
     out = tmp_path_factory.mktemp("clip") / "speech.wav"
     subprocess.run(
-        ["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "g722", "-i", str(CLIP_SOURCE),
+        ["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "g722", "-i", str(clip_source),
          "-t", str(CLIP_S), "-ar", "16000", "-ac", "1", str(out)],
         check=True, timeout=30,
     )

@@ -42,7 +42,25 @@ def test_features_path_equals_audio_path():
     x = _speechlike(96 * FRAME_SAMPLES)[None]
     with torch.no_grad():
         logmel, _ = m.log_energies(x, torch.zeros(1, 240))
-        torch.testing.assert_close(m.forward_features(logmel), m(x), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(m.presence_probability(m.forward_features(logmel)), m(x), atol=1e-5, rtol=1e-5)
+
+
+def test_speech_presence_is_a_probability_in_the_graph_and_a_logit_in_training():
+    from train.students import PRESENCE
+
+    torch.manual_seed(4)
+    m = Student(FAMILY["xxs"]).eval()
+    k = m.cfg.outputs.index(PRESENCE)
+    with torch.no_grad():
+        m.out_bias[k] = 6.0  # a logit far from 0: the two paths differ visibly
+        x = _speechlike(50 * FRAME_SAMPLES)[None]
+        logit = m.forward_features(m.log_energies(x, torch.zeros(1, 240))[0])[0, k]
+        prob = m(x)[0, k]
+    assert 0.0 < prob < 1.0 and logit > 1.0
+    assert prob.item() == pytest.approx(torch.sigmoid(logit).item(), abs=1e-5)
+    legacy = Student(dataclasses.replace(FAMILY["xxs"], outputs=("mos", "sig", "bak", "ovrl"))).eval()
+    with torch.no_grad():
+        assert legacy(x).shape == (1, 4)
 
 
 def test_window_is_the_ring_length():

@@ -13,20 +13,22 @@ from train.teachers.dnsmos import CALIBRATION
 import pytest
 import soundfile as sf
 
+from train.data.speech import asterisk_dir
 from train.teachers.base import TEACHER_NAMES, Teacher, check_clip, get_teacher, teacher_class
 
 SEGMENT = 122_880
-PROMPT = Path("/usr/share/asterisk/sounds/en/demo-congrats.g722")
+PROMPT = "demo-congrats.g722"  # asterisk-core-sounds-en-g722
 
 
 @pytest.fixture(scope="module")
 def speech(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
     """7.68 s of a studio speech prompt (asterisk en), decoded at 16 kHz by ffmpeg."""
-    if shutil.which("ffmpeg") is None or not PROMPT.is_file():
+    prompt = asterisk_dir("en") / PROMPT
+    if shutil.which("ffmpeg") is None or not prompt.is_file():
         pytest.fail("needs ffmpeg and asterisk-core-sounds-en-g722 (scripts/sysdeps.sh installs them)")
     wav = tmp_path_factory.mktemp("speech") / "prompt.wav"
     subprocess.run(
-        ["ffmpeg", "-loglevel", "error", "-y", "-f", "g722", "-i", str(PROMPT), "-ar", "16000", "-ac", "1", str(wav)],
+        ["ffmpeg", "-loglevel", "error", "-y", "-f", "g722", "-i", str(prompt), "-ar", "16000", "-ac", "1", str(wav)],
         check=True,
     )
     audio, rate = sf.read(wav, dtype="float32")

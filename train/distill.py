@@ -33,9 +33,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
+from torch.nn import functional as F
 
 from train.export import save_checkpoint
-from train.students import (FAMILY, FRAME_SAMPLES, OUTPUTS, Student, StudentConfig, band_edges, count_params,
+from train.students import (FAMILY, FRAME_SAMPLES, PRESENCE, Student, StudentConfig, band_edges, count_params,
                             macs_per_second)
 
 EPS = 1e-7
@@ -69,8 +70,13 @@ def merge_labels(paths: list[Path]) -> list[dict[str, str]]:
     return list(merged.values())
 
 
-def _target(row: dict[str, str]) -> list[float]:
-    return [float(row[k]) if row.get(k) not in (None, "") else math.nan for k in OUTPUTS]
+def _target(row: dict[str, str], outputs: tuple[str, ...]) -> list[float]:
+    """The row's labels in ``outputs`` order, NaN where unlabelled. A clip whose clean source
+    holds no speech (``speech`` 0) keeps only its presence and background-noise labels: a
+    speech-quality label of noise alone means nothing the runtime would publish."""
+    no_speech = row.get(PRESENCE) == "0"
+    return [float(row[k]) if row.get(k) not in (None, "") and not (no_speech and k not in (PRESENCE, "bak"))
+            else math.nan for k in outputs]
 
 
 def clip_audio(row: dict[str, str], audio_dir: Path) -> np.ndarray:
@@ -108,7 +114,7 @@ def load_set(rows: list[dict[str, str]], student: Student, audio_dir: Path, batc
         ids=[r["clip_id"] for r in rows],
         speakers=[r.get("speaker", "") for r in rows],
         feats=torch.cat([f[:, :, :frames] for f in feats]),
-        targets=torch.tensor([_target(r) for r in rows], dtype=torch.float32),
+        targets=torch.tensor([_target(r, student.cfg.outputs) for r in rows], dtype=torch.float32),
     )
 
 
@@ -141,6 +147,20 @@ def masked_mse(pred: Tensor, target: Tensor) -> Tensor:
     return diff.pow(2).sum() / mask.sum().clamp(min=1)
 
 
+def distill_loss(pred: Tensor, target: Tensor, outputs: tuple[str, ...]) -> Tensor:
+    """Masked MSE on the quality outputs plus, when the student has one, the binary
+    cross-entropy of its speech-presence logit (masked the same way)."""
+    if PRESENCE not in outputs:
+        return masked_mse(pred, target)
+    k = outputs.index(PRESENCE)
+    keep = [i for i in range(len(outputs)) if i != k]
+    loss = masked_mse(pred[:, keep], target[:, keep])
+    mask = torch.isfinite(target[:, k])
+    if mask.any():
+        loss = loss + F.binary_cross_entropy_with_logits(pred[mask, k], target[mask, k])
+    return loss
+
+
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a - a.mean(), b - b.mean()
     return float((a * b).sum() / (np.sqrt((a * a).sum() * (b * b).sum()) + 1e-12))
@@ -156,6 +176,7 @@ def evaluate(student: Student, data: LabelledSet, batch: int = 128) -> dict[str,
     """PCC/SRCC/RMSE per output against the teacher labels."""
     student.eval()
     preds = torch.cat([student.forward_features(data.feats[i : i + batch]) for i in range(0, len(data.ids), batch)])
+    preds = student.presence_probability(preds)
     result: dict[str, float] = {}
     for k, name in enumerate(student.cfg.outputs):
         t = data.targets[:, k].numpy()
@@ -163,6 +184,8 @@ def evaluate(student: Student, data: LabelledSet, batch: int = 128) -> dict[str,
         if ok.sum() < 3:
             continue
         p = preds[ok, k].numpy()
+        if name == PRESENCE:
+            result[f"acc_{name}"] = float(np.mean((p >= 0.5) == (t[ok] >= 0.5)))
         result[f"pcc_{name}"] = pearson(p, t[ok])
         result[f"srcc_{name}"] = spearman(p, t[ok])
         result[f"rmse_{name}"] = float(np.sqrt(np.mean((p - t[ok]) ** 2)))
@@ -240,7 +263,7 @@ def train(
             x = regain(x, (torch.rand(len(x), generator=gen) * 2 - 1) * gain_db)
             if warp > 0:
                 x = warp_bands(x, torch.exp((torch.rand(len(x), generator=gen) * 2 - 1) * math.log1p(warp)))
-            loss = masked_mse(model(x), y)
+            loss = distill_loss(model(x), y, student.cfg.outputs)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -281,6 +304,11 @@ def main(argv: list[str] | None = None) -> None:
         cfg = dataclasses.replace(cfg, dropout=args.dropout)
     student = Student(cfg)
     rows = merge_labels(args.labels)
+    # A presence label file covers every manifest row; only rows with audio can train.
+    unheard = [r for r in rows if not r.get("sha256") and not r.get("path")]
+    if unheard:
+        print(f"skipping {len(unheard)} rows without audio (labelled by no teacher)", file=sys.stderr)
+        rows = [r for r in rows if r.get("sha256") or r.get("path")]
     train_rows = [r for r in rows if r.get("split", "train") == "train"]
     val_rows = [r for r in rows if r.get("split") == "val"]
     print(f"loading {len(train_rows)} train / {len(val_rows)} val clips", file=sys.stderr)
@@ -296,7 +324,7 @@ def main(argv: list[str] | None = None) -> None:
             ids=[str(p) for p, _ in items],
             speakers=["human"] * len(items),
             feats=featurise(student, clips),
-            targets=torch.tensor([[m] + [math.nan] * (len(OUTPUTS) - 1) for _, m in items]),
+            targets=torch.tensor([[m] + [math.nan] * (len(cfg.outputs) - 1) for _, m in items]),
         )
     init_feature_norm(student, train_set.feats)
     metrics = train(

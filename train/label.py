@@ -304,6 +304,30 @@ def assemble(items: Iterable[Item], teacher_names: Sequence[str], cache: LabelCa
     return missing
 
 
+def import_labels(paths: Sequence[Path], teacher_names: Sequence[str], cache: LabelCache) -> int:
+    """Add the labels of committed CSVs (by content hash) to the cache; returns how many.
+
+    Labels are keyed by the sha256 of the rendered clip, so a fresh machine that renders a
+    manifest to the same bytes reuses them and runs no teacher on those clips; a clip that
+    renders differently keeps no label and is scored anew. Only teachers whose outputs keep
+    their bare names (``BARE_OUTPUTS``) can be read back from the CSV layout.
+    """
+    added = 0
+    for path in paths:
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                sha = row.get("sha256", "")
+                for name in teacher_names:
+                    outputs = BARE_OUTPUTS.get(name)
+                    if not sha or outputs is None or (sha, name) in cache.scores:
+                        continue
+                    if all(row.get(o) not in (None, "") for o in outputs):
+                        cache.add_scores(sha, name, {o: float(row[o]) for o in outputs})
+                        added += 1
+    cache.flush()
+    return added
+
+
 def parse_shard(text: str) -> tuple[int, int]:
     """``"I/N"`` -> (I, N) with 0 <= I < N."""
     try:
@@ -342,6 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-audio", action=argparse.BooleanOptionalAction, default=True,
                    help="store rendered clips as int16 .npy (default on)")
     p.add_argument("--assemble", action="store_true", help="only write --out from the cache; score nothing")
+    p.add_argument("--import-labels", type=Path, nargs="+", default=[],
+                   help="label CSVs written before (e.g. train/labels/*.csv): their labels are "
+                        "reused for clips that render to the same bytes, so only new clips meet a teacher")
     p.add_argument("--xlsr-checkpoint", type=Path, help="local XLS-R folder for the xlsr_sqa teacher")
     p.add_argument("--device", default="cpu", help="torch device for xlsr_sqa (e.g. cuda)")
     p.add_argument("--progress-every", type=float, default=5.0, help="seconds between progress lines")
@@ -368,6 +395,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     index, count = args.shard
     cache = LabelCache(args.cache, args.shard)
     try:
+        if args.import_labels:
+            print(f"[label] imported {import_labels(args.import_labels, args.teachers, cache)} labels",
+                  file=sys.stderr)
         if not args.assemble:
             mine = shard_items(items, index, count)
             teachers = make_teachers(args.teachers, args)

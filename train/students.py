@@ -32,6 +32,11 @@ STFT_HOP = 160  # 10 ms feature frames
 GABOR_KERNEL = 400  # 25 ms analysis window
 FRAME_SAMPLES = 640  # 40 ms: one embedding; every hop is a multiple of it
 OUTPUTS = ("mos", "sig", "bak", "ovrl")
+# Speech presence: the probability that the window holds speech, trained on activity measured
+# in the clean source before degradation, so it hears speech through noise that hides it from
+# a level-based detector. The graph outputs a probability (a sigmoid in ``step``); training
+# works on its logit.
+PRESENCE = "speech"
 
 
 @dataclass(frozen=True)
@@ -49,7 +54,7 @@ class StudentConfig:
     expansion: int = 2
     embed: int = 64
     head_hidden: int = 64
-    outputs: tuple[str, ...] = OUTPUTS
+    outputs: tuple[str, ...] = OUTPUTS + (PRESENCE,)
     # Training-only regulariser (identity in eval mode and in the exported graph): the
     # students overfit the few voices they train on (train MSE keeps falling while
     # validation on unseen voices stalls), so branches and the pooled vector are dropped.
@@ -223,7 +228,14 @@ class Student(nn.Module):
         ring = torch.cat([state["ring"], frames], dim=1)[:, n:]
         mask = torch.cat([state["mask"], torch.ones_like(frames[..., 0])], dim=1)[:, n:]
         new.update(audio=audio_cache, ring=ring, mask=mask)
-        return self.pool(ring, mask), new
+        return self.presence_probability(self.pool(ring, mask)), new
+
+    def presence_probability(self, scores: Tensor) -> Tensor:
+        """``scores`` with the speech-presence logit (if any) turned into a probability."""
+        if PRESENCE not in self.cfg.outputs:
+            return scores
+        k = self.cfg.outputs.index(PRESENCE)
+        return torch.cat([scores[:, :k], torch.sigmoid(scores[:, k : k + 1]), scores[:, k + 1 :]], dim=1)
 
     def forward(self, audio: Tensor) -> Tensor:
         """Score whole clips [B, T] (T a multiple of 640) as one window: the training path."""
@@ -232,7 +244,8 @@ class Student(nn.Module):
         return self.step(audio, state)[0]
 
     def forward_features(self, logmel: Tensor) -> Tensor:
-        """Score whole clips from precomputed log energies [B, bands, T/160] (fast training)."""
+        """Score whole clips from precomputed log energies [B, bands, T/160] (fast training;
+        the speech-presence column is a logit here)."""
         state = self.init_state(logmel.shape[0], logmel.shape[2] // 4)
         state = {k: v.to(logmel) for k, v in state.items()}
         frames, _ = self.embed_frames(logmel, state)

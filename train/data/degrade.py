@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 import soxr
 
+from train.data.noises import load_noise
 from train.data.speech import SAMPLE_RATE, active_rms
 
 BabblePool = Callable[[np.random.Generator], np.ndarray]
@@ -150,13 +151,25 @@ def _fit(x: np.ndarray, n: int) -> np.ndarray:
     return x[:n]
 
 
-def add_noise(x: np.ndarray, rng: np.random.Generator, kind: str, snr_db: float,
-              babble_pool: BabblePool | None) -> np.ndarray:
+def add_noise(x: np.ndarray, rng: np.random.Generator, kind: str, snr_db: float | None,
+              babble_pool: BabblePool | None, *, source: str | None = None,
+              level_dbfs: float | None = None) -> np.ndarray:
     """Add noise at ``snr_db`` = active speech level over the noise's RMS while it is present
-    (bursts are measured over their on-time, so a burst at 0 dB is as loud as the talker)."""
+    (bursts are measured over their on-time, so a burst at 0 dB is as loud as the talker).
+
+    ``level_dbfs`` instead sets the noise's RMS itself: a clip with no speech has no level to
+    measure an SNR against. Kind ``recorded`` plays ``source`` (``train.data.noises``) from a
+    random point, repeated if it is shorter than the clip.
+    """
     n = len(x)
     gate = np.ones(n)
-    if kind in ("white", "pink", "brown"):
+    if kind == "recorded":
+        if source is None:
+            raise ValueError("recorded noise needs a 'source'")
+        rec = load_noise(source)
+        start = int(rng.integers(0, max(1, len(rec) - n + 1))) if len(rec) > n else 0
+        noise = _fit(rec[start:], n)
+    elif kind in ("white", "pink", "brown"):
         noise = coloured_noise(rng, n, kind)
     elif kind == "babble":
         noise = _fit(np.asarray(babble_pool(rng), np.float64), n) if babble_pool else \
@@ -172,12 +185,18 @@ def add_noise(x: np.ndarray, rng: np.random.Generator, kind: str, snr_db: float,
         ramp = np.hanning(161)
         gate = np.clip(np.convolve(gate, ramp / ramp.sum(), mode="same"), 0, 1)
     else:
-        raise ValueError(f"unknown noise kind {kind!r} ({', '.join(NOISE_KINDS)})")
+        raise ValueError(f"unknown noise kind {kind!r} ({', '.join(NOISE_KINDS)}, recorded)")
     noise = noise * gate
     on = gate > 0.5
     noise_rms = np.sqrt(np.mean(noise[on] ** 2)) if on.any() else 0.0
+    if noise_rms <= 0:
+        return x
+    if level_dbfs is not None:
+        return x + noise * 10 ** (level_dbfs / 20) / noise_rms
+    if snr_db is None:
+        raise ValueError("noise needs 'snr_db' or 'level_dbfs'")
     speech = active_rms(x)
-    if noise_rms <= 0 or speech <= 0:
+    if speech <= 0:
         return x
     return x + noise * (speech / noise_rms) * 10 ** (-snr_db / 20)
 
@@ -408,7 +427,10 @@ def apply_chain(audio: np.ndarray, chain: list[dict], seed: int, *,
         op = step.get("op")
         try:
             if op == "noise":
-                x = add_noise(x, rng, p["kind"], float(p["snr_db"]), babble_pool)
+                level = p.get("level_dbfs")
+                x = add_noise(x, rng, p["kind"], None if level is not None else float(p["snr_db"]),
+                              babble_pool, source=p.get("source"),
+                              level_dbfs=None if level is None else float(level))
             elif op == "reverb":
                 x = reverb(x, rng, float(p["rt60"]), float(p.get("drr_db", 6.0)))
             elif op == "bandlimit":

@@ -38,12 +38,23 @@ from train.data.speech import (Utterance, find_utterance, list_utterances, load_
                                utterance_samples)
 
 CLIP_SAMPLES = 122880  # 7.68 s at 16 kHz: Distill-MOS's segment length
+PRESENCE_FRAME = 640  # 40 ms: the students' frame, and the runtime activity gate's
 SPLITS = ("train", "val", "test")
 # Held out: one unseen espeak language (all variants) + one flite voice for val; the only male
 # real voice (Asterisk it) + another espeak language + another flite voice for test.
-DEFAULT_VAL_SPEAKERS = ("espeak-sv+*", "flite-awb")
-DEFAULT_TEST_SPEAKERS = ("asterisk-carlo", "espeak-pl+*", "flite-slt")
+# The real voices of train.data.voices: whole voices (a language of a package) held out, with
+# a language's Tux Paint and KDE voices on the same side in case one person recorded both.
+DEFAULT_VAL_SPEAKERS = ("espeak-sv+*", "flite-awb", "asterisk-esco", "tuxpaint-lt", "kde-lt",
+                        "tuxpaint-nl", "kde-nl", "kde-cs")
+DEFAULT_TEST_SPEAKERS = ("asterisk-carlo", "espeak-pl+*", "flite-slt", "asterisk-armelle",
+                         "tuxpaint-ro", "tuxpaint-da", "kde-da", "kde-de")
 BABBLE_TALKERS = (3, 6)
+# Rows without speech (``NO_SPEECH``): noise, music, effects or silence alone, at an absolute
+# level, so that a student learns what "no speech here" sounds like under every noise.
+NO_SPEECH = "none"
+NO_SPEECH_KINDS = ("white", "pink", "brown", "burst", "recorded", "silence")
+NO_SPEECH_LEVEL_DBFS = (-75.0, -15.0)
+RECORDED_SHARE = 0.4  # of noise steps in rows drawn with recorded noise
 
 
 @dataclass(frozen=True)
@@ -79,13 +90,18 @@ def build_manifest(utterances: list[Utterance], n_clips: int, *, seed: int = 0,
                    val_speakers: Iterable[str] = DEFAULT_VAL_SPEAKERS,
                    test_speakers: Iterable[str] = DEFAULT_TEST_SPEAKERS,
                    cache_dir: Path = Path("cache/speech"),
-                   first_index: Mapping[str, int] | None = None) -> list[ClipRow]:
-    """``n_clips`` rows shared among splits in proportion to their seconds of speech.
+                   first_index: Mapping[str, int] | None = None,
+                   split_clips: Mapping[str, int] | None = None,
+                   recorded_noise: bool = False) -> list[ClipRow]:
+    """``n_clips`` rows shared among splits in proportion to their seconds of speech, or
+    ``split_clips`` rows per split when given.
 
     Within a split, utterances are drawn with probability proportional to their length (long
     prompts hold more distinct windows) and the window offset is uniform. Deterministic in
     (utterances, n_clips, seed, patterns). Row j of a split is ``{split}-{j:06d}`` and draws
     from random stream (seed, split, j); ``first_index`` starts j per split elsewhere than 0.
+    With ``recorded_noise``, a share of the noise steps plays a recording of the row's split
+    (``train.data.noises``) instead of a synthetic noise.
     """
     first_index = first_index or {}
     if n_clips < 0:
@@ -100,6 +116,8 @@ def build_manifest(utterances: list[Utterance], n_clips: int, *, seed: int = 0,
         return []
     counts = {s: int(round(n_clips * sum(n for _, n in by_split[s]) / total)) for s in SPLITS}
     counts["train"] += n_clips - sum(counts.values())
+    if split_clips is not None:
+        counts = {s: int(split_clips.get(s, 0)) for s in SPLITS}
     rows: list[ClipRow] = []
     for si, split in enumerate(SPLITS):
         group = by_split[split]
@@ -116,6 +134,8 @@ def build_manifest(utterances: list[Utterance], n_clips: int, *, seed: int = 0,
             for step in chain:
                 if step.get("op") == "noise" and step.get("kind") == "babble":
                     step["talkers"] = _pick_talkers(rng, u, group)
+            if recorded_noise:
+                _use_recorded_noise(rng, chain, split)
             rows.append(ClipRow(
                 clip_id=f"{split}-{j:06d}", utterance_id=u.id, speaker=u.speaker, lang=u.lang,
                 split=split, offset=offset, chain=json.dumps(chain, separators=(",", ":")),
@@ -123,10 +143,56 @@ def build_manifest(utterances: list[Utterance], n_clips: int, *, seed: int = 0,
     return rows
 
 
+def _use_recorded_noise(rng: np.random.Generator, chain: list[dict], split: str) -> None:
+    """Turn a share of the chain's non-babble noise steps into recordings of ``split``."""
+    from train.data.noises import sources_of
+
+    for step in chain:
+        if step.get("op") == "noise" and step.get("kind") != "babble" \
+                and rng.random() < RECORDED_SHARE:
+            pool = sources_of(split)
+            step["kind"] = "recorded"
+            step["source"] = pool[int(rng.integers(len(pool)))]
+
+
+def no_speech_rows(split_clips: Mapping[str, int], *, seed: int = 0,
+                   first_index: Mapping[str, int] | None = None) -> list[ClipRow]:
+    """Rows with no speech at all: one noise (or silence) at an absolute level, then the
+    capture and network steps of an ordinary chain (codec, loss, band limit...).
+
+    Row j of a split draws from random stream (seed, 10 + split, j), apart from speech rows'.
+    """
+    from train.data.noises import sources_of
+
+    first_index = first_index or {}
+    rows = []
+    for si, split in enumerate(SPLITS):
+        start = first_index.get(split, 0)
+        for j in range(start, start + int(split_clips.get(split, 0))):
+            rng = np.random.default_rng([seed, 10 + si, j])
+            kind = str(rng.choice(NO_SPEECH_KINDS))
+            chain: list[dict] = []
+            if kind != "silence":
+                step = {"op": "noise", "kind": kind,
+                        "level_dbfs": round(float(rng.uniform(*NO_SPEECH_LEVEL_DBFS)), 3)}
+                if kind == "recorded":
+                    pool = sources_of(split)
+                    step["source"] = pool[int(rng.integers(len(pool)))]
+                chain.append(step)
+            chain += [st for st in sample_chain(rng) if st["op"] not in ("noise", "gain")]
+            rows.append(ClipRow(
+                clip_id=f"{split}-{j:06d}", utterance_id=NO_SPEECH, speaker=NO_SPEECH, lang="",
+                split=split, offset=0, chain=json.dumps(chain, separators=(",", ":")),
+                seed=int(rng.integers(0, 2**31 - 1))))
+    return rows
+
+
 def extend_manifest(existing: list[ClipRow], utterances: list[Utterance], n_clips: int, *,
                     seed: int = 0, val_speakers: Iterable[str] = DEFAULT_VAL_SPEAKERS,
                     test_speakers: Iterable[str] = DEFAULT_TEST_SPEAKERS,
-                    cache_dir: Path = Path("cache/speech")) -> list[ClipRow]:
+                    cache_dir: Path = Path("cache/speech"),
+                    split_clips: Mapping[str, int] | None = None,
+                    recorded_noise: bool = False) -> list[ClipRow]:
     """``n_clips`` new rows from the speakers that ``existing`` does not hold yet.
 
     Their ids and random streams continue after each split's existing rows, so the new rows
@@ -144,7 +210,8 @@ def extend_manifest(existing: list[ClipRow], utterances: list[Utterance], n_clip
                                         for s, n in first.items() for j in range(n)):
         raise ValueError("existing manifest ids are not {split}-000000 onwards without gaps")
     return build_manifest(new, n_clips, seed=seed, val_speakers=val_speakers,
-                          test_speakers=test_speakers, cache_dir=cache_dir, first_index=first)
+                          test_speakers=test_speakers, cache_dir=cache_dir, first_index=first,
+                          split_clips=split_clips, recorded_noise=recorded_noise)
 
 
 def _pick_talkers(rng: np.random.Generator, u: Utterance,
@@ -206,7 +273,8 @@ def clip_window(audio: np.ndarray, offset: int = 0) -> np.ndarray:
 def render_clip(row: ClipRow, cache_dir: Path = Path("cache/speech")) -> np.ndarray:
     """The row's degraded clip, float32 [CLIP_SAMPLES], identical bytes on every call."""
     cache_dir = str(Path(cache_dir))
-    clean = clip_window(_load(row.utterance_id, cache_dir), row.offset)
+    clean = np.zeros(CLIP_SAMPLES, np.float32) if row.utterance_id == NO_SPEECH else \
+        clip_window(_load(row.utterance_id, cache_dir), row.offset)
     chain = json.loads(row.chain)
     talkers = [t for step in chain for t in step.get("talkers", [])]
 
@@ -219,6 +287,47 @@ def render_clip(row: ClipRow, cache_dir: Path = Path("cache/speech")) -> np.ndar
         return mix
 
     return apply_chain(clean, chain, row.seed, babble_pool=babble if talkers else None)
+
+
+def clean_speech_fraction(row: ClipRow, cache_dir: Path = Path("cache/speech")) -> float:
+    """Share of the clip's 40 ms frames that carry speech in the clean source, before any
+    degradation: the speech-presence target, which no noise in the clip can change."""
+    from streamqa.activity import speech_fraction
+
+    if row.utterance_id == NO_SPEECH:
+        return 0.0
+    return speech_fraction(clip_window(_load(row.utterance_id, str(Path(cache_dir))), row.offset),
+                           PRESENCE_FRAME)
+
+
+def write_presence_labels(rows: Iterable[ClipRow], path: Path,
+                          cache_dir: Path = Path("cache/speech")) -> int:
+    """A label CSV (``clip_id,split,speaker,speech``) that ``train.distill`` joins with the
+    teachers' labels: ``speech`` is 1 when the clean source has at least
+    ``MIN_SPEECH_FRACTION`` of speech in the clip, else 0. Returns the row count."""
+    from streamqa.activity import MIN_SPEECH_FRACTION
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["clip_id", "split", "speaker", "speech"])
+        for r in rows:
+            w.writerow([r.clip_id, r.split, r.speaker,
+                        int(clean_speech_fraction(r, cache_dir) >= MIN_SPEECH_FRACTION)])
+            n += 1
+    return n
+
+
+def parse_split_counts(text: str) -> dict[str, int]:
+    """``train=4000,val=600,test=900`` -> {split: clips}."""
+    out: dict[str, int] = {}
+    for item in filter(None, text.split(",")):
+        split, _, count = item.partition("=")
+        if split not in SPLITS or not count.isdigit():
+            raise argparse.ArgumentTypeError(f"expected SPLIT=N with SPLIT in {SPLITS}, got {item!r}")
+        out[split] = int(count)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -249,6 +358,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--converted", action="store_true",
                     help="include the converted copies of the en/es prompt voice (Praat's "
                          "'Change gender' to male pitches; needs praat-parselmouth)")
+    ap.add_argument("--real", action="store_true",
+                    help="include the real voices of train.data.voices (Asterisk es-co, "
+                         "fr-armelle and it-menardi prompts, Tux Paint, KDE); their clips also "
+                         "get recorded noise (train.data.noises)")
+    ap.add_argument("--split-clips", type=parse_split_counts,
+                    help="clips per split instead of --clips shared by seconds of speech, e.g. "
+                         "train=4000,val=600,test=900")
+    ap.add_argument("--no-speech-clips", type=parse_split_counts,
+                    help="also append rows without speech (noise, music, effects, silence) per "
+                         "split, e.g. train=1500,val=200,test=300")
+    ap.add_argument("--presence", type=Path,
+                    help="write the speech-presence labels of every row as DIR/SPLIT.speech.csv")
     ap.add_argument("--val-speakers", default=",".join(DEFAULT_VAL_SPEAKERS),
                     help="comma-separated fnmatch patterns of held-out validation speakers "
                          f"(default: {','.join(DEFAULT_VAL_SPEAKERS)})")
@@ -270,13 +391,17 @@ def main(argv: list[str] | None = None) -> int:
                     if args.extend else [])
         utts = list_utterances(args.cache, langs=langs, tts=not args.no_tts,
                                festival=args.festival, converted=args.converted,
-                               progress=progress)
+                               real=args.real, progress=progress)
+        extra = {"split_clips": args.split_clips, "recorded_noise": args.real}
         if args.extend:
             rows = existing + extend_manifest(existing, utts, args.clips, seed=args.seed,
-                                              cache_dir=args.cache, **patterns)
+                                              cache_dir=args.cache, **patterns, **extra)
         else:
             rows = build_manifest(utts, args.clips, seed=args.seed, cache_dir=args.cache,
-                                  **patterns)
+                                  **patterns, **extra)
+        if args.no_speech_clips and not any(r.utterance_id == NO_SPEECH for r in rows):
+            rows += no_speech_rows(args.no_speech_clips, seed=args.seed,
+                                   first_index=Counter(r.split for r in rows))
     except (ValueError, OSError, RuntimeError, subprocess.CalledProcessError) as e:
         print(f"\nerror: {e}", file=sys.stderr)
         return 2
@@ -287,6 +412,10 @@ def main(argv: list[str] | None = None) -> int:
         write_manifest(part, args.out / f"{split}.csv")
         print(f"{split}: {len(part)} clips ({added} new), {len({r.speaker for r in part})} "
               f"speakers -> {args.out / f'{split}.csv'}")
+        if args.presence:
+            out = args.presence / f"{split}.speech.csv"
+            print(f"  speech presence of {write_presence_labels(part, out, args.cache)} "
+                  f"clips -> {out}")
     return 0
 
 

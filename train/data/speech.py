@@ -28,12 +28,16 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from train.data.packages import package_dir
+
 SAMPLE_RATE = 16000
 TARGET_LEVEL_DBFS = -26.0
 INDEX_VERSION = 1
 
-ASTERISK_ROOT = Path("/usr/share/asterisk/sounds")
 ASTERISK_SPEAKERS = {"en": "asterisk-allison", "es": "asterisk-allison", "it": "asterisk-carlo"}
+# The package of each prompt set, located with ``dpkg -L`` (``train.data.packages``): the
+# ``sounds/en`` style names are links that only recommended packages create.
+ASTERISK_PACKAGES = {lang: f"asterisk-core-sounds-{lang}-g722" for lang in ASTERISK_SPEAKERS}
 # Prompts that are tones, jingles or animal noises rather than speech (same names in en/es/it).
 NON_SPEECH = re.compile(
     r"^(beep|beeperr|ascending-2tone|descending-2tone|spy-jingle|tt-monkeys"
@@ -154,13 +158,10 @@ def _read_wav(path: Path) -> np.ndarray:
 
 
 def asterisk_dir(lang: str) -> Path:
-    """The real prompt directory of a language (``en`` is an alternatives symlink)."""
-    d = (ASTERISK_ROOT / lang).resolve()
-    if not d.is_dir():
-        raise FileNotFoundError(
-            f"{d}: missing; install asterisk-core-sounds-{lang}-g722 (scripts/sysdeps.sh)"
-        )
-    return d
+    """The prompt directory of a language's G.722 package, as ``dpkg -L`` lists it."""
+    if lang not in ASTERISK_PACKAGES:
+        raise ValueError(f"no Asterisk prompt set for {lang!r} (allowed: en, es, it)")
+    return package_dir(ASTERISK_PACKAGES[lang], ".g722")
 
 
 def _prompt_files(lang: str) -> list[tuple[str, Path]]:
@@ -174,41 +175,42 @@ def _prompt_files(lang: str) -> list[tuple[str, Path]]:
     return out
 
 
-def _decode_prompts(lang: str, cache_dir: Path, progress: Progress | None) -> dict[str, int]:
-    """Decode, trim and cache every speech prompt; returns {relpath: samples}.
+def decode_files(files: list[tuple[str, Path]], out_dir: Path, input_format: str | None,
+                 progress: Progress | None = None, label: str = "") -> dict[str, int]:
+    """Decode, trim and cache each ``(name, path)`` as ``out_dir/NAME.wav`` (16 kHz mono);
+    returns {name: samples} for the files that hold speech-level audio.
 
-    ffmpeg starts slowly (~0.1 s here), so ~100 prompts go through one ffmpeg call with one
+    ffmpeg starts slowly (~0.1 s here), so ~100 files go through one ffmpeg call with one
     input and one output per file; each file still gets its own decoder state.
+    ``input_format`` names a headerless format (``g722``, ``gsm``); None lets ffmpeg probe.
     """
-    files = _prompt_files(lang)
-    out_dir = cache_dir / "asterisk" / lang
     lengths: dict[str, int] = {}
     batch = 100
+    fmt = ["-f", input_format] if input_format else []
     for start in range(0, len(files), batch):
         chunk = files[start: start + batch]
         args = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-threads", "1"]
         for _, src in chunk:
-            args += ["-f", "g722", "-i", str(src)]
+            args += [*fmt, "-i", str(src)]
         for i, (rel, _) in enumerate(chunk):
             dst = out_dir / f"{rel}.raw.wav"
             dst.parent.mkdir(parents=True, exist_ok=True)
             args += ["-map", f"{i}:a", "-ar", str(SAMPLE_RATE), "-ac", "1", str(dst)]
         done = subprocess.run(args, capture_output=True)
         if done.returncode != 0:
-            raise RuntimeError(f"ffmpeg could not decode {lang} prompts: "
+            raise RuntimeError(f"ffmpeg could not decode {label} files: "
                                f"{done.stderr.decode(errors='replace')[-400:]}")
         for rel, _ in chunk:
             raw = out_dir / f"{rel}.raw.wav"
             audio = _trim(_read_wav(raw))
             raw.unlink()
-            # Prompts with less than 0.15 s of speech-level audio are not worth a part.
+            # Files with less than 0.15 s of speech-level audio are not worth a part.
             if len(audio) < 0.3 * SAMPLE_RATE or active_rms(audio) < 10 ** (-60 / 20):
                 continue
             sf.write(out_dir / f"{rel}.wav", audio, SAMPLE_RATE, subtype="PCM_16")
             lengths[rel] = len(audio)
         if progress:
-            progress(f"asterisk {lang}: decoded {min(start + batch, len(files))}/{len(files)} "
-                     "prompts")
+            progress(f"{label}: decoded {min(start + batch, len(files))}/{len(files)} files")
     return lengths
 
 
@@ -217,9 +219,10 @@ def _pauses(uid: str, n: int) -> list[int]:
     return [int(rng.uniform(*PAUSE_SECONDS) * SAMPLE_RATE) for _ in range(max(0, n - 1))]
 
 
-def _group_prompts(lang: str, lengths: dict[str, int]) -> list[dict]:
-    """Join shuffled prompts into 8-12 s utterances (a longer prompt stands alone)."""
-    rng = np.random.default_rng(_seed("group", lang))
+def group_parts(group_key: str, lengths: dict[str, int]) -> list[list[str]]:
+    """Join shuffled parts into 8-12 s groups (a longer part stands alone); the shuffle is
+    seeded by ``group_key``, so the grouping is a function of the part set."""
+    rng = np.random.default_rng(_seed("group", group_key))
     names = sorted(lengths)
     order = [names[i] for i in rng.permutation(len(names))]
     lo, hi = (s * SAMPLE_RATE for s in UTTERANCE_SECONDS)
@@ -242,24 +245,33 @@ def _group_prompts(lang: str, lengths: dict[str, int]) -> list[dict]:
             cur, cur_len, target = [], 0, rng.uniform(lo, hi)
     if cur:
         groups.append(cur)
+    return groups
+
+
+def joined_rows(uid_prefix: str, speaker: str, lang: str, kind: str, groups: list[list[str]],
+                lengths: dict[str, int]) -> list[dict]:
+    """Index rows for utterances made of ``groups`` of parts joined with seeded pauses."""
     rows = []
     for i, parts in enumerate(groups):
-        uid = f"ast-{lang}-{i:04d}"
+        uid = f"{uid_prefix}-{i:04d}"
         samples = sum(lengths[p] for p in parts) + sum(_pauses(uid, len(parts)))
-        rows.append({"id": uid, "speaker": ASTERISK_SPEAKERS[lang], "lang": lang,
-                     "kind": "prompt", "parts": parts, "samples": samples})
+        rows.append({"id": uid, "speaker": speaker, "lang": lang, "kind": kind,
+                     "parts": parts, "samples": samples})
     return rows
 
 
 def _asterisk_index(lang: str, cache_dir: Path, progress: Progress | None) -> list[dict]:
     path = cache_dir / "index" / f"asterisk-{lang}.json"
-    n_files = len(_prompt_files(lang))
+    files = _prompt_files(lang)
     if path.exists():
         idx = json.loads(path.read_text())
-        if idx.get("version") == INDEX_VERSION and idx.get("n_files") == n_files:
+        if idx.get("version") == INDEX_VERSION and idx.get("n_files") == len(files):
             return idx["utterances"]
-    rows = _group_prompts(lang, _decode_prompts(lang, cache_dir, progress))
-    _write_atomic_json(path, {"version": INDEX_VERSION, "n_files": n_files, "utterances": rows})
+    lengths = decode_files(files, cache_dir / "asterisk" / lang, "g722", progress,
+                           f"asterisk {lang}")
+    rows = joined_rows(f"ast-{lang}", ASTERISK_SPEAKERS[lang], lang, "prompt",
+                       group_parts(lang, lengths), lengths)
+    _write_atomic_json(path, {"version": INDEX_VERSION, "n_files": len(files), "utterances": rows})
     return rows
 
 
@@ -527,14 +539,15 @@ def _to_utterance(row: dict, cache_dir: Path) -> Utterance:
 
 def list_utterances(cache_dir: Path = Path("cache/speech"), *, langs=("en", "es", "it"),
                     tts: bool = True, festival: bool = False, converted: bool = False,
-                    min_seconds: float = 7.68,
+                    real: bool = False, min_seconds: float = 7.68,
                     progress: Progress | None = None) -> list[Utterance]:
     """All clean utterances >= ``min_seconds``, decoding/synthesising into the cache once.
 
     Order is deterministic: Asterisk languages in the given order, then espeak-ng and flite
     voices (``tts``), then Festival voices (``festival``), then the converted copies of the
-    ``CONVERSION_LANGS`` prompt sets (``converted``). The last two are off by default: they
-    came later, and the default listing fixes the clip manifests that existing labels belong to.
+    ``CONVERSION_LANGS`` prompt sets (``converted``), then the real voices of
+    ``train.data.voices`` (``real``). The last three are off by default: they came later, and
+    the default listing fixes the clip manifests that existing labels belong to.
     ``progress`` receives one line per batch on the first (slow) run.
     """
     cache_dir = Path(cache_dir)
@@ -552,6 +565,10 @@ def list_utterances(cache_dir: Path = Path("cache/speech"), *, langs=("en", "es"
                    for r in _asterisk_index(lang, cache_dir, progress)
                    if r["samples"] >= min_seconds * SAMPLE_RATE]
         rows += _converted_index(cache_dir, sources, progress)
+    if real:
+        from train.data.voices import real_voice_rows
+
+        rows += real_voice_rows(cache_dir, progress)
     return [_to_utterance(r, cache_dir) for r in rows
             if r["samples"] >= min_seconds * SAMPLE_RATE]
 
@@ -593,17 +610,24 @@ def _by_id(cache_dir: str, index_files: tuple[tuple[str, int], ...]) -> dict[str
     return out
 
 
+def _join(uid: str, parts: list[np.ndarray]) -> np.ndarray:
+    """The parts of utterance ``uid`` with its seeded pauses between them."""
+    pauses = _pauses(uid, len(parts))
+    chunks: list[np.ndarray] = []
+    for i, part in enumerate(parts):
+        if i:
+            chunks.append(np.zeros(pauses[i - 1], np.float32))
+        chunks.append(part)
+    return np.concatenate(chunks)
+
+
 def load_utterance(u: Utterance, cache_dir: Path = Path("cache/speech")) -> np.ndarray:
     """float32 16 kHz mono at an active speech level of about -26 dBFS."""
     cache_dir = Path(cache_dir)
-    if u.kind == "prompt":
-        chunks: list[np.ndarray] = []
-        pauses = _pauses(u.id, len(u.parts))
-        for i, part in enumerate(u.parts):
-            if i:
-                chunks.append(np.zeros(pauses[i - 1], np.float32))
-            chunks.append(_read_wav(cache_dir / "asterisk" / u.lang / f"{part}.wav"))
-        audio = np.concatenate(chunks)
+    if u.kind in ("prompt", "joined"):
+        folder = cache_dir / "asterisk" / u.lang if u.kind == "prompt" else \
+            cache_dir / "voices" / u.speaker
+        audio = _join(u.id, [_read_wav(folder / f"{part}.wav") for part in u.parts])
     elif u.kind == "tts":
         audio = _read_wav(cache_dir / "tts" / u.speaker / f"{u.id.rsplit('-', 1)[1]}.wav")
     elif u.kind == "converted":
