@@ -7,6 +7,8 @@ pkgs=(ffmpeg espeak-ng flite sox libportaudio2 alsa-utils
       festvox-ca-ona-hts festvox-czech-dita festvox-czech-machac festvox-czech-ph
       festvox-czech-krb festvox-suopuhe-lj festvox-suopuhe-mv
       asterisk-core-sounds-en-g722 asterisk-core-sounds-es-g722 asterisk-core-sounds-it-g722
+      asterisk-prompt-es-co asterisk-prompt-fr-armelle asterisk-prompt-it-menardi-wav
+      tuxpaint-stamps-default ktuberling-data klettres-data asterisk-moh-opsound-wav
       chromium redis-server)
 missing=()
 for p in "${pkgs[@]}"; do
