@@ -26,6 +26,7 @@ from train.label import (
     label,
     load_cached_audio,
     main,
+    parse_rows,
     parse_shard,
     shard_items,
 )
@@ -222,6 +223,15 @@ def test_shard_argument_is_checked() -> None:
             parse_shard(bad)
     with pytest.raises(ValueError):
         shard_items(make_items(2), 2, 2)
+
+
+def test_rows_argument_selects_a_slice() -> None:
+    items = make_items(10)
+    assert [i.clip_id for i in items[parse_rows("7:")]] == ["c7", "c8", "c9"]
+    assert [i.clip_id for i in items[parse_rows("2:4")]] == ["c2", "c3"]
+    for bad in ("5:2", "a:b", "-1:3", "1"):
+        with pytest.raises(Exception, match="rows"):
+            parse_rows(bad)
 
 
 def test_unknown_teacher_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -339,6 +339,17 @@ def parse_shard(text: str) -> tuple[int, int]:
     return index, count
 
 
+def parse_rows(text: str) -> slice:
+    """``"A:B"`` -> slice(A, B) with 0 <= A <= B (either side may be empty)."""
+    try:
+        a, b = (int(x) if x else None for x in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--rows wants A:B, got {text!r}") from None
+    if (a is not None and a < 0) or (b is not None and b < (a or 0)):
+        raise argparse.ArgumentTypeError(f"--rows {text}: need 0 <= A <= B")
+    return slice(a, b)
+
+
 def parse_teachers(text: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in TEACHER_NAMES]
@@ -357,6 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="labels CSV, assembled from the cache")
     p.add_argument("--shard", type=parse_shard, default=(0, 1), help="I/N: label every N-th clip from I")
     p.add_argument("--limit", type=int, default=None, help="only the first K clips (before sharding)")
+    p.add_argument("--rows", type=parse_rows, default=None,
+                   help="A:B: only rows A..B-1 of the manifest (before --limit and sharding), e.g. "
+                        "the rows an --extend appended")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads per teacher (default 1)")
     p.add_argument("--batch", type=int, default=4, help="clips per teacher call (default 4)")
     p.add_argument("--cache", type=Path, default=Path("cache/labels"), help="label cache directory")
@@ -390,6 +404,8 @@ def make_teachers(names: Sequence[str], args: argparse.Namespace) -> list[Teache
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     items = manifest_items(args.manifest, args.speech_cache) if args.manifest else corpus_items(args.corpus)
+    if args.rows is not None:
+        items = items[args.rows]
     if args.limit is not None:
         items = items[: args.limit]
     index, count = args.shard
