@@ -64,8 +64,10 @@ def run(model_spec: str | None, n_clips: int, seed: int) -> dict:
         for severity, chain in sweep_chains(kind):
             degraded = [apply_chain(c, chain, seed + i) for i, c in enumerate(clips)]
             t = [s["mos"] for s in teacher.score_batch(degraded)]
-            s = [model.score(d)["mos"] for d in degraded]
-            rows.append({"severity": severity, "teacher_mos": float(np.mean(t)), "student_mos": float(np.mean(s))})
+            scored = [model.score(d)["mos"] for d in degraded]
+            s = [v for v in scored if v is not None]  # None: a speech-output model heard no speech
+            rows.append({"severity": severity, "teacher_mos": float(np.mean(t)),
+                         "student_mos": float(np.mean(s)) if s else float("nan"), "no_speech": len(scored) - len(s)})
             print(f"{kind:>8} {severity:>8g}  teacher {rows[-1]['teacher_mos']:.2f}  student {rows[-1]['student_mos']:.2f}", file=sys.stderr)
         pairs = monotone_pairs([r["teacher_mos"] for r in rows], [r["student_mos"] for r in rows])
         result["sweeps"][kind] = {"levels": rows, "pairs": pairs, "violations": sum(not p["ok"] for p in pairs)}

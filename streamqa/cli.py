@@ -51,22 +51,21 @@ def read_mono(path: Path, rate: int) -> np.ndarray:
 
 
 def score_file(model: Model, path: Path) -> dict[str, Any]:
-    """One ``streamqa score`` result: model outputs, duration and speech fraction."""
-    from streamqa.activity import MIN_SPEECH_FRACTION, speech_fraction
+    """One ``streamqa score`` result: quality outputs over the windows the speech rule keeps
+    (streamqa.presence.score_audio), duration and speech fraction."""
+    from streamqa.presence import score_audio
 
     info = model.info
     audio = read_mono(path, info.sample_rate)
     duration = len(audio) / info.sample_rate
     if duration < MIN_SCORE_SECONDS:
         raise AudioFileError(f"too short to judge: {duration:.2f} s (need at least {MIN_SCORE_SECONDS:.2f} s)")
-    fraction = speech_fraction(audio, info.frame_samples)
+    scored = score_audio(model, audio)
     result: dict[str, Any] = {"file": str(path)}
-    if fraction < MIN_SPEECH_FRACTION:
-        result.update({name: None for name in info.outputs})
+    result.update({k: None if v is None else round(v, 4) for k, v in scored.scores.items()})
+    if not scored.has_speech:
         result["reason"] = "no speech"
-    else:
-        result.update({k: round(v, 4) for k, v in model.score(audio).items()})
-    result.update(duration_s=round(duration, 3), speech_fraction=round(fraction, 3))
+    result.update(duration_s=round(duration, 3), speech_fraction=round(scored.speech_fraction, 3))
     return result
 
 
@@ -127,7 +126,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(res), flush=True)
         else:
-            extra = "  ".join(f"{k} {res[k]:.2f}" for k in model.info.outputs[1:] if res.get(k) is not None)
+            extra = "  ".join(f"{k} {res[k]:.2f}" for k in model.info.scores[1:] if res.get(k) is not None)
             mos = "  n/a" if res["mos"] is None else f"{res['mos']:.2f}"
             note = f"  ({res['reason']})" if "reason" in res else ""
             print(f"{name}\tMOS {mos}  {extra}  [{res['duration_s']:.1f} s, speech {res['speech_fraction']:.0%}]{note}", flush=True)

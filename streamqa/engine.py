@@ -2,8 +2,9 @@
 
 Threading model (ARCHITECTURE section 7): sources call the sink on the event loop; the
 loop only buffers and cuts hops (cheap). One worker thread owns every stream's model state
-and activity detector, and scores the hops of *all* streams that are ready in one batched
-ONNX Runtime call, so hundreds of streams cost one call per tick rather than one each.
+and speech judge (streamqa.presence: the model's own speech output, else the level gate),
+and scores the hops of *all* streams that are ready in one batched ONNX Runtime call, so
+hundreds of streams cost one call per tick rather than one each.
 Results come back to the loop with ``call_soon_threadsafe``, where rolling statistics are
 updated and messages published. Per stream, hops and the end marker are kept in order, so
 a stream's end summary is always published after its last score.
@@ -25,9 +26,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from streamqa.activity import ActivityDetector
 from streamqa.metrics import Metrics
 from streamqa.model import Model, State, split_state, stack_states
+from streamqa.presence import Judgement, StreamPresence, window_outputs
 from streamqa.rolling import RollingMos, StreamSummary
 from streamqa.sources import StreamInfo
 from streamqa.windowing import Hop, Windower
@@ -45,7 +46,7 @@ class _Stream:
     summary: StreamSummary
     queue: deque = field(default_factory=deque)  # Hop | _END, shared under the engine lock
     state: State | None = None  # worker-owned
-    activity: ActivityDetector | None = None  # worker-owned
+    presence: StreamPresence | None = None  # worker-owned
     net: dict[str, Any] | None = None
     # Offline mode: the net statistics as they were when each queued hop was cut (a live
     # hop is published within milliseconds, so it simply takes ``net`` as it is then).
@@ -60,9 +61,7 @@ class Scored:
     stream_id: str
     hop: Hop
     scores: np.ndarray | None  # None: not judgeable (non-finite input or model failure)
-    speech: bool
-    speech_fraction: float
-    judgeable: bool
+    judgement: Judgement
 
 
 class Engine:
@@ -241,23 +240,20 @@ class Engine:
                     return
 
     def _score(self, batch: list[tuple[str, _Stream, Hop]]) -> list[Scored]:
-        frame = self.model.info.frame_samples
-        prepared = []
-        for sid, st, hop in batch:
+        hop_frames = self.hop_samples // self.model.info.frame_samples
+        for _, st, _ in batch:
             if st.state is None:
                 st.state = self.model.init_state(1, self.window_s)
-                st.activity = ActivityDetector(frame, self.window_frames)
-            speech, fraction = st.activity.update(hop.audio)
-            prepared.append((sid, st, hop, speech, fraction))
-        audio = np.stack([hop.audio for _, _, hop, _, _ in prepared])
+                st.presence = StreamPresence(self.model.info, self.window_frames, hop_frames)
+        audio = np.stack([hop.audio for _, _, hop in batch])
         try:
-            scores, state = self.model.step(audio, stack_states([st.state for _, st, _, _, _ in prepared]))
-            states = split_state(state, len(prepared))
+            scores, state = self.model.step(audio, stack_states([st.state for _, st, _ in batch]))
+            states = split_state(state, len(batch))
         except Exception:  # a model failure must not stop the monitor: reset and report null
-            scores, states = None, [self.model.init_state(1, self.window_s) for _ in prepared]
+            scores, states = None, [self.model.init_state(1, self.window_s) for _ in batch]
         self.counters["batches"] += 1
         out = []
-        for i, (sid, st, hop, speech, fraction) in enumerate(prepared):
+        for i, (sid, st, hop) in enumerate(batch):
             row = None if scores is None else scores[i]
             if row is not None and not np.isfinite(row).all():
                 row, states[i] = None, self.model.init_state(1, self.window_s)
@@ -265,23 +261,22 @@ class Engine:
             if not hop.finite:
                 row = None
                 self.counters["hops_nonfinite"] += 1
-            out.append(Scored(sid, hop, row, speech, fraction, st.activity.judgeable(fraction)))
+            out.append(Scored(sid, hop, row, st.presence.judge(hop.audio, row)))
         self.counters["hops_scored"] += len(out)
         return out
 
     # --- back on the event loop -----------------------------------------------------------
     def _deliver(self, results: list[Scored], ended: list[str]) -> None:
         now_wall, now_mono = time.time(), time.monotonic()
-        names = self.model.info.outputs
+        info = self.model.info
         for r in results:
             st = self.streams.get(r.stream_id)
             if st is None:
                 continue
-            values = None if r.scores is None else {n: float(v) for n, v in zip(names, r.scores)}
-            mos = values["mos"] if values is not None and r.judgeable else None
-            outputs = {n: (values[n] if mos is not None else None) for n in names[1:]}
-            rolling = st.rolling.update(r.hop.t, mos, mos is not None)
-            st.summary.update(r.hop.t, mos, mos is not None, {k: v for k, v in outputs.items() if v is not None})
+            speech = r.judgement.speech
+            mos, outputs = window_outputs(info, r.scores, speech)
+            rolling = st.rolling.update(r.hop.t, mos, speech)
+            st.summary.update(r.hop.t, mos, speech, {k: v for k, v in outputs.items() if v is not None})
             msg: dict[str, Any] = {
                 "type": "score",
                 "stream": r.stream_id,
@@ -289,10 +284,13 @@ class Engine:
                 "ts": now_wall,
                 "mos": mos,
                 "mos_rolling": rolling,
-                "speech": r.speech,
-                "speech_fraction": round(r.speech_fraction, 3),
+                "speech": speech,
+                "speech_fraction": round(r.judgement.fraction, 3),
                 "outputs": outputs,
             }
+            if info.presence is not None:
+                p = r.judgement.probability
+                msg["speech_p"] = None if p is None else round(p, 3)
             if not r.hop.finite:
                 msg["error"] = "non-finite audio"
             net = st.net if self._worker is not None else st.nets.popleft()

@@ -4,7 +4,8 @@ The contract (ARCHITECTURE section 2): one graph ``(audio[B, H], state_*) -> (sc
 next_*)`` whose ``metadata_props`` give the framing and meaning. Everything the runtime needs
 (sample rate, hop, window, output names) is read from the file, so a retrained or user-made
 student drops in without code changes; a file that breaks the contract is refused with a
-message that says which part.
+message that says which part. An output named ``speech`` is optional: the probability that the
+window holds speech, which the speech rule (streamqa.presence) uses instead of the level gate.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+
+from streamqa.presence import PRESENCE_OUTPUT, detector, pool_windows
 
 MODELS_DIR = Path(__file__).parent / "models"
 DEFAULT_MODEL = "streamqa-s"
@@ -47,11 +50,24 @@ class ModelInfo:
     macs_per_second: int | None = None
     metadata: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def presence(self) -> int | None:
+        """Column of the speech-presence probability (streamqa.presence), None without one."""
+        return self.outputs.index(PRESENCE_OUTPUT) if PRESENCE_OUTPUT in self.outputs else None
+
+    @property
+    def scores(self) -> tuple[str, ...]:
+        """The quality outputs (``mos`` first): every output but the presence column, which
+        is a probability, not a score."""
+        return tuple(o for o in self.outputs if o != PRESENCE_OUTPUT)
+
     def hello(self) -> dict[str, Any]:
-        """The ``model`` object of protocol v1's hello message."""
+        """The ``model`` object of protocol v1's hello message: ``outputs`` are the quality
+        scores only; ``speech_detector`` says what sets ``speech`` (docs/protocol.md)."""
         return {
             "name": self.name,
-            "outputs": list(self.outputs),
+            "outputs": list(self.scores),
+            "speech_detector": detector(self),
             "hop_s": self.hop_samples / self.sample_rate,
             "window_s": self.window_seconds,
         }
@@ -88,6 +104,8 @@ def _read_info(session: ort.InferenceSession, path: Path) -> ModelInfo:
     outputs = tuple(o.strip() for o in meta["outputs"].split(",") if o.strip())
     if not outputs or outputs[0] != "mos":
         raise ModelError(f"{path}: metadata 'outputs' must start with 'mos', got {meta['outputs']!r}")
+    if len(set(outputs)) != len(outputs):
+        raise ModelError(f"{path}: metadata 'outputs' names an output twice: {meta['outputs']!r}")
     params = int(meta["params"]) if meta.get("params", "").isdigit() else None
     macs = int(meta["macs_per_second"]) if meta.get("macs_per_second", "").isdigit() else None
     return ModelInfo(
@@ -182,12 +200,12 @@ class Model:
         result = dict(zip(names, out))
         return result["scores"], {k: result[f"next_{k}"] for k in self.state_names}
 
-    def score(self, audio: np.ndarray) -> dict[str, float]:
-        """Score a whole mono signal at the model rate with the documented file pooling.
+    def window_scores(self, audio: np.ndarray) -> np.ndarray:
+        """Rows ``[n, K]`` of a whole mono signal at the model rate, one per window.
 
         Consecutive non-overlapping windows are stepped through one state; the last,
         partial window is the file's final ``window_seconds`` (the ring still holds the
-        previous window's tail); the file score is the mean of the window scores.
+        previous window's tail).
         """
         frame = self.info.frame_samples
         usable = len(audio) - len(audio) % frame
@@ -200,8 +218,15 @@ class Model:
             chunk = audio[start : min(start + window, usable)][None, :]
             scores, state = self.step(chunk, state)
             rows.append(scores[0])
-        mean = np.mean(rows, axis=0)
-        return {name: float(v) for name, v in zip(self.info.outputs, mean)}
+        return np.stack(rows)
+
+    def score(self, audio: np.ndarray) -> dict[str, float | None]:
+        """Score a whole mono signal with the documented file pooling: every quality output
+        (not the presence column) averaged over the windows the speech rule keeps
+        (streamqa.presence.pool_windows): all of them for a model without a ``speech``
+        output; for one with it, the speech windows, and None each when there are too few.
+        """
+        return pool_windows(self.info, self.window_scores(audio))[0]
 
 
 def stack_states(states: list[State]) -> State:

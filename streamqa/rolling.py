@@ -7,8 +7,8 @@ here, fed with the stream's own time ``t`` (seconds since the stream started), s
 replaying a file gives exactly the same numbers as the live run.
 
 Which windows count: a window contributes only when it has a score (``mos`` is not
-None) *and* the activity gate called it speech. A model asked to judge silence returns
-a number, but that number says nothing about the call's quality.
+None) *and* it was judged speech (streamqa.presence). A model asked to judge silence or
+noise alone returns a number, but that number says nothing about the call's quality.
 """
 
 from __future__ import annotations

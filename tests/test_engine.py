@@ -82,8 +82,9 @@ def test_nan_audio_gives_null_not_nan(tiny_onnx):
     assert all(m["mos"] is not None and math.isfinite(m["mos"]) for m in good[2:])
 
 
-def test_silence_is_not_judged(tiny_onnx):
-    model = Model(tiny_onnx)
+def test_silence_is_not_judged(level_onnx):
+    """The level gate (a model without a speech output; tests/test_presence.py has the rest)."""
+    model = Model(level_onnx)
     feeds = {"quiet": (16000, np.zeros(16000 * 3, np.float32))}
     _, msgs, _ = asyncio.run(_run(model, feeds))
     scores = [m for m in msgs if m["type"] == "score"]

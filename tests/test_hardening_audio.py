@@ -88,8 +88,10 @@ def _scores(messages: list[dict], sid: str) -> list[dict]:
     return [m for m in messages if m["stream"] == sid and m["type"] == "score"]
 
 
-def test_hostile_streams_get_defined_results_and_leave_a_good_stream_untouched(tiny_onnx):
-    model = Model(tiny_onnx)
+def test_hostile_streams_get_defined_results_and_leave_a_good_stream_untouched(level_onnx):
+    # The level gate decides here (silence and -140 dBFS are its "no speech"); a model's own
+    # speech output is tested in tests/test_presence.py.
+    model = Model(level_onnx)
     good = (16000, speech_like(SECONDS, 16000, 1))
     alone, _ = asyncio.run(run_engine(model, {"good": good}))
     crowd, engine = asyncio.run(run_engine(model, {"good": good, **hostile_streams()}))
@@ -178,13 +180,13 @@ def run_score(model: Path, paths: list[Path]) -> subprocess.CompletedProcess:
     )
 
 
-def test_score_cli_gives_every_file_a_defined_line_and_keeps_going(tiny_onnx, tmp_path):
+def test_score_cli_gives_every_file_a_defined_line_and_keeps_going(level_onnx, tmp_path):
     files = write_files(tmp_path)
     names = list(files)
     # The good file goes last, after every bad one: they must not stop or change it.
     order = [n for n in names if n != "good.wav"] + ["good.wav"]
-    proc = run_score(tiny_onnx, [files[n] for n in order])
-    alone = run_score(tiny_onnx, [files["good.wav"]])
+    proc = run_score(level_onnx, [files[n] for n in order])  # the level gate: see above
+    alone = run_score(level_onnx, [files["good.wav"]])
 
     assert "Traceback" not in proc.stderr, proc.stderr
     assert "NaN" not in proc.stdout and "Infinity" not in proc.stdout
@@ -236,9 +238,10 @@ def test_score_cli_never_prints_nan_for_extreme_float_levels(tiny_onnx, tmp_path
         assert "extreme.wav: error:" in proc.stderr
 
 
-def test_dc_offset_does_not_hide_speech(tiny_onnx, tmp_path):
-    """Cheap ADCs and some gateways add a DC offset; speech under it must still be judged."""
+def test_dc_offset_does_not_hide_speech(level_onnx, tmp_path):
+    """Cheap ADCs and some gateways add a DC offset; speech under it must still be judged
+    (by the level gate, which a model without a speech output falls back to)."""
     path = tmp_path / "dc.wav"
     sf.write(str(path), speech_like(3.0, 16000, 3) + 0.05, 16000, subtype="FLOAT")
-    r = json.loads(run_score(tiny_onnx, [path]).stdout)
+    r = json.loads(run_score(level_onnx, [path]).stdout)
     assert r["mos"] is not None, r

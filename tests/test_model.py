@@ -20,7 +20,8 @@ def _audio(n: int, seed: int) -> np.ndarray:
 def test_metadata_is_read(tiny_onnx):
     m = Model(tiny_onnx)
     assert m.info.sample_rate == 16000 and m.info.frame_samples == 640
-    assert m.info.outputs == ("mos", "sig", "bak", "ovrl")
+    assert m.info.outputs == ("mos", "sig", "bak", "ovrl", "speech")  # speech: the presence probability
+    assert m.info.scores == ("mos", "sig", "bak", "ovrl") and m.info.presence == 4
     assert m.info.hello()["window_s"] == pytest.approx(7.68)
     assert m.info.params and m.info.macs_per_second
 
@@ -102,6 +103,7 @@ def _rewrite(src, dst, drop=(), set_props=None):
         ((), {"version": "9"}, "version 9"),
         ((), {"hop_samples": "1000"}, "not a multiple"),
         ((), {"outputs": "sig,bak"}, "start with 'mos'"),
+        ((), {"outputs": "mos,sig,bak,speech,speech"}, "twice"),
         ((), {"window_seconds": "nan"}, "window_seconds"),
         ((), {"sample_rate": "-3"}, "positive"),
     ],

@@ -61,23 +61,28 @@ def select_rows(labels: list[Path], split: str | None = "test", speakers: str | 
 
 
 def clip_scores(model_path: Path, rows: list[dict[str, str]], audio_dir: Path = Path("cache/audio")) -> dict[str, np.ndarray]:
-    """Each row's file score per output, through ``Model.score``: {output: [len(rows)]}."""
+    """Each row's file score per quality output, through ``Model.score``: {output: [len(rows)]};
+    NaN where a model with a speech output judged the clip to hold no speech (no score)."""
     model = Model(model_path)
     scores = [model.score(clip_audio(row, audio_dir)) for row in rows]
-    return {k: np.array([s[k] for s in scores]) for k in model.info.outputs}
+    return {k: np.array([np.nan if s[k] is None else s[k] for s in scores]) for k in model.info.scores}
 
 
 def accuracy(preds: dict[str, np.ndarray], rows: list[dict[str, str]]) -> dict:
-    """PCC/SRCC/RMSE and the per-speaker breakdown per output, on the rows the teacher labelled."""
+    """PCC/SRCC/RMSE and the per-speaker breakdown per output, on the rows the teacher labelled
+    and the student scored (``no_speech``: labelled rows it judged to hold no speech)."""
     result: dict = {}
     for k, pred in preds.items():
         labelled = [i for i, r in enumerate(rows) if r.get(k) not in (None, "")]
+        unscored = [i for i in labelled if not np.isfinite(pred[i])]
+        labelled = [i for i in labelled if np.isfinite(pred[i])]
         if len(labelled) < 3:
             continue
         p = pred[labelled]
         t = np.array([float(rows[i][k]) for i in labelled])
         result[k] = {
             "n": len(p),
+            "no_speech": len(unscored),
             "pcc": pearson(p, t),
             "srcc": spearman(p, t),
             "rmse": float(math.sqrt(np.mean((p - t) ** 2))),

@@ -116,9 +116,12 @@
     card.pending = false;
     if (card.el.classList.contains("ended")) return; // keep showing the summary
     const rolling = typeof msg.mos_rolling === "number" ? msg.mos_rolling : null;
-    const label = rolling === null ? "no speech" : msg.speech ? "rolling MOS" : "rolling MOS · silence";
+    // speech false: this window holds no speech (silence, or noise alone: its bak still comes),
+    // so the rolling value is held from earlier speech.
+    const label = rolling === null ? "no speech" : msg.speech ? "rolling MOS" : "rolling MOS · no speech now";
     showValue(card, rolling, label);
 
+    // Quality outputs only: the server never puts the speech probability (speech_p) here.
     const outs = msg.outputs || {};
     const extras = Object.keys(outs).map((k) => `${k} ${fmt(outs[k], 2)}`);
     card.detail.textContent = [`window ${fmt(msg.mos, 2)}`, ...extras].join(" · ");

@@ -1,0 +1,156 @@
+"""Which windows hold speech: the one rule the live engine and offline scoring share.
+
+A MOS is only meaningful for a window with speech in it, so ``mos: null`` must mean "no
+speech here", never "speech I cannot hear through the noise". A level-based detector
+(streamqa.activity) cannot tell speech under 0 dB noise or long reverberation from noise
+alone; a student trained for it can. So:
+
+- a model whose metadata ``outputs`` include ``speech`` (:data:`PRESENCE_OUTPUT`: the
+  probability, already a sigmoid in the graph, that the window holds speech, from the same
+  ``step()`` call) decides: a window is speech iff that probability is at least
+  :data:`SPEECH_THRESHOLD`;
+- a model without it (older or user-made students) keeps the level-based gate unchanged: a
+  window is speech iff at least ``MIN_SPEECH_FRACTION`` of its 40 ms frames are active.
+
+A window that is not speech publishes no MOS, but its background-noise score (``bak``) is
+still meaningful (a pause in a noisy call is exactly what BAK judges), so it is kept; the
+other quality outputs are null. Such windows never enter a rolling MOS, a summary or a
+file's MOS. The presence column itself is never a quality score: it is published as
+``speech``/``speech_p``, never among the outputs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from streamqa.activity import MIN_SPEECH_FRACTION, ActivityDetector, speech_fraction
+
+if TYPE_CHECKING:
+    from streamqa.model import Model, ModelInfo
+
+PRESENCE_OUTPUT = "speech"  # the metadata output name of the speech-presence probability
+# A window is speech iff its presence probability is at least this. 0.5 is the decision the
+# presence head was trained for (balanced log loss on "the clean source of this window is at
+# least MIN_SPEECH_FRACTION active"); a monitor that would rather miss a noisy pause than a
+# quiet talker lowers it.
+SPEECH_THRESHOLD = 0.5
+# Quality outputs that still mean something on a window without speech.
+NOISE_OUTPUTS = frozenset({"bak"})
+
+
+def is_speech(probability: float) -> bool:
+    """The rule for one window of a model with a presence output (NaN is not speech)."""
+    return bool(probability >= SPEECH_THRESHOLD)
+
+
+def detector(info: ModelInfo) -> str:
+    """What decides speech for this model: ``"model"`` (its presence output) or ``"level"``."""
+    return "level" if info.presence is None else "model"
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """One live window's speech decision.
+
+    ``fraction`` is the share of the current window judged speech, at the detector's own
+    resolution: with the model, the share of the hops of the last window whose window it
+    judged speech; with the level gate, the share of the window's active 40 ms frames.
+    ``probability`` is the model's presence probability (None for the level gate or when the
+    model gave no finite score)."""
+
+    speech: bool
+    fraction: float
+    probability: float | None
+
+
+class StreamPresence:
+    """Per-stream state of the rule for the live engine (one instance per stream).
+
+    With a presence model only a ring of the last window's hop decisions is kept; the level
+    detector (which tracks the stream's noise floor) is built only for models without it, so
+    a presence model costs nothing per hop beyond its own output."""
+
+    def __init__(self, info: ModelInfo, window_frames: int, hop_frames: int) -> None:
+        self._column = info.presence
+        self._level = ActivityDetector(info.frame_samples, window_frames) if self._column is None else None
+        self._recent = np.zeros(max(1, round(window_frames / max(1, hop_frames))), bool)
+        self._at = 0
+        self._n = 0
+
+    def judge(self, audio: np.ndarray, scores: np.ndarray | None) -> Judgement:
+        """Decide the window that ends with this hop. ``audio`` is the hop (the level gate's
+        input); ``scores`` the model's row for the window, None when it has none (non-finite
+        input, model failure): a presence model then calls the window "not speech"."""
+        if self._level is not None:
+            _, fraction = self._level.update(audio)
+            return Judgement(self._level.judgeable(fraction), fraction, None)
+        p = float(scores[self._column]) if scores is not None else math.nan
+        speech = is_speech(p)
+        self._recent[self._at] = speech
+        self._at = (self._at + 1) % len(self._recent)
+        self._n = min(self._n + 1, len(self._recent))
+        fraction = int(np.count_nonzero(self._recent[: self._n])) / self._n
+        return Judgement(speech, fraction, p if math.isfinite(p) else None)
+
+
+def window_outputs(info: ModelInfo, scores: np.ndarray | None, speech: bool) -> tuple[float | None, dict[str, float | None]]:
+    """What a window publishes: ``(mos, outputs)``. ``outputs`` holds every quality output
+    but ``mos`` (never the presence column); without speech ``mos`` is None and only the
+    :data:`NOISE_OUTPUTS` keep their value."""
+    names = info.scores
+    values = {} if scores is None else {n: float(scores[i]) for i, n in enumerate(info.outputs) if n in names}
+    mos = values.get("mos") if speech else None
+    outputs = {n: values.get(n) if speech or n in NOISE_OUTPUTS else None for n in names[1:]}
+    return mos, outputs
+
+
+@dataclass(frozen=True)
+class FileScore:
+    """A whole file's result: ``scores`` (every quality output, None each when the file holds
+    too little speech to judge) and ``speech_fraction``, the share judged speech (of the
+    windows with a presence model, of the 40 ms frames with the level gate)."""
+
+    scores: dict[str, float | None]
+    speech_fraction: float
+
+    @property
+    def has_speech(self) -> bool:
+        return self.scores["mos"] is not None
+
+
+def pool_windows(info: ModelInfo, rows: np.ndarray) -> tuple[dict[str, float | None], float | None]:
+    """File pooling of per-window rows ``[n, K]``: each quality output averaged over the
+    windows judged speech, and their share.
+
+    With a presence model, the file has speech when at least ``MIN_SPEECH_FRACTION`` of its
+    windows (and at least one) are judged speech; otherwise every score is None. A model
+    without it averages every window and returns share None: the level gate needs the audio
+    (see :func:`score_audio`), and callers such as ``train.evaluate`` keep their old numbers.
+    """
+    names = info.scores
+    keep = [i for i, n in enumerate(info.outputs) if n in names]
+    if info.presence is None:
+        return dict(zip(names, map(float, rows[:, keep].mean(axis=0)))), None
+    speech = np.array([is_speech(p) for p in rows[:, info.presence]], bool)
+    share = float(speech.mean()) if len(speech) else 0.0
+    if not speech.any() or share < MIN_SPEECH_FRACTION:
+        return {n: None for n in names}, share
+    return dict(zip(names, map(float, rows[speech][:, keep].mean(axis=0)))), share
+
+
+def score_audio(model: Model, audio: np.ndarray) -> FileScore:
+    """A whole signal at the model rate through the rule: ``streamqa score``'s result.
+
+    With the level gate the share is the active fraction of the whole signal's frames and a
+    file below ``MIN_SPEECH_FRACTION`` gets no scores (the behaviour before presence models).
+    """
+    scores, share = pool_windows(model.info, model.window_scores(audio))
+    if share is None:
+        share = speech_fraction(audio, model.info.frame_samples)
+        if share < MIN_SPEECH_FRACTION:
+            scores = {n: None for n in scores}
+    return FileScore(scores, share)
