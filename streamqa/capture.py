@@ -9,9 +9,12 @@ scoring therefore run exactly as they would have live; only the clock is the cap
 The capture is read with dpkt (pcap and pcapng; Ethernet, Linux cooked v1/v2, BSD loopback
 and raw IP links; IPv4 and IPv6; UDP only, IP fragments are skipped and counted). SIP over
 UDP in the capture maps media to calls (streamqa.sdp): each SDP audio address gets its own
-RtpSource with the SDP's payload-type map, and its streams are labelled with the Call-ID.
-Other destinations become RTP streams once two packets of one SSRC arrive in sequence with
-a known payload type (static, or ``--rtp-map``), which keeps DNS, STUN and the like out.
+RtpSource with the SDP's payload-type map, and its streams are labelled with the Call-ID and
+``to``: ``caller`` when the SDP naming that address came in a request (the INVITE's offer),
+``callee`` when it came in a response (the answer); a re-INVITE from the callee swaps them.
+Other destinations are read as RTP when their packets parse as RTP with a known payload type
+(static, or ``--rtp-map``); the live source's probation then admits only SSRCs whose packets
+come in sequence.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import numpy as np
 from streamqa.engine import Engine
 from streamqa.model import Model
 from streamqa.rtp.codecs import STATIC_PAYLOAD_TYPES
-from streamqa.rtp.packet import MalformedPacket, RtpPacket, parse
+from streamqa.rtp.packet import MalformedPacket, parse
 from streamqa.sdp import SdpAudio, parse_sip
 from streamqa.sources import StreamInfo
 from streamqa.sources.rtp import RtpSource
@@ -39,7 +42,6 @@ CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap")
 _PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
 _PCAP_MAGICS = (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d")
 _REAP_EVERY = 0.5  # seconds of capture time between idle checks (at most), as the live reaper
-_MAX_CANDIDATES = 10000  # unconfirmed (src, dst, SSRC) triples remembered at once
 
 
 class CaptureError(ValueError):
@@ -179,9 +181,9 @@ class CaptureAnalysis:
         self.counters: Counter = Counter()
         self._known_types = {**STATIC_PAYLOAD_TYPES, **self.rtp_map}
         self._numbers = itertools.count(1)
-        self._media: dict[Address, tuple[SdpAudio, str]] = {}  # SDP receive address -> (media, call-id)
+        # SDP receive address -> (media, call-id, who sent that SDP: "caller" for a request)
+        self._media: dict[Address, tuple[SdpAudio, str, str]] = {}
         self._sources: dict[Address, RtpSource] = {}
-        self._candidates: dict[tuple[Address, Address, int], tuple[float, bytes, int]] = {}
         self._reap_every = min(_REAP_EVERY, idle_timeout / 2.0)
         self._next_reap = float("-inf")
 
@@ -201,7 +203,8 @@ class CaptureAnalysis:
             if sip is not None:
                 self.counters["sip"] += 1
                 for media in sip.audio:
-                    self._media[(media.host, media.port)] = (media, sip.call_id)
+                    party = "caller" if sip.is_request else "callee"
+                    self._media[(media.host, media.port)] = (media, sip.call_id, party)
                 return
         if dst in self._media:
             self._open(dst).handle_datagram(payload, src, now)
@@ -209,35 +212,26 @@ class CaptureAnalysis:
         self._consider(now, src, dst, payload)
 
     def _consider(self, now: float, src: Address, dst: Address, payload: bytes) -> None:
-        """RTP heuristics for a destination no SDP announced: two packets of one SSRC in
-        sequence, with a payload type we can decode, open a source for it."""
+        """A destination no SDP announced gets a source once an RTP packet with a payload
+        type we can decode arrives; the source's own probation (RFC 3550 A.1, as live) then
+        decides which of its SSRCs are streams, which keeps DNS, STUN and the like out."""
         try:
-            pkt: RtpPacket = parse(payload)
+            pkt = parse(payload)
         except MalformedPacket:
             self.counters["not_rtp"] += 1
             return
         if pkt.payload_type not in self._known_types:
             self.counters["unknown_payload_type"] += 1
             return
-        key = (src, dst, pkt.ssrc)
-        previous = self._candidates.get(key)
-        if previous is None or (pkt.sequence - previous[2]) & 0xFFFF != 1:
-            if len(self._candidates) >= _MAX_CANDIDATES:
-                self._candidates.clear()
-            self._candidates[key] = (now, payload, pkt.sequence)
-            return
-        del self._candidates[key]
-        source = self._open(dst)
-        source.handle_datagram(previous[1], src, previous[0])
-        source.handle_datagram(payload, src, now)
+        self._open(dst).handle_datagram(payload, src, now)
 
     def _open(self, dst: Address) -> RtpSource:
         labels: dict[str, Any] = {"dst": _remote(dst)}
         rtp_map = dict(self.rtp_map)
         known = self._media.get(dst)
         if known is not None:
-            media, call_id = known
-            labels["call_id"] = call_id
+            media, call_id, party = known
+            labels.update(call_id=call_id, to=party)
             rtp_map.update(media.payload_types)
         sink = _Destination(self.engine, self._numbers, labels)
         source = RtpSource(sink, rtp_map=rtp_map, idle_timeout=self.idle_timeout)

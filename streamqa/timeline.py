@@ -53,7 +53,7 @@ class StreamResult:
         monitor's end summary."""
         summary = self.summary or {}
         out: dict[str, Any] = {"file": file, "stream": self.stream}
-        for key in ("ssrc", "remote", "dst", "call_id", "cname", "codec", "payload_type"):
+        for key in ("ssrc", "remote", "dst", "call_id", "to", "cname", "codec", "payload_type"):
             if key in self.info:
                 out["src" if key == "remote" else key] = self.info[key]
         if self.start is not None:

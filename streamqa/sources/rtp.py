@@ -24,6 +24,7 @@ the ones that brought least.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import socket
 import sys
@@ -60,6 +61,9 @@ READ_BATCH = 64
 # in the kernel and are read in one batch (at most this much added latency per packet).
 COALESCE_S = 0.005
 _MAX_DATAGRAM = 65536
+# Numbers in stream ids count the streams of the process, not of one socket: the monitor can
+# listen on several ports (--rtp twice), and both directions of a call can share an SSRC.
+_STREAM_NUMBERS = itertools.count(1)
 
 
 class _Stream:
@@ -132,7 +136,6 @@ class RtpSource:
         self.coalesce_s = coalesce_s
         self.counters: dict[str, int] = defaultdict(int)
         self._streams: dict[tuple[int, Any], _Stream] = {}
-        self._started = 0
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_read = 0.0  # monotonic time of the last read
@@ -292,8 +295,7 @@ class RtpSource:
     def _open(self, key: tuple[int, Any], pt: int, ssrc: int, addr: Any, now: float, host: str) -> _Stream:
         codec, rate, channels = self.payload_types[pt]
         decoder = make_decoder(codec, rate, channels)
-        self._started += 1
-        stream_id = f"rtp-{ssrc:08x}-{self._started}"
+        stream_id = f"rtp-{ssrc:08x}-{next(_STREAM_NUMBERS)}"
         jitter = JitterBuffer(rate, depth=self.jitter_depth)
         stream = _Stream(stream_id, codec, pt, decoder, jitter, now, host)
         self._streams[key] = stream
