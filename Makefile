@@ -39,6 +39,7 @@ R := benchmarks/results
 bench: sysdeps $(VENV)/.full
 	$(BIN)/python -m benchmarks.speed --json $(R)/speed.json
 	$(BIN)/python -m benchmarks.monotonicity --json $(R)/monotonicity.json
+	$(BIN)/python -m benchmarks.speech_presence --json $(R)/speech_presence.json
 	$(BIN)/python -m benchmarks.rtp_degradation --json $(R)/rtp_degradation.json
 	$(BIN)/python -m benchmarks.latency4 --json $(R)/latency4.json
 	$(BIN)/python -m benchmarks.hop_cost --json $(R)/hop_cost.json
