@@ -1,10 +1,15 @@
-"""Speech-activity gating: a window with too little speech gets ``mos: null``.
+"""Level-based speech activity: the speech rule for models without a ``speech`` output.
 
 A MOS model asked to judge silence or steady noise still returns a number, and a monitor
-that shows it would mislead. The detector is deliberately simple and transparent: a frame
-(40 ms at the model rate) is *active* when its level is above an absolute floor and
-clearly above the stream's tracked noise floor. Speech fluctuates by tens of dB between
-syllables and pauses; steady noise does not, so it stays near its own floor.
+that shows it would mislead. Models with a speech-presence output decide for themselves
+(streamqa.presence, which holds the one rule); this detector decides for the others, and
+measures the clean-source activity that presence outputs are trained on. It cannot hear
+speech through 0 dB noise or long reverberation: those frames are not above the floor.
+
+The detector is deliberately simple and transparent: a frame (40 ms at the model rate) is
+*active* when its level is above an absolute floor and clearly above the stream's tracked
+noise floor. Speech fluctuates by tens of dB between syllables and pauses; steady noise does
+not, so it stays near its own floor.
 """
 
 from __future__ import annotations

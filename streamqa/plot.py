@@ -4,7 +4,7 @@ A column of JSON hops is hard to read; a person looking into a complaint wants t
 the MOS fell and whether the network (loss, jitter) or the audio (the network was clean) is
 to blame, and whether anyone was speaking then. So the figure stacks, on one time axis:
 each stream's window MOS with the 3.6 and 3.1 thresholds (above 3.6 most listeners are
-satisfied, below 3.1 many are not), the hops the activity gate called speech, and, for RTP
+satisfied, below 3.1 many are not), the hops judged speech (streamqa.presence), and, for RTP
 streams, the packet loss and jitter the monitor reported with each hop. Streams of one
 capture share its clock, so both directions of a call line up.
 
