@@ -288,3 +288,15 @@ def test_imported_labels_spare_the_teacher_and_stored_audio_is_written(tmp_path:
     again = tmp_path / "again.csv"
     assemble(make_items(6), ["distillmos", "dnsmos1"], fresh, again)
     assert read_csv(again) == read_csv(out)
+
+
+def test_render_only_stores_audio_and_lists_clips_without_labels(tmp_path: Path) -> None:
+    items = make_items(3)
+    cache = LabelCache(tmp_path / "cache")
+    label(items, [], cache, audio_dir=tmp_path / "audio")
+    assert len(list((tmp_path / "audio").glob("*.npy"))) == 3
+    out = tmp_path / "out.csv"
+    assert assemble(items, [], cache, out) == 0
+    rows = read_csv(out)
+    assert [r["clip_id"] for r in rows] == ["c0", "c1", "c2"] and all(r["sha256"] for r in rows)
+    assert all(r["mos"] == "" for r in rows)

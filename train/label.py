@@ -365,6 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--corpus", type=Path, help="user corpus CSV: path[,mos]")
     p.add_argument("--teachers", type=parse_teachers, default=parse_teachers(DEFAULT_TEACHERS),
                    help=f"comma-separated, from {', '.join(TEACHER_NAMES)} (default {DEFAULT_TEACHERS})")
+    p.add_argument("--render-only", action="store_true",
+                   help="run no teacher: only render and store the clips and list them in --out "
+                        "with empty label columns (rows trained on labels of another kind, such as "
+                        "speech presence, need audio but no teacher)")
     p.add_argument("--out", type=Path, required=True, help="labels CSV, assembled from the cache")
     p.add_argument("--shard", type=parse_shard, default=(0, 1), help="I/N: label every N-th clip from I")
     p.add_argument("--limit", type=int, default=None, help="only the first K clips (before sharding)")
@@ -409,6 +413,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.limit is not None:
         items = items[: args.limit]
     index, count = args.shard
+    if args.render_only:
+        args.teachers = []
     cache = LabelCache(args.cache, args.shard)
     try:
         if args.import_labels:
