@@ -12,6 +12,9 @@ UDP in the capture maps media to calls (streamqa.sdp): each SDP audio address ge
 RtpSource with the SDP's payload-type map, and its streams are labelled with the Call-ID and
 ``to``: ``caller`` when the SDP naming that address came in a request (the INVITE's offer),
 ``callee`` when it came in a response (the answer); a re-INVITE from the callee swaps them.
+RTCP (streamqa.rtp.rtcp) sent to an RTP port + 1, to the port an SDP's ``a=rtcp`` names, or
+multiplexed on the RTP port, goes to that port's source as it would live: CNAME labels,
+BYE ends its stream, SR/RR round trips enter the E-model.
 Other destinations are read as RTP when their packets parse as RTP with a known payload type
 (static, or ``--rtp-map``); the live source's probation then admits only SSRCs whose packets
 come in sequence.
@@ -32,6 +35,7 @@ from streamqa.engine import Engine
 from streamqa.model import Model
 from streamqa.rtp.codecs import STATIC_PAYLOAD_TYPES
 from streamqa.rtp.packet import MalformedPacket, parse
+from streamqa.rtp.rtcp import is_rtcp
 from streamqa.sdp import SdpAudio, parse_sip
 from streamqa.sources import StreamInfo
 from streamqa.sources.rtp import RtpSource
@@ -164,6 +168,9 @@ class _Destination:
     def net(self, stream_id: str, stats: dict[str, Any]) -> None:
         self.engine.net(self.ids[stream_id], stats)
 
+    def label(self, stream_id: str, cname: str) -> None:
+        self.engine.label(self.ids[stream_id], cname)
+
     def end(self, stream_id: str) -> None:
         self.engine.end(self.ids.pop(stream_id))
 
@@ -184,6 +191,7 @@ class CaptureAnalysis:
         # SDP receive address -> (media, call-id, who sent that SDP: "caller" for a request)
         self._media: dict[Address, tuple[SdpAudio, str, str]] = {}
         self._sources: dict[Address, RtpSource] = {}
+        self._rtcp_ports: dict[Address, Address] = {}  # SDP a=rtcp address -> its RTP address
         self._reap_every = min(_REAP_EVERY, idle_timeout / 2.0)
         self._next_reap = float("-inf")
 
@@ -205,7 +213,13 @@ class CaptureAnalysis:
                 for media in sip.audio:
                     party = "caller" if sip.is_request else "callee"
                     self._media[(media.host, media.port)] = (media, sip.call_id, party)
+                    self._rtcp_ports[(media.host, media.rtcp_port)] = (media.host, media.port)
                 return
+        if is_rtcp(payload):  # RTCP to the RTP port + 1, or to the port its SDP named
+            rtp_dst = self._rtcp_ports.get(dst, (dst[0], dst[1] - 1))
+            source = self._sources.get(rtp_dst) or self._open(rtp_dst)
+            source.handle_rtcp(payload, src, now)
+            return
         if dst in self._media:
             self._open(dst).handle_datagram(payload, src, now)
             return

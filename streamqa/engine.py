@@ -148,6 +148,13 @@ class Engine:
         if st is not None:
             st.net = stats
 
+    def label(self, stream_id: str, cname: str) -> None:
+        """The stream's RTCP CNAME, learned after it started: from now on its score messages
+        carry it as ``label`` and its end message's info as ``cname`` (docs/protocol.md)."""
+        st = self.streams.get(stream_id)
+        if st is not None:
+            st.info.info["cname"] = cname
+
     def end(self, stream_id: str) -> None:
         st = self.streams.get(stream_id)
         if st is not None:
@@ -296,6 +303,8 @@ class Engine:
             net = st.net if self._worker is not None else st.nets.popleft()
             if net is not None:
                 msg["net"] = net
+            if "cname" in st.info.info:
+                msg["label"] = st.info.info["cname"]
             self.publish(msg)
             if self.metrics is not None:
                 self.metrics.inc("streamqa_hops_scored_total")

@@ -31,12 +31,12 @@ def stream_label(file: str, result: StreamResult) -> str:
     info = result.info
     if result.source != "rtp":
         return Path(file).name
-    route = f"{info.get('remote', '?')} → {info.get('dst', '?')}"
+    route = f"{info.get('codec', '')} {info.get('remote', '?')} → {info.get('dst', '?')}"
     if info.get("cname"):
         return f"{info['cname']} ({route})"
     if info.get("call_id"):
-        return f"call {info['call_id'][:16]} {route}"
-    return f"SSRC {info.get('ssrc', 0):08x} {route}"
+        return f"call {info['call_id'][:16]} to {info.get('to', '?')} ({route})"
+    return f"SSRC {info.get('ssrc', 0):08x} ({route})"
 
 
 def draw(streams: list[tuple[str, StreamResult]]):

@@ -1,13 +1,15 @@
 """End to end: a capture of real calls, scored after the fact, against the live monitor that
-heard the same calls (issue 21, acceptance item 1).
+heard the same calls (issue 21, acceptance items 1 and 2).
 
 One scenario: tcpdump records the loopback while the real ``streamqa monitor`` CLI listens,
 three ffmpeg senders stream six seconds of held-out speech (PCMU through the seeded lossy
-relay of test_monitor_e2e, G.722, Opus) and sipp makes one SIP call whose two directions
+relay of test_monitor_e2e, G.722, Opus; each with an RTCP CNAME and a BYE at the end) and
+sipp makes one SIP call whose two directions
 stream PCMU to two monitor ports named in the SDP. ``streamqa.capture`` then scores the
 capture, and every stream's per-hop MOS must match what the monitor published for it within
 0.05, the relay's loss must be found again, and both directions of the SIP call must carry
-its Call-ID. The shipped student scores, so the per-hop MOS moves with the speech and the
+its Call-ID, and ffmpeg's RTCP must label its streams and end them at its BYE, live and in
+the capture. The shipped student scores, so the per-hop MOS moves with the speech and the
 loss and the comparison is not between two constants.
 """
 
@@ -39,8 +41,12 @@ SOUNDS = Path("/usr/share/asterisk/sounds")
 CLIP_SOURCES = [SOUNDS / "it" / "vm-instructions.g722", SOUNDS / "it_IT_m_Carlo" / "vm-instructions.g722"]
 CLIP_S = 6.0
 HOP_S = 1.0
-IDLE_S = 1.5
+IDLE_S = 3.0  # long enough that an end at BYE is told apart from an end at the idle timeout
+BYE_END_S = 1.5  # a BYE ends its stream within this (its last hop is scored first)
 TOLERANCE = 0.05  # MOS, per hop (acceptance)
+# ffmpeg's RTCP: an SR before the first packet and every few seconds; -cname adds an SDES
+# CNAME to each, -rtpflags send_bye a BYE when it stops
+RTCP = ["-rtpflags", "send_bye", "-cname"]
 SENDERS: dict[str, list[str]] = {
     "PCMU": ["-ar", "8000", "-ac", "1", "-c:a", "pcm_mulaw", "-packetsize", "172"],
     "G722": ["-ar", "16000", "-ac", "1", "-c:a", "g722", "-packetsize", "172"],
@@ -133,6 +139,8 @@ class CallRun:
 
     capture: Path
     messages: list[dict[str, Any]] = field(default_factory=list)
+    received: list[float] = field(default_factory=list)  # monotonic receipt time of each message
+    sender_done: dict[str, float] = field(default_factory=dict)  # codec -> monotonic exit time
     relay_lost: int = 0
     sip_ports: tuple[int, int] = (0, 0)  # (callee receives at A, caller receives at B)
     monitor_stderr: str = ""
@@ -152,11 +160,13 @@ def _clip(tmp: Path) -> tuple[Path, Path]:
     return wav, ulaw
 
 
-def _start_tcpdump(out: Path) -> subprocess.Popen:
-    """tcpdump on the loopback, UDP only, writing each packet at once (-U); returns once it
-    says it is listening, or skips the test when it cannot capture (no root, no CAP_NET_RAW)."""
+def _start_tcpdump(out: Path, ports: list[int]) -> subprocess.Popen:
+    """tcpdump on the loopback, UDP to or from ``ports`` and each port + 1 (RTCP) only (other
+    tests may send on the loopback meanwhile), writing each packet at once (-U); returns once
+    it says it is listening, or skips the test when it cannot capture (no CAP_NET_RAW)."""
     _need("tcpdump")
-    proc = subprocess.Popen(["tcpdump", "-i", "lo", "-n", "-U", "-Z", "root", "-w", str(out), "udp"],
+    bpf = "udp and (" + " or ".join(f"port {p} or port {p + 1}" for p in ports) + ")"
+    proc = subprocess.Popen(["tcpdump", "-i", "lo", "-n", "-U", "-Z", "root", "-w", str(out), bpf],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     line = proc.stderr.readline()
     if "listening on" not in line:
@@ -166,10 +176,10 @@ def _start_tcpdump(out: Path) -> subprocess.Popen:
     return proc
 
 
-async def _sip_call(tmp: Path, audio: Path, port_a: int, port_b: int) -> None:
-    """One call made by two sipp processes (callee first), each streaming ``audio``."""
-    sip_callee, sip_caller = _free_port(socket.SOCK_DGRAM), _free_port(socket.SOCK_DGRAM)
-    media_callee, media_caller = _free_port(socket.SOCK_DGRAM), _free_port(socket.SOCK_DGRAM)
+async def _sip_call(tmp: Path, audio: Path, port_a: int, port_b: int, sipp_ports: list[int]) -> None:
+    """One call made by two sipp processes (callee first), each streaming ``audio``;
+    ``sipp_ports``: SIP and media ports of the callee, then of the caller."""
+    sip_callee, media_callee, sip_caller, media_caller = sipp_ports
     head = lambda cseq, peer="": _SIP_HEAD.format(cseq=cseq, peer=peer)  # noqa: E731
     (tmp / "uac.xml").write_text(UAC.format(
         invite=head("1 INVITE"), ack=head("1 ACK", "[peer_tag_param]"), bye=head("2 BYE", "[peer_tag_param]"),
@@ -195,7 +205,8 @@ async def _sip_call(tmp: Path, audio: Path, port_a: int, port_b: int) -> None:
 
 async def _scenario(wav: Path, ulaw: Path, tmp: Path) -> CallRun:
     run = CallRun(tmp / "call.pcap")
-    rtp_port, port_a, port_b = (_free_port(socket.SOCK_DGRAM) for _ in range(3))
+    rtp_port, port_a, port_b, relay_port = (_free_port(socket.SOCK_DGRAM) for _ in range(4))
+    sipp_ports = [_free_port(socket.SOCK_DGRAM) for _ in range(4)]
     ws_port = _free_port(socket.SOCK_STREAM)
     run.sip_ports = (port_a, port_b)
     url = f"ws://127.0.0.1:{ws_port}/"
@@ -203,7 +214,7 @@ async def _scenario(wav: Path, ulaw: Path, tmp: Path) -> CallRun:
                     "--idle-timeout", str(IDLE_S), "--rtp-map", "96=opus/48000/2"]
     for port in (rtp_port, port_a, port_b):
         cmd += ["--rtp", f"127.0.0.1:{port}"]
-    tcpdump = _start_tcpdump(run.capture)
+    tcpdump = _start_tcpdump(run.capture, [rtp_port, port_a, port_b, relay_port, *sipp_ports])
     log = tmp / "monitor.err"
     with log.open("w") as stderr:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr)
@@ -215,20 +226,21 @@ async def _scenario(wav: Path, ulaw: Path, tmp: Path) -> CallRun:
             async def reader() -> None:
                 async for raw in ws:
                     run.messages.append(json.loads(raw))
+                    run.received.append(time.monotonic())
 
             read_task = asyncio.create_task(reader())
             relay_transport, relay = await loop.create_datagram_endpoint(
-                lambda: _LossyRelay(("127.0.0.1", rtp_port), seed=11, clock_rate=8000), local_addr=("127.0.0.1", 0))
-            relay_port = relay_transport.get_extra_info("sockname")[1]
+                lambda: _LossyRelay(("127.0.0.1", rtp_port), seed=11, clock_rate=8000), local_addr=("127.0.0.1", relay_port))
 
             async def send(codec: str) -> None:
                 port = relay_port if codec == "PCMU" else rtp_port
                 p = await asyncio.create_subprocess_exec(
                     "ffmpeg", "-nostdin", "-loglevel", "error", "-re", "-i", str(wav), *SENDERS[codec],
-                    "-f", "rtp", f"rtp://127.0.0.1:{port}", stdout=asyncio.subprocess.DEVNULL)
+                    *RTCP, f"ffmpeg-{codec}", "-f", "rtp", f"rtp://127.0.0.1:{port}", stdout=asyncio.subprocess.DEVNULL)
                 assert await p.wait() == 0, f"ffmpeg {codec} sender failed"
+                run.sender_done[codec] = time.monotonic()
 
-            await asyncio.wait_for(asyncio.gather(*(send(c) for c in SENDERS), _sip_call(tmp, ulaw, port_a, port_b)), 60)
+            await asyncio.wait_for(asyncio.gather(*(send(c) for c in SENDERS), _sip_call(tmp, ulaw, port_a, port_b, sipp_ports)), 60)
             relay_transport.close()
             run.relay_lost = relay.expected_loss()[0]
             deadline = time.monotonic() + IDLE_S + 10
@@ -348,3 +360,29 @@ def test_cli_prints_records_and_timeline(call_run, tmp_path) -> None:
         assert rec["summary"]["hops"] == sum(1 for r in rows if r["stream"] == rec["stream"])
     assert all({"t", "mos", "speech", "loss", "jitter_ms"} <= r.keys() for r in rows)
     assert plot.stat().st_size > 10_000
+
+
+def test_rtcp_cname_labels_and_bye_ends_streams_live(call_run) -> None:
+    """The monitor heard ffmpeg's RTCP on port + 1: the direct senders' streams carry their
+    CNAME, in the start info or as the label of every score, and end at their BYE, well
+    before the idle timeout (the relayed PCMU stream's RTCP went to the relay's port + 1)."""
+    starts = {m["stream"]: m for m in call_run.messages if m.get("event") == "start"}
+    ends = {m["stream"]: t for m, t in zip(call_run.messages, call_run.received) if m.get("event") == "end"}
+    for codec in ("G722", "opus"):
+        sid = next(s for s, m in starts.items() if m["info"]["codec"] == codec)
+        scores = [m for m in call_run.messages if m["type"] == "score" and m["stream"] == sid]
+        assert starts[sid]["info"].get("cname") == f"ffmpeg-{codec}" or all(
+            m.get("label") == f"ffmpeg-{codec}" for m in scores[1:])
+        assert ends[sid] - call_run.sender_done[codec] < BYE_END_S, "ended by the idle timeout, not the BYE"
+    for sid, m in starts.items():
+        if "label" not in m["info"] and m["info"]["ssrc"] == 0xCA110000:
+            assert ends[sid] - max(call_run.sender_done.values()) > 0  # sipp sends no RTCP: idle end
+
+
+def test_rtcp_in_the_capture_labels_and_ends_streams(analysed) -> None:
+    results, counters = analysed
+    cnames = sorted((r.info["codec"], r.info.get("cname") or "") for r in results if "call_id" not in r.info)
+    # the relay forwards RTP only: its copy of the PCMU stream has no CNAME
+    assert cnames == [("G722", "ffmpeg-G722"), ("PCMU", ""), ("PCMU", "ffmpeg-PCMU"), ("opus", "ffmpeg-opus")]
+    assert counters["rtcp_bye"] >= 3  # G.722, Opus, and PCMU on its way to the relay
+    assert not any(k.startswith("rtcp_") and k != "rtcp_bye" for k in counters), counters

@@ -24,6 +24,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 TOKEN = "overlay-test-token"
+CNAME = "alice@pbx.example"
 MODEL = {"name": "tiny-student", "outputs": ["mos", "sig", "bak", "ovrl"], "hop_s": 0.5,
          "window_s": 4.0}
 # stream -> (source, info, base MOS, swing, net or None)
@@ -71,6 +72,8 @@ class LiveServer:
                            "outputs": {"sig": mos + 0.3, "bak": 4.0, "ovrl": mos - 0.1}}
                     if net is not None:
                         msg["net"] = net
+                    if name == "caller-opus":  # its sender's RTCP CNAME (docs/protocol.md)
+                        msg["label"] = CNAME
                     hub.publish(msg)
             # "short-call" runs while no page is connected and ends once one has seen
             # its start, so every page load sees a stream end.
@@ -158,8 +161,9 @@ def test_overlay_shows_live_values_and_screenshot(tmp_path):
         classes, value, body = card(dom, "caller-pcmu")
         assert "band-fair" in classes and 3.0 <= float(value) < 4.0
         assert "PCMU · 8 kHz · rtp" in body and "loss 0.4 %" in body and "E-model 4.05" in body
-        classes, value, _ = card(dom, "caller-opus")
+        classes, value, body = card(dom, "caller-opus")
         assert "band-poor" in classes and float(value) < 3.0
+        assert f'title="caller-opus">{CNAME}<' in body  # the CNAME names the card
         classes, value, body = card(dom, "short-call")
         assert "ended" in classes and "band-fair" in classes and value == "3.10"
         assert "min 3.00" in body

@@ -24,7 +24,10 @@ class StreamInfo:
 
 
 class AudioSink(Protocol):
-    """Receiver of decoded audio; implemented by the engine, by tests and benchmarks."""
+    """Receiver of decoded audio; implemented by the engine, by tests and benchmarks.
+
+    Optional methods a source looks for: ``samples_wanted(stream_id)`` (below) and
+    ``label(stream_id, cname)``, the RTCP CNAME of a stream learned after it started."""
 
     def start(self, info: StreamInfo) -> None:
         """A new stream appeared."""

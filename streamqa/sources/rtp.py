@@ -46,6 +46,7 @@ from ..ratelimit import TokenBucket
 from ..rtp.jitter import JitterBuffer, Lost
 from ..rtp.packet import MalformedPacket, RtpPacket, parse
 from ..rtp.probation import MIN_SEQUENTIAL, Probation
+from ..rtp.rtcp import MalformedRtcp, RtcpState
 from . import AudioSink, StreamInfo, samples_wanted
 
 log = logging.getLogger(__name__)
@@ -72,13 +73,15 @@ class _Stream:
     __slots__ = (
         "stream_id", "codec", "payload_type", "decoder", "jitter", "last_seen",
         "last_arrival", "fallback", "last_units", "next_net", "net_mark", "held",
-        "held_samples", "wanted", "host", "received_s",
+        "held_samples", "wanted", "host", "received_s", "cname", "rtt",
     )
 
     def __init__(self, stream_id: str, codec: str, payload_type: int, decoder: Decoder,
                  jitter: JitterBuffer, now: float, host: str) -> None:
         self.stream_id = stream_id
         self.host = host  # source address without the port: the unit of the per-address cap
+        self.cname = ""  # RTCP CNAME, once its sender's SDES has been seen
+        self.rtt = 0.0  # round-trip time (s) from RTCP SR/RR pairs; 0: not measured
         self.received_s = 0.0  # seconds of received (not concealed) audio delivered
         self.codec = codec
         self.payload_type = payload_type
@@ -131,6 +134,8 @@ class RtpSource:
         self.max_streams_per_address = max_streams_per_address
         self._new_streams = TokenBucket(new_streams_per_s, max(1.0, new_streams_per_s), time.monotonic())
         self._probation = Probation(min_sequential=min_sequential)
+        self._rtcp = RtcpState()
+        self._rtcp_sock: socket.socket | None = None
         self._by_host: dict[str, set[tuple[int, Any]]] = defaultdict(set)
         self.jitter_depth = jitter_depth
         self.coalesce_s = coalesce_s
@@ -170,7 +175,42 @@ class RtpSource:
         self._loop = loop
         self._reaper = loop.create_task(self._reap_idle())
         bound = sock.getsockname()
+        if port:
+            self._start_rtcp(family, (bound[0], bound[1] + 1, *bound[2:]), reuse_port)
         return bound[0], bound[1]
+
+    def _start_rtcp(self, family: int, address: tuple, reuse_port: bool) -> None:
+        """Listen for RTCP on the RTP port + 1 (RFC 3550 section 11); RTCP multiplexed on
+        the RTP port (RFC 5761) is handled without it. A port + 1 already taken only costs
+        the labels, BYEs and round trips it would have brought, so it is logged, not fatal."""
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind(address)
+            sock.setblocking(False)
+        except OSError as exc:
+            sock.close()
+            log.warning("no RTCP on port %s: %s", address[1], exc)
+            return
+        self._rtcp_sock = sock
+        self._loop.add_reader(sock.fileno(), self._read_rtcp)
+
+    def _read_rtcp(self) -> None:
+        sock = self._rtcp_sock
+        for _ in range(READ_BATCH):
+            try:
+                data, addr = sock.recvfrom(_MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self.counters["socket_error"] += 1
+                return
+            try:
+                self.handle_rtcp(data, addr, time.monotonic())
+            except Exception:  # noqa: BLE001 - as handle_datagram: count, never stop the socket
+                self.counters["internal_error"] += 1
+                log.exception("RTCP datagram handling failed")
 
     def close(self) -> None:
         """Stop receiving and end every open stream (flushing its jitter buffer)."""
@@ -185,6 +225,11 @@ class RtpSource:
                 self._loop.remove_reader(self._sock.fileno())
             self._sock.close()
             self._sock = None
+        if self._rtcp_sock is not None:
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.remove_reader(self._rtcp_sock.fileno())
+            self._rtcp_sock.close()
+            self._rtcp_sock = None
         for key in list(self._streams):
             self._end(key)
         self._probation.clear()
@@ -243,7 +288,10 @@ class RtpSource:
         try:
             pkt = parse(data)
         except MalformedPacket as exc:
-            self.counters[exc.reason] += 1
+            if exc.reason == "rtcp":  # RFC 5761: RTCP multiplexed on the RTP port
+                self.handle_rtcp(data, addr, now)
+            else:
+                self.counters[exc.reason] += 1
             return
         key = (pkt.ssrc, addr)
         stream = self._streams.get(key)
@@ -257,6 +305,34 @@ class RtpSource:
         if now >= stream.next_net:
             stream.next_net = now + NET_INTERVAL
             self.sink.net(stream.stream_id, self._net_stats(stream))
+
+    def handle_rtcp(self, data: bytes, addr: Any, now: float) -> None:
+        """One RTCP datagram received at ``now``: CNAMEs label their streams (through the
+        sink's optional ``label``), a BYE ends its streams at once, and a round trip timed
+        from an SR and a report about it becomes the streams' ``rtt`` (rtp.rtcp). Counted as
+        ``rtcp`` (and ``rtcp_<reason>`` when malformed, ``rtcp_bye`` per stream ended)."""
+        self.counters["rtcp"] += 1
+        try:
+            events = self._rtcp.update(data, now)
+        except MalformedRtcp as exc:
+            self.counters[f"rtcp_{exc.reason}"] += 1
+            return
+        if not (events.cnames or events.byes or events.rtts):
+            return
+        label = getattr(self.sink, "label", None)
+        for key, stream in list(self._streams.items()):
+            ssrc = key[0]
+            if ssrc in events.byes:
+                self.counters["rtcp_bye"] += 1
+                self._end(key)
+                continue
+            cname = events.cnames.get(ssrc)
+            if cname and cname != stream.cname:
+                stream.cname = cname
+                if label is not None:
+                    label(stream.stream_id, cname)
+            if ssrc in events.rtts:
+                stream.rtt = events.rtts[ssrc]
 
     def _admit(self, key: tuple[int, Any], pkt: RtpPacket, addr: Any, now: float) -> None:
         """A packet of a key without a stream: probation, then the rate limit, then room
@@ -306,10 +382,12 @@ class RtpSource:
             remote = f"{host}:{addr[1]}"
         else:
             remote = str(addr)
-        self.sink.start(StreamInfo(stream_id, "rtp", decoder.sample_rate, {
-            "codec": codec, "payload_type": pt, "ssrc": ssrc, "remote": remote,
-            "clock_rate": rate, "channels": channels,
-        }))
+        info = {"codec": codec, "payload_type": pt, "ssrc": ssrc, "remote": remote,
+                "clock_rate": rate, "channels": channels}
+        stream.cname = self._rtcp.cnames.get(ssrc, "")
+        if stream.cname:  # its sender's SDES came first (ffmpeg sends one before any RTP)
+            info["cname"] = stream.cname
+        self.sink.start(StreamInfo(stream_id, "rtp", decoder.sample_rate, info))
         if stream.held is not None:
             stream.wanted = samples_wanted(self.sink, stream_id)
         return stream
@@ -383,7 +461,10 @@ class RtpSource:
         return {
             "loss": loss,
             "jitter_ms": st.jitter_ms,
-            "emodel_mos": emodel_mos(stream.codec, 100.0 * loss, burst_ratio),
+            # G.107's delay is mouth to ear; the network's half of the RTCP round trip is the
+            # part a monitor can measure (0 until an SR/report pair has been timed)
+            "emodel_mos": emodel_mos(stream.codec, 100.0 * loss, burst_ratio, 500.0 * stream.rtt),
+            "rtt_ms": 1000.0 * stream.rtt if stream.rtt else None,
             "burst_ratio": burst_ratio,
             "packets": st.received,
             "lost": st.lost,

@@ -69,6 +69,16 @@
     return card;
   }
 
+  // The card's title: the sender's RTCP CNAME once known (info.cname, then each score's
+  // label), else the stream id, which stays in the tooltip.
+  function nameCard(card, stream, label) {
+    const name = card.el.querySelector(".name");
+    if (label && name.textContent !== label) {
+      name.textContent = label;
+      name.title = stream;
+    }
+  }
+
   function removeCard(stream) {
     const card = cards.get(stream);
     if (!card) return;
@@ -99,6 +109,7 @@
       const codec = [info.codec, info.rate ? info.rate / 1000 + " kHz" : null, msg.source]
         .filter(Boolean).join(" · ");
       card.codec.textContent = codec;
+      nameCard(card, msg.stream, info.cname);
     } else if (msg.event === "end") {
       const s = msg.summary || {};
       // The big number becomes the whole stream's mean: the last thing worth reading.
@@ -115,6 +126,7 @@
     const card = cardFor(msg.stream);
     card.pending = false;
     if (card.el.classList.contains("ended")) return; // keep showing the summary
+    nameCard(card, msg.stream, msg.label);
     const rolling = typeof msg.mos_rolling === "number" ? msg.mos_rolling : null;
     // speech false: this window holds no speech (silence, or noise alone: its bak still comes),
     // so the rolling value is held from earlier speech.
