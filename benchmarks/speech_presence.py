@@ -25,7 +25,6 @@ same command measures the shipped model, a candidate, or a model without the out
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import tempfile
 import time
@@ -48,10 +47,6 @@ CONDITIONS: dict[str, list[dict[str, Any]]] = {
 NON_SPEECH_KINDS = ("noise", "effect", "music", "silence")
 SYNTHETIC_NOISES = ("white", "pink", "brown", "burst")
 MUSIC = "music:reno_project-system"  # the hold-music piece of the test split
-# Tux Paint "sound effects" that are speech: every stamp under symbols/ (spoken letters and
-# digits, vocal faces) and every localised sound (``<stamp>_<locale>``, the stamp's name read
-# in that language). train.data.noises lists them as noise; a benchmark of "no speech" may not.
-_SPOKEN_EFFECT = re.compile(r"^sfx:symbols/|_[a-z]{2}(_[A-Za-z]{2})?$")
 NON_SPEECH_SECONDS = 10.0
 NON_SPEECH_LEVEL_DBFS = (-45.0, -15.0)
 BABBLE_TALKERS = 4
@@ -90,11 +85,6 @@ def babble_pool(talkers: list[np.ndarray]):
     return pool
 
 
-def spoken_effect(name: str) -> bool:
-    """Whether a recorded-noise name of train.data.noises is in fact a spoken word."""
-    return bool(_SPOKEN_EFFECT.search(name))
-
-
 def non_speech_signals(n: int, seed: int) -> list[tuple[str, str, np.ndarray]]:
     """``n`` (kind, name, audio) without speech, the kinds in turn: synthetic noise, a
     test-split recorded effect that is not a spoken word, the test-split hold music (each at a
@@ -103,7 +93,7 @@ def non_speech_signals(n: int, seed: int) -> list[tuple[str, str, np.ndarray]]:
     from train.data.noises import sources_of
 
     rng = np.random.default_rng(seed)
-    effects = [s for s in sources_of("test") if s.startswith("sfx:") and not spoken_effect(s)]
+    effects = [s for s in sources_of("test") if s.startswith("sfx:")]
     effects = [effects[i] for i in rng.permutation(len(effects))]
     zeros = np.zeros(int(NON_SPEECH_SECONDS * RATE), np.float32)
     out = []

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from train.data.manifest import DEFAULT_TEST_SPEAKERS, DEFAULT_VAL_SPEAKERS, split_of
-from train.data.noises import MUSIC_SPLITS, load_noise, noise_files, sources_of
+from train.data.noises import MUSIC_SPLITS, load_noise, noise_files, sources_of, spoken_effect
 from train.data.packages import PackageMissing, package_dir, package_files
 from train.data.speech import SAMPLE_RATE, find_utterance, load_utterance
 from train.data.voices import RESERVED, TUXPAINT, kde_lang, voice_index, voice_sources
@@ -66,6 +66,7 @@ def test_recorded_noises_belong_to_one_split_each():
         assert any(n.startswith("music:") for n in names), split
     assert not any("_desc" in n for n in files)
     assert {f"music:{m}" for m in MUSIC_SPLITS} <= set(files)
+    assert not [n for n in files if n.startswith("sfx:") and spoken_effect(n[4:])]
     audio = load_noise(sources_of("test")[0])
     assert audio.ndim == 1 and len(audio) > 0 and np.isfinite(audio).all()
 
@@ -87,3 +88,13 @@ def test_a_voice_is_decoded_indexed_and_joined(tmp_path):
     assert len(audio) == row["samples"] and len(u.parts) > 1
     assert 0.01 < np.sqrt(np.mean(audio ** 2)) < 0.2
     assert len(audio) >= 4 * SAMPLE_RATE
+
+
+def test_spoken_stamp_sounds_are_not_noise():
+    for name in ("symbols/math/9_ro", "symbols/math/0", "symbols/faces/happy",
+                 "symbols/alphabets/english/outlined/uppercase/K_outline_en_GB", "symbols/math/3_zh_tw",
+                 "animals/mammals/dogs/dog_de", "animals/birds/owl_bg", "animals/birds/owl_el"):
+        assert spoken_effect(name), name
+    for name in ("animals/mammals/bears/bear", "food/fruit/apple_red", "town/roadsigns/xing_ped",
+                 "vehicles/emergency/firetruck"):
+        assert not spoken_effect(name), name

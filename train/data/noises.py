@@ -3,13 +3,14 @@
 Synthetic noises (white, pink, brown, bursts, babble) do not sound like a dog, a passing
 truck, rain, a machine or hold music, which real calls carry. These recordings come from
 ``tuxpaint-stamps-default`` (every ``.ogg`` that is not a spoken ``_desc``) and
-``asterisk-moh-opsound-wav``. Each file belongs to one split, so a noise heard in a test clip
+``asterisk-moh-opsound-wav``; the effects that are spoken words are left out. Each file belongs to one split, so a noise heard in a test clip
 was never heard in training; a chain step names its file (``"source"``), so a manifest row
 stays self-contained like babble's talker list.
 """
 from __future__ import annotations
 
 import functools
+import re
 import zlib
 
 import numpy as np
@@ -23,6 +24,15 @@ SFX_PACKAGE = "tuxpaint-stamps-default"
 MUSIC_PACKAGE = "asterisk-moh-opsound-wav"
 # The five hold-music pieces by name: two held out (one each for val and test).
 MUSIC_SPLITS = {"manolo_camp-morning_coffee": "val", "reno_project-system": "test"}
+# Tux Paint "sound effects" that are speech: every stamp under symbols/ (spoken letters and
+# digits, vocal faces) and every localised sound (``<stamp>_<locale>``, the stamp's name read
+# in that language): 330 of its 440 non-description sounds. They are not noise.
+_SPOKEN_EFFECT = re.compile(r"^symbols/|_[a-z]{2}(_[A-Za-z]{2})?$")
+
+
+def spoken_effect(name: str) -> bool:
+    """Whether a Tux Paint sound (its path below the stamps folder, no suffix) is a word."""
+    return bool(_SPOKEN_EFFECT.search(name))
 
 
 def _split_of_sfx(name: str) -> str:
@@ -40,9 +50,11 @@ def noise_files() -> dict[str, tuple[str, str]]:
     out: dict[str, tuple[str, str]] = {}
     root = package_dir(SFX_PACKAGE, ".ogg")
     for p in package_files(SFX_PACKAGE):
-        if p.suffix == ".ogg" and "_desc" not in p.stem:
-            name = "sfx:" + p.relative_to(root).with_suffix("").as_posix()
-            out[name] = (str(p), _split_of_sfx(name))
+        if p.suffix != ".ogg" or "_desc" in p.stem:
+            continue
+        rel = p.relative_to(root).with_suffix("").as_posix()
+        if not spoken_effect(rel):
+            out["sfx:" + rel] = (str(p), _split_of_sfx("sfx:" + rel))
     for p in package_files(MUSIC_PACKAGE):
         if p.suffix == ".wav":
             out["music:" + p.stem] = (str(p), MUSIC_SPLITS.get(p.stem, "train"))

@@ -1,0 +1,127 @@
+"""Accuracy per held-out voice, real voices first: what a user's clean call reads.
+
+    python -m benchmarks.real_voices streamqa/models/streamqa-s.onnx \
+        --labels train/labels/test.distillmos.csv train/labels/test.dnsmos1.csv \
+        --json benchmarks/results/real_voices.json
+
+Two measurements per model, both against Distill-MOS (the teacher):
+
+- **degraded test clips** of the test split (``train.evaluate``'s path: ``Model.score`` on the
+  labeller's cached audio), pooled over the real voices, pooled over the TTS voices, and per
+  voice (PCC, SRCC, mean offset);
+- **clean clips** of every held-out real voice: up to ``--clean`` windows of 7.68 s of its
+  clean utterances, scored by Distill-MOS in this run and by the student; the mean offset per
+  voice is what a clean call in that voice reads too high or too low.
+
+Rows without speech (``speaker`` ``none``) have no MOS label and are left out. The real voices
+are those of ``train.data.voices`` plus the Asterisk prompt sets (``asterisk-*``).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks import write_json
+from train.distill import pearson, spearman
+from train.evaluate import accuracy, clip_scores, select_rows
+
+REAL_PREFIXES = ("asterisk-", "tuxpaint-", "kde-")
+CLIP_SAMPLES = 122880
+
+
+def is_real(speaker: str) -> bool:
+    """Whether a speaker id names a recorded human voice (not TTS, not a conversion)."""
+    return speaker.startswith(REAL_PREFIXES) and "@" not in speaker
+
+
+def pooled(pred: np.ndarray, target: np.ndarray) -> dict:
+    ok = np.isfinite(pred)
+    p, t = pred[ok], target[ok]
+    return {"n": int(ok.sum()), "unscored": int((~ok).sum()), "pcc": pearson(p, t),
+            "srcc": spearman(p, t), "bias": float(np.mean(p - t))}
+
+
+def clean_windows(voices: list[str], per_voice: int, cache: Path) -> dict[str, list[np.ndarray]]:
+    """The first 7.68 s of up to ``per_voice`` clean utterances of each voice (at -26 dBFS)."""
+    from train.data.speech import list_utterances, load_utterance
+
+    by_voice: dict[str, list[np.ndarray]] = {v: [] for v in voices}
+    for u in list_utterances(cache, real=True):
+        if u.speaker in by_voice and len(by_voice[u.speaker]) < per_voice:
+            by_voice[u.speaker].append(load_utterance(u, cache)[:CLIP_SAMPLES])
+    return {v: clips for v, clips in by_voice.items() if clips}
+
+
+def clean_offsets(models: dict[str, Path], windows: dict[str, list[np.ndarray]]) -> dict:
+    """Per voice: Distill-MOS's mean on the clean windows and each model's mean offset."""
+    from streamqa.model import Model
+    from train.teachers.base import get_teacher
+
+    teacher = get_teacher("distillmos", threads=1)
+    loaded = {name: Model(path) for name, path in models.items()}
+    out: dict = {}
+    for voice, clips in windows.items():
+        ref = np.array([s["mos"] for s in teacher.score_batch(clips)])
+        row: dict = {"n": len(clips), "distillmos_mean": float(ref.mean())}
+        for name, model in loaded.items():
+            pred = np.array([np.nan if (m := model.score(c)["mos"]) is None else m for c in clips])
+            ok = np.isfinite(pred)
+            row[name] = {"mean": float(pred[ok].mean()) if ok.any() else None,
+                         "offset": float(pred[ok].mean() - ref[ok].mean()) if ok.any() else None,
+                         "unscored": int((~ok).sum())}
+        out[voice] = row
+    return out
+
+
+def degraded(model: Path, rows: list[dict[str, str]], audio_dir: Path) -> dict:
+    """Pooled real, pooled TTS and per-voice accuracy on the labelled test clips."""
+    preds = clip_scores(model, rows, audio_dir)
+    mos = preds["mos"]
+    target = np.array([float(r["mos"]) for r in rows])
+    real = np.array([is_real(r["speaker"]) for r in rows])
+    result = {"real": pooled(mos[real], target[real]), "tts": pooled(mos[~real], target[~real])}
+    result.update(accuracy(preds, rows))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.real_voices", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("models", nargs="+", help="NAME=MODEL.onnx (or MODEL.onnx, named by its stem)")
+    ap.add_argument("--labels", type=Path, nargs="+", required=True)
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--audio-dir", type=Path, default=Path("cache/audio"))
+    ap.add_argument("--speech-cache", type=Path, default=Path("cache/speech"))
+    ap.add_argument("--clean", type=int, default=24, help="clean windows per held-out real voice")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    models = dict(m.split("=", 1) if "=" in m else (Path(m).stem, m) for m in args.models)
+    models = {k: Path(v) for k, v in models.items()}
+    rows = [r for r in select_rows(args.labels, args.split) if r.get("mos") not in (None, "")]
+    if not rows:
+        print(f"no labelled {args.split} rows in {args.labels}", file=sys.stderr)
+        return 2
+    voices = sorted({r["speaker"] for r in rows if is_real(r["speaker"])})
+    result: dict = {"split": args.split, "clips": len(rows), "real_voices": voices,
+                    "models": {name: str(p) for name, p in models.items()},
+                    "degraded": {name: degraded(p, rows, args.audio_dir) for name, p in models.items()},
+                    "clean": clean_offsets(models, clean_windows(voices, args.clean, args.speech_cache))}
+    names = list(models)
+    print(f"{'':28s}" + "".join(f"{n:>22s}" for n in names))
+    for group in ("real", "tts"):
+        cells = [result["degraded"][n][group] for n in names]
+        print(f"{group + ' (degraded) PCC/SRCC':28s}" + "".join(f"{c['pcc']:>13.3f} / {c['srcc']:.3f}" for c in cells))
+    for voice, row in result["clean"].items():
+        cells = [row[n]["offset"] for n in names]
+        print(f"{voice + ' clean offset':28s}" + "".join(f"{c:>22.2f}" if c is not None else f"{'-':>22s}" for c in cells)
+              + f"   (Distill-MOS {row['distillmos_mean']:.2f}, n={row['n']})")
+    if args.json:
+        write_json(args.json, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
