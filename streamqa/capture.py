@@ -53,12 +53,15 @@ class CaptureError(ValueError):
 
 
 def is_capture(path: Path) -> bool:
-    """True for a pcap or pcapng file (by its magic number; by its suffix if unreadable)."""
+    """True for a file named or made like a capture (suffix, or pcap/pcapng magic number), so
+    a damaged ``call.pcap`` is reported as a bad capture, not as unreadable audio."""
+    if path.suffix.lower() in CAPTURE_SUFFIXES:
+        return True
     try:
         with open(path, "rb") as f:
             magic = f.read(4)
     except OSError:
-        return path.suffix.lower() in CAPTURE_SUFFIXES
+        return False
     return magic == _PCAPNG_MAGIC or magic in _PCAP_MAGICS
 
 
@@ -122,11 +125,11 @@ def read_udp(path: Path, counters: Counter | None = None) -> Iterator[tuple[floa
                     counters["truncated"] += 1
                     continue
                 udp = getattr(ip, "data", None)
+                if type(ip) is ip4 and (ip.mf or ip.offset):  # dpkt decodes a first fragment
+                    counters["fragment"] += 1                 # as if it held the whole datagram
+                    continue
                 if type(udp) is not udp_type:
-                    if type(ip) is ip4 and ip.p == 17 and ip.off & 0x3FFF:
-                        counters["fragment"] += 1
-                    else:
-                        counters["not_udp"] += 1
+                    counters["not_udp"] += 1
                     continue
                 family = inet if type(ip) is ip4 else inet6 if type(ip) is ip6 else None
                 if family is None:
