@@ -9,7 +9,8 @@ pkgs=(ffmpeg espeak-ng flite sox libportaudio2 alsa-utils
       asterisk-core-sounds-en-g722 asterisk-core-sounds-es-g722 asterisk-core-sounds-it-g722
       asterisk-prompt-es-co asterisk-prompt-fr-armelle asterisk-prompt-it-menardi-wav
       tuxpaint-stamps-default ktuberling-data klettres-data asterisk-moh-opsound-wav
-      chromium redis-server)
+      chromium redis-server
+      tcpdump sip-tester)  # the capture tests record the loopback while sipp makes a SIP call
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
