@@ -1,0 +1,143 @@
+"""How much faster than real time ``streamqa score`` analyses a capture, on one core.
+
+    python -m benchmarks.capture_speed --streams 20 --seconds 600 \
+        --json benchmarks/results/capture_speed.json
+
+Writes a capture of ``--streams`` PCMU calls of ``--seconds`` each (20 ms packets over
+Ethernet/IPv4/UDP to one monitor port, the demo caller's speech from a different offset per
+stream, every second stream losing 1 % of its packets and all of them jittered by up to
+4 ms), then runs :func:`streamqa.capture.analyse_capture` on it with the shipped model,
+pinned to one CPU with one ONNX Runtime thread. Reported: CPU and wall time, real-time
+factors (capture seconds per analysis second), hops scored against the hops expected, and
+the CPU time of reading the capture alone (dpkt and the link/IP/UDP decoding) to show where
+the time goes. The machine is shared, so the CPU-time figure is the one to compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import os
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from benchmarks import write_json
+from benchmarks.streaming import PACKET_SAMPLES, speech_pcmu
+from streamqa.rtp.packet import build
+
+LOSS = 0.01
+JITTER_S = 0.004
+EPOCH = 1_764_000_000.0  # capture start (Unix time)
+
+
+def _frames(index: int, speech: bytes, seconds: float, rng: random.Random) -> Iterator[tuple[float, bytes]]:
+    """One stream's captured frames as (time, Ethernet frame), in time order."""
+    import dpkt
+
+    ssrc = 0x5EED0000 + index
+    lossy = index % 2 == 1
+    packets = round(seconds * 8000 / PACKET_SAMPLES)
+    phase = 0.02 * index / 20 + 0.001 * index
+    start = (index * 8000 * 2) % len(speech)  # two seconds further into the speech per stream
+    template = None
+    frames = []
+    for k in range(packets):
+        if lossy and rng.random() < LOSS:
+            continue
+        at = (start + k * PACKET_SAMPLES) % (len(speech) - PACKET_SAMPLES)
+        rtp = build(0, k & 0xFFFF, (k * PACKET_SAMPLES) & 0xFFFFFFFF, ssrc, speech[at:at + PACKET_SAMPLES])
+        if template is None:  # every packet of the stream has the same length: one header
+            udp = dpkt.udp.UDP(sport=40000 + 2 * index, dport=5004, data=rtp)
+            udp.ulen = len(udp)
+            ip = dpkt.ip.IP(src=bytes([10, 0, 0, 10 + index]), dst=bytes([10, 0, 1, 1]), p=17, data=udp)
+            ip.len = len(ip)
+            eth = dpkt.ethernet.Ethernet(src=b"\x02" * 6, dst=b"\x04" * 6, data=ip)
+            template = bytes(eth)[: -len(rtp)]
+        frames.append((EPOCH + phase + 0.02 * k + rng.random() * JITTER_S, template + rtp))
+    frames.sort()
+    return iter(frames)
+
+
+def write_capture(path: Path, streams: int, seconds: float, seed: int = 0) -> int:
+    """Write the benchmark's capture; returns the number of packets."""
+    import dpkt
+
+    speech = speech_pcmu()
+    rng = random.Random(seed)
+    count = 0
+    with open(path, "wb") as f:
+        writer = dpkt.pcap.Writer(f, nano=False)
+        for ts, frame in heapq.merge(*(_frames(i, speech, seconds, rng) for i in range(streams))):
+            writer.writepkt(frame, ts=ts)
+            count += 1
+    return count
+
+
+def run(streams: int, seconds: float, capture: Path) -> dict:
+    from streamqa.capture import analyse_capture, read_udp
+    from streamqa.model import load_model
+
+    packets = write_capture(capture, streams, seconds)
+    cpu = min(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {cpu})
+    model = load_model(None, threads=1)
+
+    cpu0 = time.process_time()
+    read = sum(1 for _ in read_udp(capture))
+    read_cpu = time.process_time() - cpu0
+
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    results, counters = analyse_capture(model, capture)
+    cpu_s = time.process_time() - cpu0
+    wall_s = time.perf_counter() - wall0
+    hops = sum(r.summary["hops"] for r in results if r.summary)
+    expected = streams * int(seconds / (model.info.hop_samples / model.info.sample_rate))
+    lost = sum(r.summary["net"]["lost"] for r in results if r.summary and r.summary.get("net"))
+    return {
+        "command": "python -m benchmarks.capture_speed " + " ".join(sys.argv[1:]),
+        "model": model.info.name,
+        "streams": streams,
+        "capture_seconds": seconds,
+        "packets": packets,
+        "datagrams_read": read,
+        "capture_mb": round(capture.stat().st_size / 1e6, 1),
+        "cpu": cpu,
+        "onnx_threads": 1,
+        "read_only_cpu_s": round(read_cpu, 2),
+        "analysis_cpu_s": round(cpu_s, 2),
+        "analysis_wall_s": round(wall_s, 2),
+        "realtime_x_cpu": round(seconds / cpu_s, 1),
+        "realtime_x_wall": round(seconds / wall_s, 1),
+        "streams_found": len(results),
+        "hops_scored": hops,
+        "hops_expected": expected,
+        "packets_lost": lost,
+        "us_per_packet_cpu": round(1e6 * cpu_s / packets, 2),
+        "counters": dict(sorted(counters.items())),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--streams", type=int, default=20)
+    ap.add_argument("--seconds", type=float, default=600.0)
+    ap.add_argument("--capture", help="keep the generated capture here (default: a temporary file)")
+    ap.add_argument("--json", help="write the result here")
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        capture = Path(args.capture) if args.capture else Path(tmp) / "bench.pcap"
+        result = run(args.streams, args.seconds, capture)
+    if args.json:
+        write_json(args.json, result)
+    for key in ("streams", "capture_seconds", "packets", "read_only_cpu_s", "analysis_cpu_s", "analysis_wall_s",
+                "realtime_x_cpu", "realtime_x_wall", "hops_scored", "hops_expected"):
+        print(f"{key:<20}{result[key]:>12}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
