@@ -191,6 +191,10 @@ def _monitor_options(args: argparse.Namespace) -> MonitorOptions:
         ws=_host_port(args.ws),
         token=args.token,
         origins=args.origin,
+        allow_hosts=args.allow_host,
+        max_streams=args.max_streams,
+        max_streams_per_address=args.max_streams_per_address,
+        new_streams_per_s=args.new_streams_per_s,
         window_s=args.window,
         hop_s=args.hop,
         idle_timeout=args.idle_timeout,
@@ -227,8 +231,11 @@ def cmd_monitor(args: argparse.Namespace) -> int:
             from streamqa.workers import ShardOptions, run_sharded
 
             shard = ShardOptions(model=args.model, rtp=opts.rtp[0], window_s=opts.window_s, hop_s=opts.hop_s,
-                                 idle_timeout=opts.idle_timeout, rtp_map=opts.rtp_map)
-            return run_sharded(shard, args.workers, ws=opts.ws, token=opts.token, duration=opts.duration,
+                                 idle_timeout=opts.idle_timeout, rtp_map=opts.rtp_map, threads=args.threads,
+                                 max_streams=opts.max_streams, max_streams_per_address=opts.max_streams_per_address,
+                                 new_streams_per_s=opts.new_streams_per_s)
+            return run_sharded(shard, args.workers, ws=opts.ws, token=opts.token, origins=opts.origins,
+                               allow_hosts=opts.allow_hosts, duration=opts.duration,
                                quiet=opts.quiet, broker=opts.broker, monitor_id=opts.monitor_id)
         return run_monitor(load_model(args.model, threads=args.threads), opts)
 
@@ -241,7 +248,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     def job() -> Coroutine[Any, Any, int]:
         host, port = _host_port(args.ws)
         return run_gateway(args.broker, host, port, token=args.token, origins=args.origin,
-                           liveness_s=args.liveness, duration=args.duration, quiet=args.quiet)
+                           allow_hosts=args.allow_host, liveness_s=args.liveness, duration=args.duration, quiet=args.quiet)
 
     return _serve("gateway", job)
 
@@ -273,6 +280,15 @@ def build_parser() -> argparse.ArgumentParser:
     mo.add_argument("--ws", default="127.0.0.1:8765", metavar="HOST:PORT", help="websocket + overlay + /metrics")
     mo.add_argument("--token", help="require this token from websocket and HTTP clients")
     mo.add_argument("--origin", action="append", default=None, metavar="ORIGIN", help="allowed websocket Origin")
+    mo.add_argument("--allow-host", action="append", default=None, metavar="NAME",
+                    help="answer requests whose Host header names NAME (default: the --ws address, localhost, "
+                         "127.0.0.1, ::1; '*' answers any)")
+    mo.add_argument("--max-streams", type=int, default=1000, metavar="N",
+                    help="RTP streams tracked at once (per worker with --workers)")
+    mo.add_argument("--max-streams-per-address", type=int, default=500, metavar="N",
+                    help="RTP streams one source IP may hold at once (per worker with --workers)")
+    mo.add_argument("--new-streams-per-s", type=float, default=100.0, metavar="R",
+                    help="RTP streams opened per second at most (per worker with --workers)")
     mo.add_argument("--model", help="bundled model name or path to an .onnx student")
     mo.add_argument("--window", type=float, help="window in seconds (default: the model's)")
     mo.add_argument("--hop", type=float, help="hop in seconds (default: the model's)")
@@ -290,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     gw.add_argument("--ws", default="127.0.0.1:8766", metavar="HOST:PORT", help="websocket + overlay + /metrics")
     gw.add_argument("--token", help="require this token from clients")
     gw.add_argument("--origin", action="append", default=None, metavar="ORIGIN", help="allowed websocket Origin")
+    gw.add_argument("--allow-host", action="append", default=None, metavar="NAME",
+                    help="answer requests whose Host header names NAME (default: the --ws address and loopback)")
     gw.add_argument("--liveness", type=float, default=3.0, help="seconds without a heartbeat that end a monitor's streams")
     gw.add_argument("--duration", type=float, help="stop after this many seconds")
     gw.add_argument("--quiet", action="store_true")

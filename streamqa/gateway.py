@@ -25,6 +25,7 @@ async def run_gateway(
     *,
     token: str | None = None,
     origins: list[str] | None = None,
+    allow_hosts: list[str] | None = None,
     liveness_s: float = 3.0,
     duration: float | None = None,
     out: TextIO = sys.stdout,
@@ -63,7 +64,8 @@ async def run_gateway(
             return 0
         hub = Hub(model.result(), metrics=metrics)
         feed.hub = hub
-        server = await serve(hub, host, port, token=token, origins=origins, metrics=metrics)
+        server = await serve(hub, host, port, token=token, origins=origins, allow_hosts=allow_hosts,
+                             metrics=metrics)
         ws_host, ws_port = server.sockets[0].getsockname()[:2]
         if not quiet:
             print(f"streamqa gateway: model {model.result().get('name')}  websocket ws://{ws_host}:{ws_port}/", file=out, flush=True)

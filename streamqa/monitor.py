@@ -37,6 +37,10 @@ class MonitorOptions:
     ws: tuple[str, int] = ("127.0.0.1", 8765)
     token: str | None = None
     origins: list[str] | None = None
+    allow_hosts: list[str] | None = None  # Host allow-list; None: the ws address and loopback
+    max_streams: int = 1000  # RTP admission (streamqa.sources.rtp)
+    max_streams_per_address: int = 500
+    new_streams_per_s: float = 100.0
     window_s: float | None = None
     hop_s: float | None = None
     idle_timeout: float = 3.0
@@ -158,7 +162,8 @@ async def run_monitor(model: Model, opts: MonitorOptions, *, out: TextIO = sys.s
     engine = Engine(model, publish, loop=loop, metrics=metrics, window_s=opts.window_s, hop_s=opts.hop_s)
     hub = Hub(engine.model_hello(), metrics=metrics)
     try:
-        server = await serve(hub, opts.ws[0], opts.ws[1], token=opts.token, origins=opts.origins, metrics=metrics)
+        server = await serve(hub, opts.ws[0], opts.ws[1], token=opts.token, origins=opts.origins,
+                             allow_hosts=opts.allow_hosts, metrics=metrics)
         if opts.broker:
             from streamqa.broker import BrokerPublisher
 
@@ -170,10 +175,12 @@ async def run_monitor(model: Model, opts: MonitorOptions, *, out: TextIO = sys.s
     ws_host, ws_port = server.sockets[0].getsockname()[:2]
 
     rtp_map = {pt: (codec, rate, ch) for pt, codec, rate, ch in map(parse_rtp_map, opts.rtp_map)}
+    admission = {"max_streams": opts.max_streams, "max_streams_per_address": opts.max_streams_per_address,
+                 "new_streams_per_s": opts.new_streams_per_s}
     rtp_sources: list[RtpSource] = []
     rtp_addrs = []
     for host, port in opts.rtp:
-        src = RtpSource(engine, rtp_map=rtp_map, idle_timeout=opts.idle_timeout)
+        src = RtpSource(engine, rtp_map=rtp_map, idle_timeout=opts.idle_timeout, **admission)
         rtp_addrs.append(await src.start(host, port))
         rtp_sources.append(src)
     finite: list[asyncio.Task] = []

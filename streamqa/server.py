@@ -9,13 +9,18 @@ queue; a per-client task drains its queue to the socket. A client that cannot ke
 loses its oldest *score* messages (counted), never "stream" start/end messages, and is
 disconnected if it stays behind; a slow phone on the overlay must never delay the
 engine or the other clients, nor grow memory without bound.
+
+A subscriber is also a peer to defend against (issue 18): queues are bounded in bytes as
+well as messages, the server stops reading from a client whose queue is full (its
+requests would only queue more replies), the stall timeout runs on a timer rather than
+waiting for the next score, client messages and pings are rate-limited, and every request
+passes ``streamqa.access`` (Host allow-list, Origin, token, methods) first.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
-import hmac
 import http
 import json
 import logging
@@ -31,10 +36,14 @@ from websockets.asyncio.server import Server, ServerConnection
 from websockets.asyncio.server import serve as ws_serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode, Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
+from .access import AccessPolicy, default_hosts
+from .logthrottle import LogThrottle, throttled
 from .metrics import Metrics
+from .ratelimit import TokenBucket
 
 __all__ = ["Hub", "serve", "PROTOCOL_VERSION"]
 
@@ -48,8 +57,14 @@ STATIC_FILES = {
 }
 WS_PATHS = ("/", "/ws")
 MAX_SUBSCRIBE_STREAMS = 256
+# A client whose queue holds this much stops being read until it drains: its messages
+# (subscribe) each queue a reply, and a client that never reads would queue them forever.
+READ_PAUSE_BYTES = 64 * 1024
+MESSAGE_BURST = 20  # client messages at once, then messages_per_s
+PING_BURST = 10  # pings at once, then pings_per_s (websockets clients ping every 20 s)
 
-log = logging.getLogger(__name__)
+_throttle = LogThrottle()
+log = throttled(logging.getLogger(__name__), _throttle)
 
 
 def jsonable(obj: object) -> object:
@@ -81,9 +96,17 @@ class _Client:
     """One websocket subscriber: a bounded queue of encoded messages and its filter."""
 
     def __init__(self, conn: ServerConnection, queue_size: int, stall_timeout_s: float,
-                 event_backlog: int | None = None):
+                 event_backlog: int | None = None, max_bytes: int = 512 * 1024,
+                 messages_per_s: float = 5.0):
         self.conn = conn
         self.queue_size = queue_size
+        self.max_bytes = max_bytes  # text bytes queued, must-deliver messages included
+        self.bytes = 0
+        # Set while the queue has room to take replies: the connection handler reads the
+        # client's next message only then.
+        self.room = asyncio.Event()
+        self.room.set()
+        self.messages = TokenBucket(messages_per_s, MESSAGE_BURST, time.monotonic())
         # Must-deliver messages may overfill the queue up to this many: a burst of stream
         # starts (an SSRC flood opens up to max_streams at once) arrives faster than any
         # healthy client can read, and must not disconnect every subscriber.
@@ -96,6 +119,7 @@ class _Client:
         self.dropped = 0
         self.peak = 0  # high-water mark of len(queue), for tests and debugging
         self.full_since: float | None = None
+        self.backed_up_since: float | None = None  # first timer check that found a backlog
         self.closing = False
 
     def wants(self, stream: str) -> bool:
@@ -104,14 +128,16 @@ class _Client:
     def offer(self, text: str, droppable: bool, now: float) -> tuple[int, str | None]:
         """Queue one message. Returns (messages dropped, reason to disconnect or None).
 
-        Full queue: the oldest queued score goes (or the new score itself if the queue
-        holds only must-deliver messages, which may then grow to ``event_backlog``). The
+        Full queue (``queue_size`` messages, or ``max_bytes`` of text): the oldest queued
+        scores go (or the new score itself if the queue holds only must-deliver messages,
+        which may then grow to ``event_backlog`` messages, never beyond ``max_bytes``). The
         client counts as stalled from its first drop until its queue drains to half;
-        stalled longer than ``stall_timeout_s`` or unable to take a must-deliver message
-        within ``event_backlog``, it is disconnected.
+        stalled longer than ``stall_timeout_s`` or unable to take a must-deliver message,
+        it is disconnected.
         """
         dropped = 0
-        if len(self.queue) >= self.queue_size:
+        size = len(text)
+        while len(self.queue) >= self.queue_size or self.bytes + size > self.max_bytes:
             if self.full_since is None:
                 self.full_since = now
             elif now - self.full_since > self.stall_timeout_s:
@@ -119,16 +145,26 @@ class _Client:
             victim = next((i for i, (d, _) in enumerate(self.queue) if d), None)
             if victim is None:
                 if droppable:
-                    return 1, None
-                if len(self.queue) >= self.event_backlog:
-                    return 0, "client too slow: queue full of undelivered stream events"
-            else:
-                del self.queue[victim]
-                dropped = 1
+                    return dropped + 1, None
+                if len(self.queue) >= self.event_backlog or self.bytes + size > self.max_bytes:
+                    return dropped, "client too slow: queue full of undelivered messages"
+                break
+            self.bytes -= len(self.queue[victim][1])
+            del self.queue[victim]
+            dropped += 1
         self.queue.append((droppable, text))
+        self.bytes += size
+        if self.bytes >= READ_PAUSE_BYTES or len(self.queue) >= self.queue_size:
+            self.room.clear()
         self.peak = max(self.peak, len(self.queue))
         self.wakeup.set()
         return dropped, None
+
+    def stalled_for(self, now: float) -> float:
+        """Seconds this client has been unable to keep up (0 if it is keeping up); the
+        server's timer disconnects it past ``stall_timeout_s`` even when nothing new is
+        offered to it."""
+        return 0.0 if self.full_since is None else now - self.full_since
 
     async def pump(self) -> None:
         """Send queued messages in order until the connection closes."""
@@ -137,8 +173,11 @@ class _Client:
                 self.wakeup.clear()
                 await self.wakeup.wait()
             _, text = self.queue.popleft()
-            if self.full_since is not None and len(self.queue) <= self.queue_size // 2:
+            self.bytes -= len(text)
+            if len(self.queue) <= self.queue_size // 2 and self.bytes <= self.max_bytes // 2:
                 self.full_since = None
+            if self.bytes < READ_PAUSE_BYTES // 2 and len(self.queue) < self.queue_size // 2:
+                self.room.set()
             await self.conn.send(text)
 
 
@@ -242,6 +281,8 @@ class Hub:
             return
         client.closing = True
         client.queue.clear()
+        client.bytes = 0
+        client.room.set()
         log.warning("disconnecting websocket client %s: %s", client.conn.remote_address, reason)
         task = asyncio.get_running_loop().create_task(_disconnect(client.conn, reason))
         self._closing.add(task)
@@ -249,10 +290,11 @@ class Hub:
 
     # -- connection side ---------------------------------------------------------------------
     def _register(self, conn: ServerConnection, queue_size: int, stall_s: float,
-                  event_backlog: int | None = None) -> _Client:
+                  event_backlog: int | None = None, **limits: float) -> _Client:
         """Add a client and queue, atomically, its hello and the active streams' state,
-        so a late joiner neither misses nor duplicates a start/end pair."""
-        client = _Client(conn, queue_size, stall_s, event_backlog)
+        so a late joiner neither misses nor duplicates a start/end pair. ``limits``:
+        ``max_bytes`` and ``messages_per_s`` of ``_Client``."""
+        client = _Client(conn, queue_size, stall_s, event_backlog, **limits)
         self._clients[conn] = client
         self._send(client, self._hello)
         for stream in self._active:
@@ -268,6 +310,24 @@ class Hub:
         if self.metrics is not None:
             self.metrics.set("streamqa_ws_clients", len(self._clients))
 
+    def _kick_stalled(self, now: float) -> None:
+        """The stall timeout on a timer: a client that stopped reading is disconnected
+        after ``stall_timeout_s`` even if no new score arrives to notice it. Stalled means
+        its queue has been full that long, or something (queued messages, bytes in the
+        socket's write buffer) has waited for it at every check for that long."""
+        for client in list(self._clients.values()):
+            if client.closing:
+                continue
+            transport = client.conn.transport
+            if client.queue or (transport is not None and transport.get_write_buffer_size()):
+                if client.backed_up_since is None:
+                    client.backed_up_since = now
+            else:
+                client.backed_up_since = None
+            waited = 0.0 if client.backed_up_since is None else now - client.backed_up_since
+            if max(waited, client.stalled_for(now)) > client.stall_timeout_s:
+                self._kick(client, f"client too slow: nothing read for over {client.stall_timeout_s:g} s")
+
     def _handle(self, client: _Client, raw: str | bytes) -> None:
         """Answer one client message; bad input gets an error message, nothing else."""
         if isinstance(raw, bytes):
@@ -277,6 +337,9 @@ class Hub:
             msg = json.loads(raw)
         except ValueError as exc:
             self._send(client, {"type": "error", "error": f"malformed JSON: {exc}"})
+            return
+        except RecursionError:  # deeper than the parser's recursion limit
+            self._send(client, {"type": "error", "error": "malformed JSON: nested too deeply"})
             return
         if not isinstance(msg, dict):
             self._send(client, {"type": "error", "error": "a message must be a JSON object"})
@@ -347,36 +410,52 @@ def _text(status: int, message: str, **extra: str) -> Response:
     return _response(status, message + "\n", "text/plain; charset=utf-8", **extra)
 
 
-def _token_ok(request: Request, query: dict[str, list[str]], token: str | None) -> bool:
-    """Constant-time check of ``?token=`` or ``Authorization: Bearer``."""
-    if token is None:
-        return True
-    expected = token.encode()
-    offered = [v.encode() for v in query.get("token", [])]
-    auth = request.headers.get("Authorization", "")
-    if auth[:7].lower() == "bearer ":
-        offered.append(auth[7:].strip().encode())
-    ok = False
-    for candidate in offered:
-        ok |= hmac.compare_digest(candidate, expected)
-    return ok
+class _Connection(ServerConnection):
+    """A websocket connection with the peer-abuse limits websockets does not have.
 
-
-def _origin_ok(request: Request, origins: list[str] | None) -> bool:
-    """Browser Origin against the allow-list; the overlay's own origin is always allowed.
-
-    Requests without an Origin header (scripts, OBS's non-browser clients) pass: Origin
-    only defends against other web sites driving a visitor's browser, and the token is
-    what authenticates everything else.
+    - Bytes after the request and before our answer are dropped and flagged: fed to
+      websockets they fail its parser, which then cannot send our response (an
+      AssertionError and a traceback per request). The request is answered 400.
+    - Pings beyond ``pings_per_s`` (burst PING_BURST) close the connection with 1008:
+      websockets answers each with a pong written straight to the socket, so a client
+      that pings and never reads would grow the server's write buffer without bound.
     """
-    if origins is None:
-        return True
-    origin = request.headers.get("Origin")
-    if origin is None:
-        return True
-    host = request.headers.get("Host", "")
-    own = {f"http://{host}", f"https://{host}"}
-    return origin in origins or origin in own
+
+    pings_per_s = 1.0
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.early_bytes = 0
+        self._tail = b""
+        self._head_done = False
+        self._pings = TokenBucket(self.pings_per_s, PING_BURST, time.monotonic())
+
+    def data_received(self, data: bytes) -> None:
+        if self.response is None and self.protocol.state is State.CONNECTING:
+            if self._head_done:
+                self.early_bytes += len(data)
+                return
+            buf = self._tail + data
+            end = buf.find(b"\r\n\r\n")
+            if end >= 0:
+                cut = end + 4 - len(self._tail)
+                self._head_done = True
+                self.early_bytes += len(data) - cut
+                data = data[:cut]
+            else:
+                self._tail = buf[-3:]
+        super().data_received(data)
+
+    def process_event(self, event: object) -> None:
+        if isinstance(event, Frame) and event.opcode is Opcode.PING and \
+                not self._pings.take(time.monotonic()):
+            if self.protocol.state is State.OPEN:
+                self.protocol.fail(CloseCode.POLICY_VIOLATION, "too many pings")
+                self.send_data()
+                # a client that never reads would never complete the closing handshake
+                self.loop.call_later(min(self.close_timeout or 1.0, 1.0), self.transport.abort)
+            return
+        super().process_event(event)  # type: ignore[arg-type]
 
 
 async def serve(
@@ -386,20 +465,28 @@ async def serve(
     *,
     token: str | None = None,
     origins: list[str] | None = None,
+    allow_hosts: list[str] | None = None,
     max_clients: int = 1000,
     queue_size: int = 256,
+    max_queue_bytes: int = 512 * 1024,
     max_message_bytes: int = 4096,
     metrics: Metrics | None = None,
     stall_timeout_s: float = 10.0,
     close_timeout: float = 5.0,
     event_backlog: int = 4096,
+    messages_per_s: float = 5.0,
 ) -> Server:
     """Start the websocket + HTTP server; returns the running websockets ``Server``.
 
     HTTP GET: ``/`` (overlay page), ``/overlay.js``, ``/overlay.css``, ``/metrics``
     (needs the token when one is set), ``/healthz``. Websocket upgrade on ``/`` or
     ``/ws``: token (401), Origin allow-list (403), ``max_clients`` (503) are checked
-    before the upgrade. ``metrics`` defaults to the hub's registry, and is given to the
+    before the upgrade. Every request first passes ``streamqa.access``: GET/HEAD only
+    (405), no duplicated Host/Origin/Authorization/... (400), a Host on ``allow_hosts``
+    (403; default: ``host``, localhost, 127.0.0.1, ::1; ``"*"`` allows any), one
+    ``?token=`` (400). ``max_queue_bytes`` bounds each client's queue in text bytes;
+    ``messages_per_s`` (burst 20) limits what a client may send, beyond it the
+    connection is closed with 1008. ``metrics`` defaults to the hub's registry, and is given to the
     hub if it has none. ``event_backlog`` bounds how far stream start/end messages,
     which are never dropped, may overfill a client's queue during a burst (queued
     texts are shared by all clients: the cost is a small tuple per message per client).
@@ -411,6 +498,10 @@ async def serve(
         raise ValueError(f"event_backlog must be >= queue_size, got {event_backlog} < {queue_size}")
     if max_clients < 1 or max_message_bytes < 64:
         raise ValueError("max_clients must be >= 1 and max_message_bytes >= 64")
+    if max_queue_bytes < 2 * max_message_bytes:
+        raise ValueError(f"max_queue_bytes must be >= 2 * max_message_bytes, got {max_queue_bytes}")
+    policy = AccessPolicy(token=token, origins=origins,
+                          hosts=list(allow_hosts) if allow_hosts else default_hosts(host))
     if metrics is None:
         metrics = hub.metrics
     elif hub.metrics is None:
@@ -422,30 +513,29 @@ async def serve(
     admitted: weakref.WeakSet[ServerConnection] = weakref.WeakSet()
 
     def process_request(conn: ServerConnection, request: Request) -> Response | None:
+        if getattr(conn, "early_bytes", 0):
+            return _text(400, "unexpected bytes after the request")
         url = urlsplit(request.path)
         query = parse_qs(url.query)
         upgrade = "websocket" in request.headers.get("Upgrade", "").lower()
+        refused = policy.refuse(request, upgrade)
+        if refused is None and len(query.get("token", [])) > 1:
+            refused = 400, "one token per request"
+        if refused is not None:
+            status, reason = refused
+            return _text(status, reason, **({"Allow": "GET, HEAD"} if status == 405 else {}))
         if not upgrade:
-            if url.path in static:
-                body, ctype = static[url.path]
-                return _response(200, body, ctype)
-            if url.path == "/healthz":
-                return _response(200, encode({
-                    "status": "ok", "clients": len(hub.clients),
-                    "streams": len(hub.active_streams),
-                }), "application/json")
-            if url.path == "/metrics":
-                if metrics is None:
-                    return _text(404, "metrics are not enabled")
-                if not _token_ok(request, query, token):
-                    return _text(401, "token required", WWW_Authenticate="Bearer")
-                return _response(200, metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
-            return _text(404, "not found")
+            response = http_get(url.path, query, request)
+            if request.method == "HEAD":  # the GET's headers, Content-Length included, no body
+                response = Response(response.status_code, response.reason_phrase, response.headers, b"")
+            return response
+        if request.method != "GET":
+            return _text(405, "a websocket upgrade is a GET", Allow="GET, HEAD")
         if url.path not in WS_PATHS:
             return _text(404, "websocket endpoint is / or /ws")
-        if not _token_ok(request, query, token):
+        if not policy.token_ok(request, query.get("token", [])):
             return _text(401, "missing or wrong token", WWW_Authenticate="Bearer")
-        if not _origin_ok(request, origins):
+        if not policy.origin_ok(request.headers.get("Origin")):
             return _text(403, "origin not allowed")
         live = sum(1 for c in admitted if c.state is not State.CLOSED)
         if live >= max_clients:
@@ -453,11 +543,37 @@ async def serve(
         admitted.add(conn)
         return None
 
+    def http_get(path: str, query: dict[str, list[str]], request: Request) -> Response:
+        if path in static:
+            body, ctype = static[path]
+            return _response(200, body, ctype)
+        if path == "/healthz":
+            return _response(200, encode({
+                "status": "ok", "clients": len(hub.clients),
+                "streams": len(hub.active_streams),
+            }), "application/json")
+        if path == "/metrics":
+            if metrics is None:
+                return _text(404, "metrics are not enabled")
+            if not policy.token_ok(request, query.get("token", [])):
+                return _text(401, "token required", WWW_Authenticate="Bearer")
+            return _response(200, metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
+        return _text(404, "not found")
+
     async def handler(conn: ServerConnection) -> None:
-        client = hub._register(conn, queue_size, stall_timeout_s, event_backlog)
+        client = hub._register(conn, queue_size, stall_timeout_s, event_backlog,
+                               max_bytes=max_queue_bytes, messages_per_s=messages_per_s)
         pump = asyncio.create_task(client.pump())
         try:
-            async for raw in conn:
+            while True:
+                if not client.room.is_set() and not await _room_or_closed(client, conn):
+                    break  # its queue is full: leave its messages unread (TCP pushes back)
+                raw = await conn.recv()
+                if client.closing:
+                    break
+                if not client.messages.take(time.monotonic()):
+                    hub._kick(client, "too many messages")
+                    break
                 hub._handle(client, raw)
         except ConnectionClosed:
             pass
@@ -469,7 +585,7 @@ async def serve(
             except (asyncio.CancelledError, ConnectionClosed):
                 pass
 
-    return await ws_serve(
+    server = await ws_serve(
         handler,
         host,
         port,
@@ -479,4 +595,31 @@ async def serve(
         # compress; fan-out to hundreds of overlays matters more.
         compression=None,
         close_timeout=close_timeout,
+        create_connection=_Connection,
+        logger=throttled(logging.getLogger("websockets.server"), _throttle),
     )
+    policy.port = server.sockets[0].getsockname()[1]
+    sweeper = asyncio.get_running_loop().create_task(_sweep(hub, server, stall_timeout_s))
+    hub._closing.add(sweeper)
+    sweeper.add_done_callback(hub._closing.discard)
+    return server
+
+
+async def _sweep(hub: Hub, server: Server, stall_timeout_s: float) -> None:
+    """Run the stall timeout on a timer while the server serves."""
+    period = min(1.0, stall_timeout_s / 4)
+    while server.is_serving():
+        await asyncio.sleep(period)
+        hub._kick_stalled(time.monotonic())
+
+
+async def _room_or_closed(client: _Client, conn: ServerConnection) -> bool:
+    """Wait until the client's queue has room again (True) or the connection ends (False)."""
+    room = asyncio.ensure_future(client.room.wait())
+    closed = asyncio.ensure_future(conn.wait_closed())
+    try:
+        await asyncio.wait({room, closed}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        room.cancel()
+        closed.cancel()
+    return client.room.is_set() and not client.closing

@@ -55,6 +55,9 @@ class ShardOptions:
     idle_timeout: float = 3.0
     rtp_map: list[str] = field(default_factory=list)
     max_streams: int = 1000
+    max_streams_per_address: int = 500
+    new_streams_per_s: float = 100.0
+    threads: int = 1
 
 
 def _send(conn: Connection, kind: str, payload: Any) -> None:
@@ -64,7 +67,7 @@ def _send(conn: Connection, kind: str, payload: Any) -> None:
 async def _run_shard(opts: ShardOptions, conn: Connection, index: int) -> None:
     """One worker: score its share of the port's streams until SIGTERM, then drain."""
     loop = asyncio.get_running_loop()
-    model = load_model(opts.model)
+    model = load_model(opts.model, threads=opts.threads)
     pending: list[str] = []
 
     def flush() -> None:
@@ -79,7 +82,9 @@ async def _run_shard(opts: ShardOptions, conn: Connection, index: int) -> None:
 
     engine = Engine(model, publish, loop=loop, window_s=opts.window_s, hop_s=opts.hop_s)
     rtp_map = {pt: (codec, rate, ch) for pt, codec, rate, ch in map(parse_rtp_map, opts.rtp_map)}
-    source = RtpSource(engine, rtp_map=rtp_map, idle_timeout=opts.idle_timeout, max_streams=opts.max_streams)
+    source = RtpSource(engine, rtp_map=rtp_map, idle_timeout=opts.idle_timeout, max_streams=opts.max_streams,
+                       max_streams_per_address=opts.max_streams_per_address,
+                       new_streams_per_s=opts.new_streams_per_s)
     addr = await source.start(opts.rtp[0], opts.rtp[1], reuse_port=True)
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -189,6 +194,8 @@ async def run_sharded(
     *,
     ws: tuple[str, int] = ("127.0.0.1", 8765),
     token: str | None = None,
+    origins: list[str] | None = None,
+    allow_hosts: list[str] | None = None,
     duration: float | None = None,
     out: TextIO = sys.stdout,
     quiet: bool = False,
@@ -204,6 +211,8 @@ async def run_sharded(
     streams and the end summaries are published before the websocket closes. ``ready``
     receives {"ws", "rtp", "hub", "shards", "pids", "metrics"}. With ``broker``
     (``redis://HOST:PORT/CHANNEL``) every message is also published there for gateways.
+    The websocket port applies the same access settings as a single monitor (``token``,
+    ``origins``, ``allow_hosts``: streamqa.access).
     """
     if workers < 1:
         raise ValueError(f"need at least one worker, got {workers}")
@@ -253,7 +262,8 @@ async def run_sharded(
             await publisher.start()
         for i, conn in enumerate(conns):
             loop.add_reader(conn.fileno(), _reader(conn, i, shards, eof))
-        server = await serve(hub, ws[0], ws[1], token=token, metrics=metrics)
+        server = await serve(hub, ws[0], ws[1], token=token, origins=origins, allow_hosts=allow_hosts,
+                             metrics=metrics)
         ws_host, ws_port = server.sockets[0].getsockname()[:2]
         if not quiet:
             print(f"streamqa: {workers} workers on udp://{rtp[0]}:{rtp[1]} (SO_REUSEPORT); websocket ws://{ws_host}:{ws_port}/", file=out, flush=True)

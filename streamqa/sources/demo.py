@@ -108,6 +108,9 @@ class DemoCall:
         legs = await asyncio.to_thread(_load_legs, self.rng)
         loop = asyncio.get_running_loop()
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        # Bound to loopback before the first send: an unbound socket would be bound to
+        # 0.0.0.0 by it, a UDP port open to the network for the whole demo.
+        sock.bind(("127.0.0.1", 0))
         sock.setblocking(False)
         try:
             while True:
