@@ -307,16 +307,17 @@ def write_presence_labels(rows: Iterable[ClipRow], path: Path,
     ``MIN_SPEECH_FRACTION`` of speech in the clip, else 0. Returns the row count."""
     from streamqa.activity import MIN_SPEECH_FRACTION
 
+    rows = list(rows)
+    # By utterance, so that each is loaded once (rows are in random utterance order).
+    fraction = {r.clip_id: clean_speech_fraction(r, cache_dir)
+                for r in sorted(rows, key=lambda r: r.utterance_id)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    n = 0
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["clip_id", "split", "speaker", "speech"])
-        for r in rows:
-            w.writerow([r.clip_id, r.split, r.speaker,
-                        int(clean_speech_fraction(r, cache_dir) >= MIN_SPEECH_FRACTION)])
-            n += 1
-    return n
+        w.writerows([r.clip_id, r.split, r.speaker, int(fraction[r.clip_id] >= MIN_SPEECH_FRACTION)]
+                    for r in rows)
+    return len(rows)
 
 
 def parse_split_counts(text: str) -> dict[str, int]:
