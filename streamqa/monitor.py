@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from streamqa.engine import Engine
+from streamqa.heaptrim import HeapTrimmer
 from streamqa.metrics import Metrics
 from streamqa.model import Model
 from streamqa.rtp.codecs import parse_rtp_map
@@ -221,6 +222,7 @@ async def run_monitor(model: Model, opts: MonitorOptions, *, out: TextIO = sys.s
 
     deadline = None if opts.duration is None else time.monotonic() + opts.duration
     only_finite = not (opts.rtp or opts.mic is not None or opts.demo)
+    trimmer = HeapTrimmer()
     try:
         while not stop.is_set():
             if deadline is not None and time.monotonic() >= deadline:
@@ -228,6 +230,7 @@ async def run_monitor(model: Model, opts: MonitorOptions, *, out: TextIO = sys.s
             if only_finite and all(t.done() for t in finite):
                 break
             console.refresh()
+            trimmer.streams_now(len(engine.streams))
             try:
                 await asyncio.wait_for(stop.wait(), timeout=console.interval)
             except asyncio.TimeoutError:

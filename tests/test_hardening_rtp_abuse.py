@@ -196,3 +196,32 @@ def test_new_streams_are_rate_limited():
 
     opened, elapsed = asyncio.run(main())
     assert opened <= 100 + 100 * elapsed + 1, (opened, elapsed)
+
+
+def test_heap_is_trimmed_once_streams_end():
+    """Attack 1/2 left the monitor's RSS at the attack's high-water mark after its streams
+    ended (glibc keeps freed heap). The monitor now trims the heap when streams end."""
+    from streamqa.heaptrim import HeapTrimmer
+
+    trimmer = HeapTrimmer()
+    assert trimmer.streams_now(50) is False  # streams grew: nothing to give back
+    assert trimmer.streams_now(50) is False
+    assert trimmer.streams_now(2) is (trimmer._trim is not None)  # they ended: trim (on glibc)
+    assert trimmer.streams_now(2) is False  # once, not on every tick
+
+
+def test_a_validated_source_opens_even_when_the_probation_byte_budget_is_spent():
+    """Attack 2 variant: 64 KiB one-packet SSRCs fill the probation table's byte budget.
+    A real call then holds no packets on probation, but still becomes a stream."""
+    from streamqa.rtp.probation import Probation
+
+    probation = Probation(max_held_bytes=65000)
+    big = build(0, 0, 0, 0xB16, b"\x00" * 65000)
+    from streamqa.rtp.packet import parse
+
+    probation.offer(("big", 1), parse(big), 0.0)
+    first = parse(build(0, 5, 800, 0xCA11, PAYLOAD))
+    second = parse(build(0, 6, 960, 0xCA11, PAYLOAD))
+    assert probation.offer(("call", 1), first, 0.0) is None
+    assert probation.offer(("call", 1), second, 0.02) == []  # validated, nothing held
+    assert probation.discarded == 2

@@ -11,6 +11,7 @@ packet dropped here is counted in ``discarded``.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
@@ -37,7 +38,8 @@ class _Candidate:
 
 class Probation:
     """Candidate sources by key. ``offer`` returns the in-order packets to replay once a
-    key has sent ``min_sequential`` packets in sequence, else None; the caller then
+    key has sent ``min_sequential`` packets in sequence (fewer, even none, when the byte
+    budget was spent), else None; the caller then
     ``admit``s it (the packets are its) or leaves it, and a later packet offers it again.
 
     ``max_candidates`` and ``max_held_bytes`` bound the table: beyond them the oldest
@@ -53,7 +55,9 @@ class Probation:
         self.max_held_bytes = max_held_bytes
         self.timeout_s = timeout_s
         self.discarded = 0  # packets that ended here without reaching a stream
-        self._table: dict[Hashable, _Candidate] = {}
+        # oldest first; OrderedDict evicts its first entry in O(1) where a dict, after many
+        # evictions, scans the deleted slots at its front (a 50,000-SSRC burst showed it)
+        self._table: OrderedDict[Hashable, _Candidate] = OrderedDict()
         self._held_bytes = 0
 
     def __len__(self) -> int:
@@ -65,24 +69,26 @@ class Probation:
 
     def offer(self, key: Hashable, pkt: RtpPacket, now: float) -> list[RtpPacket] | None:
         """One packet of a key that has no stream; see the class docstring."""
-        cand = self._table.pop(key, None)  # re-inserted last: the table is oldest-first
-        if cand is not None and pkt.sequence == cand.sequence and now - cand.last_seen <= self.timeout_s:
+        table = self._table
+        cand = table.get(key)
+        if cand is None:  # the common case under a flood: one packet per SSRC
+            if len(table) >= self.max_candidates:
+                self._drop(table.popitem(last=False)[1])
+            cand = table[key] = _Candidate(pkt.sequence, 1, now)
+            self._hold(cand, pkt)
+            return list(cand.held) if self.min_sequential <= 1 else None
+        table.move_to_end(key)
+        if pkt.sequence == cand.sequence and now - cand.last_seen <= self.timeout_s:
             self.discarded += 1  # a duplicate neither advances nor restarts the probation
-            self._table[key] = cand
-            return list(cand.held) if cand.run >= self.min_sequential else None
-        if cand is None or now - cand.last_seen > self.timeout_s or \
-                pkt.sequence != (cand.sequence + 1) & 0xFFFF:
-            if cand is not None:
-                self._drop(cand)  # out of sequence or too slow: probation starts again
-            elif len(self._table) >= self.max_candidates:
-                self._drop(self._table.pop(next(iter(self._table))))
-            cand = _Candidate(pkt.sequence, 1, now)
+        elif now - cand.last_seen > self.timeout_s or pkt.sequence != (cand.sequence + 1) & 0xFFFF:
+            self._drop(cand)  # out of sequence or too slow: probation starts again
+            cand = table[key] = _Candidate(pkt.sequence, 1, now)
+            self._hold(cand, pkt)
         else:
             cand.sequence = pkt.sequence
             cand.run += 1
             cand.last_seen = now
-        self._hold(cand, pkt)
-        self._table[key] = cand
+            self._hold(cand, pkt)
         return list(cand.held) if cand.run >= self.min_sequential else None
 
     def admit(self, key: Hashable) -> None:

@@ -351,7 +351,7 @@ class RtpSource:
         elif len(self._streams) >= self.max_streams:
             self._evict(self._streams)
         self._probation.admit(key)
-        stream = self._open(key, packets[0].payload_type, pkt.ssrc, addr, now, host)
+        stream = self._open(key, (packets[0] if packets else pkt).payload_type, pkt.ssrc, addr, now, host)
         for held in packets:
             frames = stream.jitter.push(held, now)
             if frames:
