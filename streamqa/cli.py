@@ -205,6 +205,14 @@ def _monitor_options(args: argparse.Namespace) -> MonitorOptions:
     )
 
 
+def _note_wildcard_bind(command: str, ws_host: str, allow_hosts: list[str] | None) -> None:
+    """A wildcard ``--ws`` answers only loopback names by default (the Host allow-list):
+    say so at start-up rather than let remote clients meet a bare 403."""
+    if ws_host in ("0.0.0.0", "::", "") and not allow_hosts:
+        print(f"streamqa {command}: --ws {ws_host or '*'} answers Host names 127.0.0.1, localhost and ::1 "
+              "only; add --allow-host NAME for each name or address clients use", file=sys.stderr)
+
+
 def _serve(command: str, job: Callable[[], Coroutine[Any, Any, int]]) -> int:
     """Run a long-lived command: ``job`` builds its coroutine (so option errors are caught
     too). Bad arguments or models (ValueError, UsageError, ModelError) exit 2, an address
@@ -227,6 +235,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 
     def job() -> Coroutine[Any, Any, int]:
         opts = _monitor_options(args)
+        _note_wildcard_bind("monitor", opts.ws[0], opts.allow_hosts)
         if args.workers:
             from streamqa.workers import ShardOptions, run_sharded
 
@@ -247,6 +256,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 
     def job() -> Coroutine[Any, Any, int]:
         host, port = _host_port(args.ws)
+        _note_wildcard_bind("gateway", host, args.allow_host)
         return run_gateway(args.broker, host, port, token=args.token, origins=args.origin,
                            allow_hosts=args.allow_host, liveness_s=args.liveness, duration=args.duration, quiet=args.quiet)
 

@@ -382,3 +382,15 @@ def _udp_local_addresses(port: int) -> list[str]:
             if int(p, 16) == port:
                 out.append(socket.inet_ntoa(bytes.fromhex(addr)[::-1]))
     return out
+
+
+def test_a_wildcard_bind_says_which_host_names_it_answers(capsys):
+    """4: with the Host allow-list, ``--ws 0.0.0.0:PORT`` answers loopback names only until
+    --allow-host names the others; the CLI says so at start-up instead of a bare 403."""
+    from streamqa.cli import _note_wildcard_bind
+
+    _note_wildcard_bind("monitor", "0.0.0.0", None)
+    _note_wildcard_bind("monitor", "0.0.0.0", ["monitor.lan"])
+    _note_wildcard_bind("monitor", "127.0.0.1", None)
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "--allow-host" in err[0]
