@@ -142,6 +142,9 @@ def test_cname_labels_streams_and_bye_ends_them_at_once() -> None:
     assert "cname" not in sink.started[by_ssrc[0xB]]
     source.handle_rtcp(build_rr(0xB) + build_sdes(0xB, "bob@example.org"), (B[0], B[1] + 1), 1.0)
     assert sink.labels == {by_ssrc[0xB]: "bob@example.org"}
+    forged = build_rr(0xA) + build_sdes(0xA, "mallory") + build_bye(0xA, 0xB)
+    source.handle_rtcp(forged, ("203.0.113.66", 5001), 1.05)  # another host: ignored
+    assert sink.ended == [] and sink.labels == {by_ssrc[0xB]: "bob@example.org"}
     source.handle_rtcp(build_rr(0xA) + build_bye(0xA, reason="hangup"), (A[0], A[1] + 1), 1.1)
     assert sink.ended == [by_ssrc[0xA]] and source.counters["rtcp_bye"] == 1
     source.handle_rtcp(b"\x80\xc9\x00\x09", B, 1.2)

@@ -309,8 +309,10 @@ class RtpSource:
     def handle_rtcp(self, data: bytes, addr: Any, now: float) -> None:
         """One RTCP datagram received at ``now``: CNAMEs label their streams (through the
         sink's optional ``label``), a BYE ends its streams at once, and a round trip timed
-        from an SR and a report about it becomes the streams' ``rtt`` (rtp.rtcp). Counted as
-        ``rtcp`` (and ``rtcp_<reason>`` when malformed, ``rtcp_bye`` per stream ended)."""
+        from an SR and a report about it becomes the streams' ``rtt`` (rtp.rtcp). A BYE or a
+        CNAME only touches streams from the RTCP sender's own host: anyone else who knows an
+        SSRC could otherwise end or rename a call. Counted as ``rtcp`` (and ``rtcp_<reason>``
+        when malformed, ``rtcp_bye`` per stream ended)."""
         self.counters["rtcp"] += 1
         try:
             events = self._rtcp.update(data, now)
@@ -320,8 +322,13 @@ class RtpSource:
         if not (events.cnames or events.byes or events.rtts):
             return
         label = getattr(self.sink, "label", None)
+        host = str(addr[0]) if isinstance(addr, tuple) else str(addr)
         for key, stream in list(self._streams.items()):
             ssrc = key[0]
+            if ssrc in events.rtts:
+                stream.rtt = events.rtts[ssrc]
+            if stream.host != host:
+                continue
             if ssrc in events.byes:
                 self.counters["rtcp_bye"] += 1
                 self._end(key)
@@ -331,8 +338,6 @@ class RtpSource:
                 stream.cname = cname
                 if label is not None:
                     label(stream.stream_id, cname)
-            if ssrc in events.rtts:
-                stream.rtt = events.rtts[ssrc]
 
     def _admit(self, key: tuple[int, Any], pkt: RtpPacket, addr: Any, now: float) -> None:
         """A packet of a key without a stream: probation, then the rate limit, then room
