@@ -64,9 +64,10 @@ class AccessPolicy:
         self._any_host = "*" in names
         self._hosts = frozenset(names)
 
-    def refuse(self, request: Request, upgrade: bool) -> tuple[int, str] | None:
-        """``(status, reason)`` when the request must not be served, checked in this order:
-        method, duplicate headers, Host, and for an upgrade token and Origin."""
+    def refuse(self, request: Request, query: dict[str, list[str]]) -> tuple[int, str] | None:
+        """``(status, reason)`` when the request must not be served at all, checked in this
+        order: method, duplicate headers, Host, more than one ``?token=``. (Token and
+        Origin are the upgrade's and /metrics' own checks: ``token_ok``, ``origin_ok``.)"""
         if request.method not in METHODS:
             return 405, f"method {request.method[:16]} not allowed"
         for name in SINGLE_HEADERS:
@@ -74,6 +75,8 @@ class AccessPolicy:
                 return 400, f"duplicate {name} header"
         if not self.host_ok(request.headers.get("Host")):
             return 403, "host not allowed"
+        if len(query.get("token", [])) > MAX_TOKEN_PARAMS:
+            return 400, "one token per request"
         return None
 
     def host_ok(self, host: str | None) -> bool:

@@ -518,9 +518,7 @@ async def serve(
         url = urlsplit(request.path)
         query = parse_qs(url.query)
         upgrade = "websocket" in request.headers.get("Upgrade", "").lower()
-        refused = policy.refuse(request, upgrade)
-        if refused is None and len(query.get("token", [])) > 1:
-            refused = 400, "one token per request"
+        refused = policy.refuse(request, query)
         if refused is not None:
             status, reason = refused
             return _text(status, reason, **({"Allow": "GET, HEAD"} if status == 405 else {}))

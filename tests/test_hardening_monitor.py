@@ -228,7 +228,7 @@ def test_monitor_survives_hostile_rtp_and_accounts_for_every_datagram(tiny_onnx)
     ends = auditor.ends()
     calls = 6  # good, Nyquist, noise, duplicates, timestamp jumps, 64 KiB
     assert counters["probation"] >= MAX_STREAMS + 100 and counters["streams_evicted"] == 0
-    assert counters["streams_started"] == counters["streams_ended"] == len(ends) == calls
+    assert counters["streams_started"] == counters["streams_ended"] == len(ends) == calls, (str(counters), len(ends))
     by_ssrc = {m["info"]["ssrc"]: m["summary"]["net"] for m in ends}
     # the first packet's 9 copies end in probation (a duplicate there is dropped)
     assert by_ssrc[0xD0B1]["duplicates"] == 9 * (by_ssrc[0xD0B1]["packets"] - 1)
