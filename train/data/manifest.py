@@ -410,7 +410,8 @@ def main(argv: list[str] | None = None) -> int:
     for split in SPLITS:
         part = [r for r in rows if r.split == split]
         added = len(part) - sum(r.split == split for r in existing)
-        write_manifest(part, args.out / f"{split}.csv")
+        if added or not args.extend:  # an extension that adds nothing leaves the file alone
+            write_manifest(part, args.out / f"{split}.csv")
         print(f"{split}: {len(part)} clips ({added} new), {len({r.speaker for r in part})} "
               f"speakers -> {args.out / f'{split}.csv'}")
         if args.presence:
