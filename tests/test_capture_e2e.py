@@ -35,10 +35,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 websockets_client = pytest.importorskip("websockets.asyncio.client")
 
-SOUNDS = Path("/usr/share/asterisk/sounds")
 # asterisk-carlo, held out from training; Debian installs the voice directory and, through
 # its alternatives, an "it" link to it that not every machine has
-CLIP_SOURCES = [SOUNDS / "it" / "vm-instructions.g722", SOUNDS / "it_IT_m_Carlo" / "vm-instructions.g722"]
+CLIP_PROMPT = "vm-instructions.g722"  # asterisk-core-sounds-it-g722, found with dpkg -L
 CLIP_S = 6.0
 HOP_S = 1.0
 IDLE_S = 4.0  # long enough that an end at BYE is told apart from an end at the idle timeout
@@ -149,9 +148,9 @@ class CallRun:
 def _clip(tmp: Path) -> tuple[Path, Path]:
     """Six seconds of speech as a 16 kHz WAV (ffmpeg's input) and as a µ-law WAV (sipp's)."""
     _need("ffmpeg")
-    source = next((p for p in CLIP_SOURCES if p.exists()), None)
-    if source is None:
-        pytest.skip("asterisk-core-sounds-it-g722 is not installed (scripts/sysdeps.sh)")
+    from train.data.speech import asterisk_dir
+
+    source = asterisk_dir("it") / CLIP_PROMPT
     wav, ulaw = tmp / "speech.wav", tmp / "speech-ulaw.wav"
     subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "g722", "-i", str(source), "-t", str(CLIP_S),
                     "-ar", "16000", "-ac", "1", str(wav)], check=True, timeout=30)
