@@ -633,14 +633,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.train_labels is not None:
         meta["train_labels"] = str(args.train_labels)
     if args.method == "iterative" and args.extend is not None:
-        saved = torch.load(args.extend, map_location="cpu", weights_only=False)
+        pruned, pruned_meta = load_pruned(args.extend)
         extension = {"from": str(args.extend), "hidden_weight": args.hidden_weight,
                      **{k: meta[k] for k in ("steps", "batch", "lr", "crop_seconds", "train_clips", "train_labels")
                         if k in meta}}
         if args.speed_perturb is not None:
             extension["speed_perturb"] = list(args.speed_perturb)
-        model, meta = extend_distillation(saved["model"], saved["meta"], ref, clips, extension, seed=args.seed,
-                                          log=log)
+        model, meta = extend_distillation(pruned, pruned_meta, ref, clips, extension, seed=args.seed, log=log)
         _save(model, meta, args.out, log)
         return
     if args.method == "iterative":
@@ -689,6 +688,14 @@ def _save(model: nn.Module, meta: dict, out: Path, log: Callable[[str], None]) -
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": model, "meta": meta}, out)
     log(f"saved {out}: {meta}")
+
+
+def load_pruned(path: Path) -> tuple[nn.Module, dict]:
+    """The module and meta a run of this command saved, in eval mode. The module is pickled
+    whole (a pruned model's layer sizes are its own), so this unpickles code: load only files
+    you made."""
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    return saved["model"].eval(), saved["meta"]
 
 
 if __name__ == "__main__":
