@@ -1,7 +1,7 @@
 """Export a pruned Distill-MOS (``python -m train.prune``) as a runtime model, ``streamqa-l``.
 
     python -m train.export_pruned runs/prune/iterative25_full_ext7_lr12.pt \\
-        --out runs/prune/streamqa-l.onnx [--ship --labels train/labels/test.distillmos.csv]
+        --out runs/prune/streamqa-l.onnx [--ship]
 
 Distill-MOS is not a streaming model: it judges one 7.68 s segment as a whole. The runtime
 only knows the students' contract ``(audio[B, H], state_*) -> (scores[B, K], next_*)``, so
@@ -52,6 +52,8 @@ from train.students import FRAME_SAMPLES, SAMPLE_RATE
 
 NAME = "streamqa-l"
 TEACHER = "distillmos"
+# The test split's Distill-MOS labels: the base rows and the real voices' rows.
+TEST_LABELS = (Path("train/labels/test.distillmos.csv"), Path("train/labels/test.real.distillmos.csv"))
 # The exported graph matches torch to float32 rounding (measured below 1e-4 MOS); this bound
 # leaves room for other CPUs' kernels while still catching a wrong window.
 MAX_EXPORT_DIFF = 1e-3
@@ -262,8 +264,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ship", action="store_true",
                     help="after checking the graph against torch, evaluate it on --labels' test split and copy "
                          "it into streamqa/models with its card")
-    ap.add_argument("--labels", type=Path, nargs="+", default=[Path("train/labels/test.distillmos.csv")],
-                    help="label CSVs of the held-out test split (default train/labels/test.distillmos.csv)")
+    ap.add_argument("--labels", type=Path, nargs="+", default=list(TEST_LABELS),
+                    help=f"label CSVs of the held-out test split (default {' '.join(map(str, TEST_LABELS))})")
     ap.add_argument("--audio-dir", type=Path, default=Path("cache/audio"), help="the labeller's audio cache")
     ap.add_argument("--command", default="make streamqa-l", help="how the card says to reproduce the model")
     args = ap.parse_args(argv)
