@@ -32,7 +32,9 @@ test-fast: $(VENV)/.full
 
 # Reproduce the shipped students from scratch: data, teacher labels, training, export, card.
 train: sysdeps $(VENV)/.full
-	$(BIN)/python -m train.pipeline --out runs/release --clips 28500 --festival-clips 4400 --students xxs,xs,s,sm,m --ship s --epochs 12
+	$(BIN)/python -m train.pipeline --out runs/release --clips 28500 --festival-clips 4400 \
+		--real-clips train=4000,val=500,test=900 --no-speech-clips train=1000,val=120,test=200 \
+		--base-shard 0/6 --students s --epochs 12 --warp 0.1 --ship s
 
 # Rebuild streamqa-l (Distill-MOS pruned to 23.8 %, docs/compression.md "Shipping it as
 # streamqa-l"): eight train.prune runs, each skipped once its checkpoint exists, then the

@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from train.data.manifest import parse_split_counts
 from train.export import export_onnx, load_checkpoint, quantize_int8, sha256_file
 from train.students import FAMILY, count_params, macs_per_second
 
@@ -33,47 +34,116 @@ def _run(cmd: list[str]) -> None:
 
 def make_manifest(args: argparse.Namespace) -> Path:
     """The base manifest (``--clips``), then ``--festival-clips`` appended from the Festival
-    voices and ``--converted-clips`` from the converted copies of the training voice; appending
-    is a no-op once they are there, so a resumed run keeps its rows."""
+    voices, ``--converted-clips`` from the converted copies of the training voice, and
+    ``--real-clips`` per split from the real voices with ``--no-speech-clips`` rows without
+    speech; appending is a no-op once they are there, so a resumed run keeps its rows. The
+    speech-presence labels of every row go to ``--labels`` as ``SPLIT.speech.csv``."""
     mdir = args.cache / "manifests"
     common = ["--out", str(mdir), "--seed", str(args.seed), "--cache", str(args.speech_cache)]
+    manifest = [sys.executable, "-m", "train.data.manifest"]
     if not all((mdir / f"{s}.csv").exists() for s in SPLITS):
-        _run([sys.executable, "-m", "train.data.manifest", "--clips", str(args.clips), *common])
+        _run([*manifest, "--clips", str(args.clips), *common])
     if args.festival_clips:
-        _run([sys.executable, "-m", "train.data.manifest", "--extend", "--festival",
-              "--clips", str(args.festival_clips), *common])
+        _run([*manifest, "--extend", "--festival", "--clips", str(args.festival_clips), *common])
     if args.converted_clips:
-        _run([sys.executable, "-m", "train.data.manifest", "--extend", "--converted",
-              "--clips", str(args.converted_clips), *common])
+        _run([*manifest, "--extend", "--converted", "--clips", str(args.converted_clips), *common])
+    real = ["--real"] if args.real_clips else []
+    if args.real_clips:
+        _run([*manifest, "--extend", "--real", "--clips", "0", "--split-clips", args.real_clips,
+              "--no-speech-clips", args.no_speech_clips or "", *common])
+    presence = [args.labels / f"{s}.speech.csv" for s in SPLITS]
+    if not all(p.exists() and p.stat().st_mtime >= (mdir / p.name.replace(".speech", "")).stat().st_mtime
+               for p in presence):
+        _run([*manifest, "--extend", *real, "--clips", "0", "--presence", str(args.labels), *common])
     return mdir
 
 
-def make_labels(args: argparse.Namespace, mdir: Path) -> list[Path]:
-    """One label CSV per split and teacher (``train/labels/SPLIT.TEACHER.csv``).
+def row_segments(manifest: Path) -> dict[str, slice]:
+    """Where a manifest's appended parts start: ``base`` (every row before the first real
+    voice), ``real`` (the real voices' rows) and ``none`` (rows without speech, last)."""
+    from train.data.manifest import NO_SPEECH, read_manifest
+    from train.data.voices import voice_sources
 
-    Teachers run as separate jobs so that a slow one can be stopped early or limited
-    without holding back the other; training joins the CSVs by clip_id and masks the
-    outputs a clip has no label for. Val and test come first: evaluation needs them whole.
+    rows = read_manifest(manifest)
+    real = {v.voice for v in voice_sources()}
+    first_real = next((i for i, r in enumerate(rows) if r.speaker in real), len(rows))
+    first_none = next((i for i, r in enumerate(rows) if r.utterance_id == NO_SPEECH), len(rows))
+    first_real = min(first_real, first_none)
+    return {"base": slice(0, first_real), "real": slice(first_real, first_none),
+            "none": slice(first_none, len(rows))}
+
+
+def committed_labels(labels: Path) -> list[Path]:
+    """Every label CSV under ``labels`` and its ``snapshots/``: what ``train.label`` may reuse."""
+    return sorted(labels.glob("*.csv")) + sorted((labels / "snapshots").glob("*.csv"))
+
+
+def _label(args: argparse.Namespace, manifest: Path, out: Path, rows: slice, teachers: list[str],
+           *, shard: str | None = None) -> Path:
+    """Label ``rows`` of a manifest in ``--jobs`` shard processes (or one given ``shard``),
+    reusing the committed labels by content hash, then assemble ``out`` from the cache. An
+    empty teacher list only renders and stores the clips."""
+    common = [sys.executable, "-m", "train.label", "--manifest", str(manifest),
+              "--rows", f"{rows.start}:{rows.stop}", "--cache", str(args.cache / "labels"),
+              "--audio-dir", str(args.cache / "audio"), "--speech-cache", str(args.speech_cache)]
+    common += ["--teachers", ",".join(teachers)] if teachers else ["--render-only"]
+    imports = committed_labels(args.labels)
+    shards = [shard] if shard else [f"{i}/{args.jobs}" for i in range(args.jobs)]
+    reuse = ["--import-labels", *map(str, imports)] if imports else []
+    procs = [subprocess.Popen(common + ["--out", str(out.with_suffix(f".part{i}.csv")), "--shard", sh, *reuse])
+             for i, sh in enumerate(shards)]
+    if any(p.wait() for p in procs):
+        raise SystemExit(f"labelling {manifest} rows {rows.start}:{rows.stop} failed")
+    _run(common + ["--out", str(out), "--assemble"] + (["--shard", shard] if shard else []))
+    for i in range(len(shards)):
+        out.with_suffix(f".part{i}.csv").unlink(missing_ok=True)
+    return out
+
+
+def make_labels(args: argparse.Namespace, mdir: Path) -> list[Path]:
+    """The label CSVs of every split, part by part (val and test first: evaluation needs them
+    whole), written to ``--labels``:
+
+    - ``SPLIT.distillmos.csv`` / ``SPLIT.dnsmos1.csv``: the base rows (val and test: the first
+      ``--eval-clips`` of each; train: every row, or one ``--base-shard``), whose labels are mostly
+      committed and are reused by content hash; on train's base rows DNSMOS is only read back
+      unless ``--dnsmos-train`` (it costs as much as Distill-MOS and was run on a subset);
+    - ``SPLIT.real.distillmos.csv``: the real voices' rows (Distill-MOS);
+    - ``SPLIT.none.dnsmos1.csv`` and ``SPLIT.none.render.csv``: rows without speech, the first
+      ``--none-dnsmos`` (train) with DNSMOS for their ``bak``, the rest only rendered;
+    - ``SPLIT.speech.csv`` (from make_manifest): speech presence of every row.
     """
     outs = []
-    for teacher in args.teachers.split(","):
-        for split in ("val", "test", "train"):
-            out = args.labels / f"{split}.{teacher}.csv"
-            limit = args.train_clips if split == "train" else args.eval_clips
-            common = [sys.executable, "-m", "train.label", "--manifest", str(mdir / f"{split}.csv"), "--teachers", teacher,
-                      "--cache", str(args.cache / "labels"), "--audio-dir", str(args.cache / "audio"),
-                      "--speech-cache", str(args.speech_cache)]
-            common += ["--limit", str(limit)] if limit else []
-            procs = [
-                subprocess.Popen(common + ["--out", str(out.with_suffix(f".shard{i}.csv")), "--shard", f"{i}/{args.jobs}"])
-                for i in range(args.jobs)
-            ]
-            if any(p.wait() for p in procs):
-                raise SystemExit(f"labelling {split} with {teacher} failed")
-            _run(common + ["--out", str(out), "--assemble"])
-            for i in range(args.jobs):
-                out.with_suffix(f".shard{i}.csv").unlink(missing_ok=True)
-            outs.append(out)
+    for split in ("val", "test", "train"):
+        manifest = mdir / f"{split}.csv"
+        seg = row_segments(manifest)
+        base = seg["base"]
+        shard = args.base_shard if split == "train" else None
+        limit = args.eval_clips.get(split, 0)
+        if split != "train" and limit:
+            base = slice(0, min(base.stop, limit))
+        outs.append(_label(args, manifest, args.labels / f"{split}.distillmos.csv", base, ["distillmos"], shard=shard))
+        dnsmos = args.labels / f"{split}.dnsmos1.csv"
+        committed = committed_labels(args.labels)
+        if split == "train" and not args.dnsmos_train and committed:  # read back the committed DNSMOS labels
+            _run([sys.executable, "-m", "train.label", "--manifest", str(manifest), "--rows", f"{base.start}:{base.stop}",
+                  "--cache", str(args.cache / "labels"), "--teachers", "dnsmos1", "--out", str(dnsmos), "--assemble",
+                  "--import-labels", *map(str, committed)])
+            outs.append(dnsmos)
+        else:
+            outs.append(_label(args, manifest, dnsmos, base, ["dnsmos1"], shard=shard))
+        real = seg["real"]
+        if split == "train" and args.real_train_rows is not None:
+            real = slice(real.start, min(real.stop, real.start + args.real_train_rows))
+        if real.stop > real.start:
+            outs.append(_label(args, manifest, args.labels / f"{split}.real.distillmos.csv", real, ["distillmos"]))
+        none = seg["none"]
+        if none.stop > none.start:
+            cut = min(none.stop, none.start + args.none_dnsmos) if split == "train" else none.stop
+            outs.append(_label(args, manifest, args.labels / f"{split}.none.dnsmos1.csv", slice(none.start, cut), ["dnsmos1"]))
+            if cut < none.stop:
+                outs.append(_label(args, manifest, args.labels / f"{split}.none.render.csv", slice(cut, none.stop), []))
+        outs.append(args.labels / f"{split}.speech.csv")
     return outs
 
 
@@ -98,6 +168,7 @@ def export_and_evaluate(args: argparse.Namespace, name: str, ckpt: Path, labels:
         "name": f"streamqa-{name}",
         "params": count_params(model),
         "macs_per_second": macs_per_second(model.cfg),
+        "outputs": list(model.cfg.outputs),
         "test": evaluate_onnx(onnx_path, labels, args.cache / "audio"),
         "onnx": str(onnx_path),
         "training": {k: meta.get(k) for k in ("training_data", "epochs", "warp", "val")},  # val: what picked it
@@ -110,21 +181,23 @@ def export_and_evaluate(args: argparse.Namespace, name: str, ckpt: Path, labels:
 
 
 def ship(result: dict, teachers: str, training_data: str, command: str) -> Path:
-    """Copy the ONNX into streamqa/models and write its card (sha256 checked at load)."""
+    """Copy the ONNX into streamqa/models and write its card (sha256 checked at load).
+    ``result["outputs"]`` names the card's outputs (default: the students' four)."""
     src = Path(result["onnx"])
     dst = MODELS_DIR / src.name
     shutil.copyfile(src, dst)
     test = result["test"]
+    outputs = list(result.get("outputs", ["mos", "sig", "bak", "ovrl"]))
     card = {
         "name": result["name"],
         "file": dst.name,
         "sha256": sha256_file(dst),
         "params": result["params"],
         "macs_per_second": result["macs_per_second"],
-        "outputs": ["mos", "sig", "bak", "ovrl"],
+        "outputs": outputs,
         "teacher": teachers,
         "training_data": training_data,
-        "accuracy": {f"{k}_{m}": test[k][m] for k in ("mos", "sig", "bak", "ovrl") if k in test for m in ("pcc", "srcc")},
+        "accuracy": {f"{k}_{m}": test[k][m] for k in outputs if k in test for m in ("pcc", "srcc")},
         "evaluated_on": f"{test['clips']} held-out test clips (speakers never seen in training)",
         "command": command,
     }
@@ -174,10 +247,22 @@ def write_models_doc(path: Path = MODELS_DIR.parent.parent / "docs" / "models.md
             f"| sha256 | `{card['sha256']}` |",
             f"| parameters | {card['params']:,} |",
             f"| MACs per second of audio | {card['macs_per_second'] / 1e6:.2f} M |",
-            f"| outputs | {', '.join(card['outputs'])} (MOS from Distill-MOS; SIG/BAK/OVRL from DNSMOS P.835) |",
+        ]
+        if "macs_per_second_offline" in card:  # a whole-window model: every hop re-scores the window
+            lines += [
+                f"| MACs per second, offline (one pass per window) | {card['macs_per_second_offline'] / 1e6:.2f} M |",
+                f"| streams per core (live, {card['hop_seconds']:g} s hop, one thread) | {card['streams_per_core']:g} |",
+            ]
+        sources = "MOS from Distill-MOS" + ("; SIG/BAK/OVRL from DNSMOS P.835" if "sig" in card["outputs"] else "")
+        lines += [
+            f"| outputs | {', '.join(card['outputs'])} ({sources}) |",
             f"| teacher | {card['teacher']} |",
             f"| training data | {card['training_data']} |",
             f"| evaluated on | {card['evaluated_on']} |",
+        ]
+        if "licence" in card:
+            lines.append(f"| licence | {card['licence']}: {card['attribution']} |")
+        lines += [
             "",
             "| output | PCC | SRCC |",
             "| --- | --- | --- |",
@@ -201,8 +286,17 @@ def main(argv: list[str] | None = None) -> None:
                     help="clips of the Festival voices appended to the manifest (default: 0)")
     ap.add_argument("--converted-clips", type=int, default=0,
                     help="clips of the converted training voice appended after them (default: 0)")
-    ap.add_argument("--train-clips", type=int, help="label and train on the first K train clips (default: all)")
-    ap.add_argument("--eval-clips", type=int, default=800, help="label the first K val and test clips (0: all)")
+    ap.add_argument("--real-clips", help="clips of the real voices appended per split, e.g. train=4000,val=500,test=900")
+    ap.add_argument("--no-speech-clips", help="rows without speech appended per split, e.g. train=1000,val=120,test=200")
+    ap.add_argument("--real-train-rows", type=int,
+                    help="label and train on only the first K real-voice train rows (default: all)")
+    ap.add_argument("--none-dnsmos", type=int, default=300,
+                    help="train rows without speech that DNSMOS labels (for bak); the rest are only rendered")
+    ap.add_argument("--dnsmos-train", action="store_true",
+                    help="run DNSMOS on the train split's base rows (default: reuse only the committed labels)")
+    ap.add_argument("--base-shard", help="I/N: of the train split's base rows, label and train on every N-th from I")
+    ap.add_argument("--eval-clips", type=parse_split_counts, default=parse_split_counts("val=500,test=800"),
+                    help="label the first K base rows of val and test (default val=500,test=800; 0: all)")
     ap.add_argument("--students", default="xxs,xs,s,m,l", help="family members to train")
     ap.add_argument("--teachers", default="distillmos,dnsmos1", help="teachers for the pseudo-labels")
     ap.add_argument("--epochs", type=int, default=40)
@@ -216,7 +310,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--mini", action="store_true", help="CI miniature: few clips, one tiny student, 2 epochs")
     args = ap.parse_args(argv)
     if args.mini:
-        args.clips, args.students, args.epochs, args.eval_clips = min(args.clips, 40), "xxs", 2, 0
+        args.clips, args.students, args.epochs, args.eval_clips = min(args.clips, 40), "xxs", 2, {}
+        args.dnsmos_train = True
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     if args.skip_labels:
