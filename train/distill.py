@@ -70,6 +70,12 @@ def merge_labels(paths: list[Path]) -> list[dict[str, str]]:
     return list(merged.values())
 
 
+def with_audio(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The rows whose clip can be read: a presence label file covers every manifest row, but
+    only rows some teacher labelled (or a user corpus's files) have audio."""
+    return [r for r in rows if r.get("sha256") or r.get("path")]
+
+
 def _target(row: dict[str, str], outputs: tuple[str, ...]) -> list[float]:
     """The row's labels in ``outputs`` order, NaN where unlabelled. A clip whose clean source
     holds no speech (``speech`` 0) keeps only its presence and background-noise labels: a
@@ -304,11 +310,10 @@ def main(argv: list[str] | None = None) -> None:
         cfg = dataclasses.replace(cfg, dropout=args.dropout)
     student = Student(cfg)
     rows = merge_labels(args.labels)
-    # A presence label file covers every manifest row; only rows with audio can train.
-    unheard = [r for r in rows if not r.get("sha256") and not r.get("path")]
-    if unheard:
-        print(f"skipping {len(unheard)} rows without audio (labelled by no teacher)", file=sys.stderr)
-        rows = [r for r in rows if r.get("sha256") or r.get("path")]
+    heard = with_audio(rows)
+    if len(heard) < len(rows):
+        print(f"skipping {len(rows) - len(heard)} rows without audio (labelled by no teacher)", file=sys.stderr)
+    rows = heard
     train_rows = [r for r in rows if r.get("split", "train") == "train"]
     val_rows = [r for r in rows if r.get("split") == "val"]
     print(f"loading {len(train_rows)} train / {len(val_rows)} val clips", file=sys.stderr)

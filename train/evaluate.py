@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from streamqa.model import Model
-from train.distill import clip_audio, merge_labels, pearson, spearman
+from train.distill import clip_audio, merge_labels, pearson, spearman, with_audio
 
 
 # Bands of teacher score in ``by_level``: edges and names.
@@ -56,7 +56,7 @@ def select_rows(labels: list[Path], split: str | None = "test", speakers: str | 
     """Label rows of ``split`` whose speaker matches the ``fnmatch`` pattern ``speakers``
     (all when None): voices added to a manifest after a student was trained are held out
     for that student."""
-    return [r for r in merge_labels(labels) if (split is None or r.get("split") == split)
+    return [r for r in with_audio(merge_labels(labels)) if (split is None or r.get("split") == split)
             and (speakers is None or fnmatch(r.get("speaker", ""), speakers))]
 
 

@@ -180,9 +180,10 @@ def export_and_evaluate(args: argparse.Namespace, name: str, ckpt: Path, labels:
     return result
 
 
-def ship(result: dict, teachers: str, training_data: str, command: str) -> Path:
+def ship(result: dict, teachers: str, training_data: str, command: str, *, extra: dict | None = None) -> Path:
     """Copy the ONNX into streamqa/models and write its card (sha256 checked at load).
-    ``result["outputs"]`` names the card's outputs (default: the students' four)."""
+    ``result["outputs"]`` names the card's outputs (default: the students' four); ``extra``
+    adds figures measured after the pipeline (e.g. per-voice accuracy from benchmarks)."""
     src = Path(result["onnx"])
     dst = MODELS_DIR / src.name
     shutil.copyfile(src, dst)
@@ -200,6 +201,7 @@ def ship(result: dict, teachers: str, training_data: str, command: str) -> Path:
         "accuracy": {f"{k}_{m}": test[k][m] for k in outputs if k in test for m in ("pcc", "srcc")},
         "evaluated_on": f"{test['clips']} held-out test clips (speakers never seen in training)",
         "command": command,
+        **(extra or {}),
     }
     (MODELS_DIR / f"{result['name']}.json").write_text(json.dumps(card, indent=2) + "\n")
     return dst
