@@ -52,10 +52,14 @@ bench: sysdeps $(VENV)/.full
 	$(BIN)/python -m benchmarks.speed --json $(R)/speed.json
 	$(BIN)/python -m benchmarks.monotonicity --json $(R)/monotonicity.json
 	$(BIN)/python -m benchmarks.speech_presence --json $(R)/speech_presence.json
+	$(BIN)/python -m benchmarks.real_voices streamqa-s=streamqa/models/streamqa-s.onnx --labels train/labels/test.distillmos.csv train/labels/test.real.distillmos.csv --json $(R)/real_voices.json
 	$(BIN)/python -m benchmarks.rtp_degradation --json $(R)/rtp_degradation.json
 	$(BIN)/python -m benchmarks.latency4 --json $(R)/latency4.json
 	$(BIN)/python -m benchmarks.hop_cost --json $(R)/hop_cost.json
 	$(BIN)/python -m benchmarks.fuzz_rtp --inputs 1000000 --json $(R)/fuzz_rtp.json
+	$(BIN)/python -m benchmarks.fuzz_rtcp --inputs 1000000 --json $(R)/fuzz_rtcp.json
+	$(BIN)/python -m benchmarks.hostile_network --json $(R)/hostile_network.json
+	$(BIN)/python -m benchmarks.capture_speed --streams 20 --seconds 600 --json $(R)/capture_speed.json
 	$(BIN)/python -m benchmarks.streaming --search --scorer both --json $(R)/streaming.json
 	$(BIN)/python -m benchmarks.compression --json $(R)/compression.json --plots $(R) --markdown docs/compression.md
 
