@@ -15,15 +15,13 @@ counts scrambled.
 
 from __future__ import annotations
 
-import argparse
 import random
 import struct
 import sys
 import time
 from collections import Counter
 
-from benchmarks import write_json
-from benchmarks.fuzz_rtp import CountingSink
+from benchmarks.fuzz_rtp import CountingSink, fuzz_cli
 from streamqa.rtp.packet import build
 from streamqa.rtp.rtcp import (
     MalformedRtcp, ReportBlock, RtcpState, build_bye, build_rr, build_sdes, build_sr, parse_compound,
@@ -140,22 +138,7 @@ def run(n: int, seed: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--inputs", type=int, default=1_000_000)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", help="write the result here")
-    args = ap.parse_args(argv)
-    result = run(args.inputs, args.seed)
-    if args.json:
-        write_json(args.json, result)
-    print(f"{'inputs':<24}{result['inputs']:>12}")
-    print(f"{'inputs/cpu-s':<24}{result['inputs_per_cpu_s']:>12.0f}")
-    for reason, count in result["parse"].items():
-        print(f"{'parse ' + reason:<24}{count:>12}")
-    for reason, count in result["source_counters"].items():
-        print(f"{'source ' + reason:<24}{count:>12}")
-    print(f"{'unexpected':<24}{sum(result['unexpected'].values()):>12}")
-    return 1 if result["unexpected"] else 0
+    return fuzz_cli(run, __doc__, argv)
 
 
 if __name__ == "__main__":

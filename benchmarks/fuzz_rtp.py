@@ -18,6 +18,7 @@ import struct
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 
 from benchmarks import write_json
 from streamqa.rtp.jitter import JitterBuffer
@@ -161,8 +162,10 @@ def run(n: int, seed: int) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def fuzz_cli(run: Callable[[int, int], dict], description: str, argv: list[str] | None = None) -> int:
+    """The command line of a fuzzing benchmark: ``run(inputs, seed)``, its JSON and a table;
+    exit 1 when any input raised an exception the code under test does not declare."""
+    ap = argparse.ArgumentParser(description=description.splitlines()[0])
     ap.add_argument("--inputs", type=int, default=1_000_000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="write the result here")
@@ -179,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'source ' + reason:<24}{count:>12}")
     print(f"{'unexpected':<24}{sum(result['unexpected'].values()):>12}")
     return 1 if result["unexpected"] else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return fuzz_cli(run, __doc__, argv)
 
 
 if __name__ == "__main__":
