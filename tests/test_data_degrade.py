@@ -245,3 +245,23 @@ def test_recorded_noise_is_deterministic_and_at_the_asked_snr():
     assert 20 * np.log10(active_rms(speech) / np.sqrt(np.mean(noise ** 2))) == pytest.approx(10.0, abs=0.5)
     with pytest.raises(ValueError, match="source"):
         apply_chain(speech, [{"op": "noise", "kind": "recorded", "snr_db": 1.0}], seed=0)
+
+
+def test_mild_chains_stay_near_the_top_of_the_scale():
+    """A good call: clean or one light step; every kind renders."""
+    from train.data.degrade import mild_chain
+
+    rng = np.random.default_rng(0)
+    chains = [mild_chain(rng) for _ in range(600)]
+    assert 0.28 < sum(not c for c in chains) / 600 < 0.42
+    assert all(len(c) <= 1 for c in chains)
+    steps = [c[0] for c in chains if c]
+    assert {s["op"] for s in steps} == {"noise", "codec", "bandlimit", "reverb", "gain", "resample"}
+    assert min(s["snr_db"] for s in steps if s["op"] == "noise") >= 25
+    assert min(s.get("bitrate", 64000) for s in steps if s["op"] == "codec") >= 24000
+    assert min(s["cutoff_hz"] for s in steps if s["op"] == "bandlimit") >= 5000
+    x = 0.1 * np.sin(2 * np.pi * 220 * np.arange(16000) / 16000)
+    for op in ("noise", "codec", "bandlimit", "reverb", "gain", "resample"):
+        step = next(s for s in steps if s["op"] == op)
+        y = apply_chain(x, [step], seed=1)
+        assert y.shape == x.shape and np.isfinite(y).all()

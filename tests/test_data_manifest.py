@@ -257,3 +257,39 @@ def test_rows_without_speech_render_noise_alone_and_get_presence_zero(utterances
     lines = out.read_text().splitlines()
     assert lines[0] == "clip_id,split,speaker,speech"
     assert [line.rsplit(",", 1)[1] for line in lines[1:]] == ["1"] * 3 + ["0"] * 3
+
+
+def test_top_up_adds_mild_real_voice_rows_and_music_once(utterances, monkeypatch):
+    """The second extension: clean or lightly degraded clips of real voices already present
+    (the top of the scale), then music alone; once only, after the rows without speech."""
+    from types import SimpleNamespace
+
+    import train.data.noises
+    import train.data.voices
+    from train.data.manifest import NO_SPEECH, no_speech_rows, top_up_rows
+
+    real = {"flite-kal", "flite-rms", "asterisk-carlo"}
+    monkeypatch.setattr(train.data.voices, "voice_sources",
+                        lambda: [SimpleNamespace(voice=v) for v in sorted(real)])
+    music = {"train": ["music:a", "sfx:hobbies/music/drum"], "test": ["music:b"], "val": ["music:c"]}
+    monkeypatch.setattr(train.data.noises, "music_sources", lambda split: music[split])
+    present = [u for u in utterances if u.speaker != "flite-rms"]
+    base = build_manifest(present, 80, seed=5)
+    base += no_speech_rows({"train": 3}, seed=5, first_index={"train": sum(r.split == "train" for r in base)},
+                           kinds=("silence",))
+    added = top_up_rows(base, utterances, mild_clips={"train": 40, "test": 5},
+                        music_clips={"train": 6}, seed=5)
+    speech, none = added[:-6], added[-6:]
+    assert {r.speaker for r in speech if r.split == "train"} == {"flite-kal"}, "known real voices only"
+    assert {r.speaker for r in speech if r.split == "test"} == {"asterisk-carlo"}
+    chains = [json.loads(r.chain) for r in speech]
+    assert all(len(c) <= 1 for c in chains) and sum(not c for c in chains) >= 5
+    assert all(s.get("snr_db", 99) >= 25 for c in chains for s in c)
+    assert all(r.utterance_id == NO_SPEECH for r in none)
+    assert {json.loads(r.chain)[0]["source"] for r in none} <= set(music["train"])
+    n_train = sum(r.split == "train" for r in base)
+    assert [r.clip_id for r in added if r.split == "train"] == \
+        [f"train-{j:06d}" for j in range(n_train, n_train + 46)]
+    assert top_up_rows(base + added, utterances, mild_clips={"train": 40}, music_clips={}) == []
+    assert top_up_rows(base, utterances, mild_clips={"train": 40, "test": 5},
+                       music_clips={"train": 6}, seed=5) == added, "deterministic"

@@ -339,15 +339,19 @@ def parse_shard(text: str) -> tuple[int, int]:
     return index, count
 
 
-def parse_rows(text: str) -> slice:
-    """``"A:B"`` -> slice(A, B) with 0 <= A <= B (either side may be empty)."""
-    try:
-        a, b = (int(x) if x else None for x in text.split(":"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--rows wants A:B, got {text!r}") from None
-    if (a is not None and a < 0) or (b is not None and b < (a or 0)):
-        raise argparse.ArgumentTypeError(f"--rows {text}: need 0 <= A <= B")
-    return slice(a, b)
+def parse_rows(text: str) -> list[slice]:
+    """``"A:B[,C:D...]"`` -> [slice(A, B), ...] with 0 <= A <= B (either side may be empty):
+    the parts of one kind that a manifest grown in several extensions holds apart."""
+    out = []
+    for part in text.split(","):
+        try:
+            a, b = (int(x) if x else None for x in part.split(":"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--rows wants A:B[,C:D...], got {text!r}") from None
+        if (a is not None and a < 0) or (b is not None and b < (a or 0)):
+            raise argparse.ArgumentTypeError(f"--rows {part}: need 0 <= A <= B")
+        out.append(slice(a, b))
+    return out
 
 
 def parse_teachers(text: str) -> list[str]:
@@ -373,8 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", type=parse_shard, default=(0, 1), help="I/N: label every N-th clip from I")
     p.add_argument("--limit", type=int, default=None, help="only the first K clips (before sharding)")
     p.add_argument("--rows", type=parse_rows, default=None,
-                   help="A:B: only rows A..B-1 of the manifest (before --limit and sharding), e.g. "
-                        "the rows an --extend appended")
+                   help="A:B[,C:D...]: only rows A..B-1 (and C..D-1...) of the manifest (before --limit "
+                        "and sharding), e.g. the rows an --extend appended")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads per teacher (default 1)")
     p.add_argument("--batch", type=int, default=4, help="clips per teacher call (default 4)")
     p.add_argument("--cache", type=Path, default=Path("cache/labels"), help="label cache directory")
@@ -409,7 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     items = manifest_items(args.manifest, args.speech_cache) if args.manifest else corpus_items(args.corpus)
     if args.rows is not None:
-        items = items[args.rows]
+        items = [item for part in args.rows for item in items[part]]
     if args.limit is not None:
         items = items[: args.limit]
     index, count = args.shard

@@ -36,8 +36,10 @@ def make_manifest(args: argparse.Namespace) -> Path:
     """The base manifest (``--clips``), then ``--festival-clips`` appended from the Festival
     voices, ``--converted-clips`` from the converted copies of the training voice, and
     ``--real-clips`` per split from the real voices with ``--no-speech-clips`` rows without
-    speech; appending is a no-op once they are there, so a resumed run keeps its rows. The
-    speech-presence labels of every row go to ``--labels`` as ``SPLIT.speech.csv``."""
+    speech, then ``--mild-clips`` of the real voices with light degradations and
+    ``--music-clips`` of music alone; appending is a no-op once they are there, so a resumed
+    run keeps its rows. The speech-presence labels of every row go to ``--labels`` as
+    ``SPLIT.speech.csv``."""
     mdir = args.cache / "manifests"
     common = ["--out", str(mdir), "--seed", str(args.seed), "--cache", str(args.speech_cache)]
     manifest = [sys.executable, "-m", "train.data.manifest"]
@@ -51,6 +53,9 @@ def make_manifest(args: argparse.Namespace) -> Path:
     if args.real_clips:
         _run([*manifest, "--extend", "--real", "--clips", "0", "--split-clips", args.real_clips,
               "--no-speech-clips", args.no_speech_clips or "", *common])
+    if args.mild_clips or args.music_clips:
+        _run([*manifest, "--extend", "--real", "--clips", "0", "--mild-clips", args.mild_clips or "",
+              "--music-clips", args.music_clips or "", *common])
     presence = [args.labels / f"{s}.speech.csv" for s in SPLITS]
     if not all(p.exists() and p.stat().st_mtime >= (mdir / p.name.replace(".speech", "")).stat().st_mtime
                for p in presence):
@@ -58,19 +63,37 @@ def make_manifest(args: argparse.Namespace) -> Path:
     return mdir
 
 
-def row_segments(manifest: Path) -> dict[str, slice]:
-    """Where a manifest's appended parts start: ``base`` (every row before the first real
-    voice), ``real`` (the real voices' rows) and ``none`` (rows without speech, last)."""
+def row_segments(manifest: Path) -> dict[str, list[slice]]:
+    """Where a manifest's parts lie, as runs of consecutive rows in order: ``base`` (the TTS
+    and Asterisk rows), ``real`` (the real voices' rows) and ``none`` (rows without speech).
+    Each extension appends its runs, so a kind may lie in several (real, none, real, none)."""
     from train.data.manifest import NO_SPEECH, read_manifest
     from train.data.voices import voice_sources
 
-    rows = read_manifest(manifest)
     real = {v.voice for v in voice_sources()}
-    first_real = next((i for i, r in enumerate(rows) if r.speaker in real), len(rows))
-    first_none = next((i for i, r in enumerate(rows) if r.utterance_id == NO_SPEECH), len(rows))
-    first_real = min(first_real, first_none)
-    return {"base": slice(0, first_real), "real": slice(first_real, first_none),
-            "none": slice(first_none, len(rows))}
+    runs: dict[str, list[slice]] = {"base": [], "real": [], "none": []}
+    kinds = ["none" if r.utterance_id == NO_SPEECH else "real" if r.speaker in real else "base"
+             for r in read_manifest(manifest)]
+    start = 0
+    for i in range(1, len(kinds) + 1):
+        if i == len(kinds) or kinds[i] != kinds[start]:
+            runs[kinds[start]].append(slice(start, i))
+            start = i
+    return runs
+
+
+def split_runs(runs: list[slice], k: int | None) -> tuple[list[slice], list[slice]]:
+    """(the first ``k`` rows of ``runs``, the rest), both as runs; k None: (all, none)."""
+    head: list[slice] = []
+    tail: list[slice] = []
+    for run in runs:
+        take = run.stop - run.start if k is None else max(0, min(k, run.stop - run.start))
+        if take:
+            head.append(slice(run.start, run.start + take))
+        if run.start + take < run.stop:
+            tail.append(slice(run.start + take, run.stop))
+        k = None if k is None else k - take
+    return head, tail
 
 
 def committed_labels(labels: Path) -> list[Path]:
@@ -78,13 +101,13 @@ def committed_labels(labels: Path) -> list[Path]:
     return sorted(labels.glob("*.csv")) + sorted((labels / "snapshots").glob("*.csv"))
 
 
-def _label(args: argparse.Namespace, manifest: Path, out: Path, rows: slice, teachers: list[str],
+def _label(args: argparse.Namespace, manifest: Path, out: Path, rows: list[slice], teachers: list[str],
            *, shard: str | None = None) -> Path:
     """Label ``rows`` of a manifest in ``--jobs`` shard processes (or one given ``shard``),
     reusing the committed labels by content hash, then assemble ``out`` from the cache. An
     empty teacher list only renders and stores the clips."""
     common = [sys.executable, "-m", "train.label", "--manifest", str(manifest),
-              "--rows", f"{rows.start}:{rows.stop}", "--cache", str(args.cache / "labels"),
+              "--rows", ",".join(f"{r.start}:{r.stop}" for r in rows), "--cache", str(args.cache / "labels"),
               "--audio-dir", str(args.cache / "audio"), "--speech-cache", str(args.speech_cache)]
     common += ["--teachers", ",".join(teachers)] if teachers else ["--render-only"]
     imports = committed_labels(args.labels)
@@ -93,7 +116,7 @@ def _label(args: argparse.Namespace, manifest: Path, out: Path, rows: slice, tea
     procs = [subprocess.Popen(common + ["--out", str(out.with_suffix(f".part{i}.csv")), "--shard", sh, *reuse])
              for i, sh in enumerate(shards)]
     if any(p.wait() for p in procs):
-        raise SystemExit(f"labelling {manifest} rows {rows.start}:{rows.stop} failed")
+        raise SystemExit(f"labelling {manifest} rows {','.join(f'{r.start}:{r.stop}' for r in rows)} failed")
     _run(common + ["--out", str(out), "--assemble"] + (["--shard", shard] if shard else []))
     for i in range(len(shards)):
         out.with_suffix(f".part{i}.csv").unlink(missing_ok=True)
@@ -117,32 +140,28 @@ def make_labels(args: argparse.Namespace, mdir: Path) -> list[Path]:
     for split in ("val", "test", "train"):
         manifest = mdir / f"{split}.csv"
         seg = row_segments(manifest)
-        base = seg["base"]
         shard = args.base_shard if split == "train" else None
         limit = args.eval_clips.get(split, 0)
-        if split != "train" and limit:
-            base = slice(0, min(base.stop, limit))
+        base, _ = split_runs(seg["base"], limit if split != "train" and limit else None)
         outs.append(_label(args, manifest, args.labels / f"{split}.distillmos.csv", base, ["distillmos"], shard=shard))
         dnsmos = args.labels / f"{split}.dnsmos1.csv"
         committed = committed_labels(args.labels)
         if split == "train" and not args.dnsmos_train and committed:  # read back the committed DNSMOS labels
-            _run([sys.executable, "-m", "train.label", "--manifest", str(manifest), "--rows", f"{base.start}:{base.stop}",
+            _run([sys.executable, "-m", "train.label", "--manifest", str(manifest),
+                  "--rows", ",".join(f"{r.start}:{r.stop}" for r in base),
                   "--cache", str(args.cache / "labels"), "--teachers", "dnsmos1", "--out", str(dnsmos), "--assemble",
                   "--import-labels", *map(str, committed)])
             outs.append(dnsmos)
         else:
             outs.append(_label(args, manifest, dnsmos, base, ["dnsmos1"], shard=shard))
-        real = seg["real"]
-        if split == "train" and args.real_train_rows is not None:
-            real = slice(real.start, min(real.stop, real.start + args.real_train_rows))
-        if real.stop > real.start:
+        real, _ = split_runs(seg["real"], args.real_train_rows if split == "train" else None)
+        if real:
             outs.append(_label(args, manifest, args.labels / f"{split}.real.distillmos.csv", real, ["distillmos"]))
-        none = seg["none"]
-        if none.stop > none.start:
-            cut = min(none.stop, none.start + args.none_dnsmos) if split == "train" else none.stop
-            outs.append(_label(args, manifest, args.labels / f"{split}.none.dnsmos1.csv", slice(none.start, cut), ["dnsmos1"]))
-            if cut < none.stop:
-                outs.append(_label(args, manifest, args.labels / f"{split}.none.render.csv", slice(cut, none.stop), []))
+        labelled, rendered = split_runs(seg["none"], args.none_dnsmos if split == "train" else None)
+        if labelled:
+            outs.append(_label(args, manifest, args.labels / f"{split}.none.dnsmos1.csv", labelled, ["dnsmos1"]))
+        if rendered:
+            outs.append(_label(args, manifest, args.labels / f"{split}.none.render.csv", rendered, []))
         outs.append(args.labels / f"{split}.speech.csv")
     return outs
 
@@ -290,6 +309,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="clips of the converted training voice appended after them (default: 0)")
     ap.add_argument("--real-clips", help="clips of the real voices appended per split, e.g. train=4000,val=500,test=900")
     ap.add_argument("--no-speech-clips", help="rows without speech appended per split, e.g. train=1000,val=120,test=200")
+    ap.add_argument("--mild-clips", help="clean or lightly degraded clips of the real voices appended once more, e.g. train=2500")
+    ap.add_argument("--music-clips", help="rows of music alone (no speech) appended with them, e.g. train=600")
     ap.add_argument("--real-train-rows", type=int,
                     help="label and train on only the first K real-voice train rows (default: all)")
     ap.add_argument("--none-dnsmos", type=int, default=300,

@@ -83,6 +83,36 @@ def sample_chain(rng: np.random.Generator) -> list[dict]:
     return [make() for make in stages]
 
 
+MILD_CLEAN_SHARE = 0.35
+
+
+def mild_chain(rng: np.random.Generator) -> list[dict]:
+    """A chain of a good call: clean (~35 %) or one light step (quiet noise, a wideband codec
+    at a high bitrate, a gentle band limit, a small room, a level change, or the telephone
+    band). ``sample_chain`` leaves only ~10 % of rows near the top of the scale, which is too
+    few for a student to learn where clean real speech sits."""
+    if rng.random() < MILD_CLEAN_SHARE:
+        return []
+    kind = int(rng.integers(6))
+    if kind == 0:
+        return [{"op": "noise", "kind": str(rng.choice(["white", "pink", "brown"])),
+                 "snr_db": _r(rng.uniform(25, 45))}]
+    if kind == 1:
+        codec = str(rng.choice(["g722", "libopus", "libmp3lame"]))
+        step: dict = {"op": "codec", "codec": codec}
+        if codec != "g722":
+            step["bitrate"] = int(rng.choice([24000, 32000, 64000]))
+        return [step]
+    if kind == 2:
+        return [{"op": "bandlimit", "cutoff_hz": _r(rng.uniform(5000, 7500))}]
+    if kind == 3:
+        return [{"op": "reverb", "rt60": _r(rng.uniform(0.15, 0.4)),
+                 "drr_db": _r(rng.uniform(8, 15))}]
+    if kind == 4:
+        return [{"op": "gain", "db": _r(rng.uniform(-12, 4))}]
+    return [{"op": "resample", "rate": 8000}]
+
+
 def _codec_step(rng: np.random.Generator) -> dict:
     codec = str(rng.choice(list(CODECS), p=_CODEC_WEIGHTS))
     rates = CODECS[codec][2]

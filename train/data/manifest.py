@@ -29,11 +29,11 @@ from collections import Counter
 from dataclasses import astuple, dataclass, fields
 from fnmatch import fnmatch
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from train.data.degrade import apply_chain, sample_chain
+from train.data.degrade import apply_chain, mild_chain, sample_chain
 from train.data.speech import (Utterance, find_utterance, list_utterances, load_utterance,
                                utterance_samples)
 
@@ -92,9 +92,11 @@ def build_manifest(utterances: list[Utterance], n_clips: int, *, seed: int = 0,
                    cache_dir: Path = Path("cache/speech"),
                    first_index: Mapping[str, int] | None = None,
                    split_clips: Mapping[str, int] | None = None,
-                   recorded_noise: bool = False) -> list[ClipRow]:
+                   recorded_noise: bool = False,
+                   chains: Callable[[np.random.Generator], list[dict]] = sample_chain,
+                   ) -> list[ClipRow]:
     """``n_clips`` rows shared among splits in proportion to their seconds of speech, or
-    ``split_clips`` rows per split when given.
+    ``split_clips`` rows per split when given; ``chains`` draws each row's degradation.
 
     Within a split, utterances are drawn with probability proportional to their length (long
     prompts hold more distinct windows) and the window offset is uniform. Deterministic in
@@ -130,7 +132,7 @@ def build_manifest(utterances: list[Utterance], n_clips: int, *, seed: int = 0,
             rng = np.random.default_rng([seed, si, j])
             u, n = group[int(rng.choice(len(group), p=weights))]
             offset = int(rng.integers(0, n - CLIP_SAMPLES + 1)) if n > CLIP_SAMPLES else 0
-            chain = sample_chain(rng)
+            chain = chains(rng)
             for step in chain:
                 if step.get("op") == "noise" and step.get("kind") == "babble":
                     step["talkers"] = _pick_talkers(rng, u, group)
@@ -156,13 +158,15 @@ def _use_recorded_noise(rng: np.random.Generator, chain: list[dict], split: str)
 
 
 def no_speech_rows(split_clips: Mapping[str, int], *, seed: int = 0,
-                   first_index: Mapping[str, int] | None = None) -> list[ClipRow]:
+                   first_index: Mapping[str, int] | None = None,
+                   kinds: Sequence[str] = NO_SPEECH_KINDS) -> list[ClipRow]:
     """Rows with no speech at all: one noise (or silence) at an absolute level, then the
-    capture and network steps of an ordinary chain (codec, loss, band limit...).
+    capture and network steps of an ordinary chain (codec, loss, band limit...). ``kinds``
+    are drawn evenly; ``music`` is a recording from ``music_sources``.
 
     Row j of a split draws from random stream (seed, 10 + split, j), apart from speech rows'.
     """
-    from train.data.noises import sources_of
+    from train.data.noises import music_sources, sources_of
 
     first_index = first_index or {}
     rows = []
@@ -170,13 +174,13 @@ def no_speech_rows(split_clips: Mapping[str, int], *, seed: int = 0,
         start = first_index.get(split, 0)
         for j in range(start, start + int(split_clips.get(split, 0))):
             rng = np.random.default_rng([seed, 10 + si, j])
-            kind = str(rng.choice(NO_SPEECH_KINDS))
+            kind = str(rng.choice(kinds))
             chain: list[dict] = []
             if kind != "silence":
-                step = {"op": "noise", "kind": kind,
+                step = {"op": "noise", "kind": "recorded" if kind == "music" else kind,
                         "level_dbfs": round(float(rng.uniform(*NO_SPEECH_LEVEL_DBFS)), 3)}
-                if kind == "recorded":
-                    pool = sources_of(split)
+                if kind in ("recorded", "music"):
+                    pool = music_sources(split) if kind == "music" else sources_of(split)
                     step["source"] = pool[int(rng.integers(len(pool)))]
                 chain.append(step)
             chain += [st for st in sample_chain(rng) if st["op"] not in ("noise", "gain")]
@@ -212,6 +216,38 @@ def extend_manifest(existing: list[ClipRow], utterances: list[Utterance], n_clip
     return build_manifest(new, n_clips, seed=seed, val_speakers=val_speakers,
                           test_speakers=test_speakers, cache_dir=cache_dir, first_index=first,
                           split_clips=split_clips, recorded_noise=recorded_noise)
+
+
+def top_up_rows(existing: list[ClipRow], utterances: list[Utterance], *,
+                mild_clips: Mapping[str, int], music_clips: Mapping[str, int], seed: int = 0,
+                val_speakers: Iterable[str] = DEFAULT_VAL_SPEAKERS,
+                test_speakers: Iterable[str] = DEFAULT_TEST_SPEAKERS,
+                cache_dir: Path = Path("cache/speech")) -> list[ClipRow]:
+    """Rows for what the real-voice extension left thin, appended once after the rows without
+    speech: ``mild_clips`` clips of the real voices already present with ``mild_chain`` (the
+    top of the scale, where real voices were read too low), then ``music_clips`` rows without
+    speech that are music alone (what the speech output mistook for a voice).
+
+    Returns [] when some split already holds a real-voice row after its rows without speech,
+    so a resumed recipe keeps its rows and their labels.
+    """
+    from train.data.voices import voice_sources
+
+    real = {v.voice for v in voice_sources()}
+    seen_none: set[str] = set()
+    for r in existing:
+        if r.utterance_id == NO_SPEECH:
+            seen_none.add(r.split)
+        elif r.split in seen_none and r.speaker in real:
+            return []
+    known = {r.speaker for r in existing}
+    voices = [u for u in utterances if u.speaker in real and u.speaker in known]
+    rows = build_manifest(voices, 0, seed=seed, val_speakers=val_speakers,
+                          test_speakers=test_speakers, cache_dir=cache_dir,
+                          first_index=Counter(r.split for r in existing),
+                          split_clips=mild_clips, chains=mild_chain)
+    return rows + no_speech_rows(music_clips, seed=seed, kinds=("music",),
+                                 first_index=Counter(r.split for r in existing + rows))
 
 
 def _pick_talkers(rng: np.random.Generator, u: Utterance,
@@ -369,6 +405,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-speech-clips", type=parse_split_counts,
                     help="also append rows without speech (noise, music, effects, silence) per "
                          "split, e.g. train=1500,val=200,test=300")
+    ap.add_argument("--mild-clips", type=parse_split_counts,
+                    help="once, after the rows without speech: clips of the real voices already "
+                         "in the manifests that are clean or lightly degraded, e.g. train=2500 "
+                         "(needs --real)")
+    ap.add_argument("--music-clips", type=parse_split_counts,
+                    help="with --mild-clips: rows without speech that are music alone, e.g. "
+                         "train=600")
     ap.add_argument("--presence", type=Path,
                     help="write the speech-presence labels of every row as DIR/SPLIT.speech.csv")
     ap.add_argument("--val-speakers", default=",".join(DEFAULT_VAL_SPEAKERS),
@@ -403,6 +446,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.no_speech_clips and not any(r.utterance_id == NO_SPEECH for r in rows):
             rows += no_speech_rows(args.no_speech_clips, seed=args.seed,
                                    first_index=Counter(r.split for r in rows))
+        if args.mild_clips or args.music_clips:
+            rows += top_up_rows(rows, utts, mild_clips=args.mild_clips or {},
+                                music_clips=args.music_clips or {}, seed=args.seed,
+                                cache_dir=args.cache, **patterns)
     except (ValueError, OSError, RuntimeError, subprocess.CalledProcessError) as e:
         print(f"\nerror: {e}", file=sys.stderr)
         return 2

@@ -66,6 +66,12 @@ def sources_of(split: str) -> list[str]:
     return [name for name, (_, s) in noise_files().items() if s == split]
 
 
+def music_sources(split: str) -> list[str]:
+    """The music among ``sources_of(split)``: the hold-music pieces and Tux Paint's
+    instruments, which a speech detector confuses with a voice far more than noise."""
+    return [n for n in sources_of(split) if n.startswith(("music:", "sfx:hobbies/music/"))]
+
+
 @functools.lru_cache(maxsize=32)
 def load_noise(name: str) -> np.ndarray:
     """A recorded noise as float64 16 kHz mono (read-only; cached)."""
