@@ -16,7 +16,7 @@ Issue 17's acceptance 3, measured on audio no student trained, tuned or was chos
     frames active before degradation), the share with a ``mos`` (>= 98 %); of the
     non-speech files' windows, the share with one (0).
 
-Files go through ``streamqa.cli.score_file`` and ``streamqa.timeline.file_timeline``, the
+Files go through ``streamqa.api.score_file`` and ``streamqa.timeline.file_timeline``, the
 functions ``streamqa score`` and the monitor run, from WAV files written to a temporary
 folder. The rule (model speech output or level gate) is whatever the model brings, so the
 same command measures the shipped model, a candidate, or a model without the output.
@@ -130,10 +130,10 @@ def window_truth(clean: np.ndarray, ends: list[float], window_s: float) -> list[
 
 def measure(model: Model, path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """``streamqa score``'s line and the monitor's score messages for one file."""
-    from streamqa.cli import score_file
+    from streamqa.api import score_file
     from streamqa.timeline import file_timeline
 
-    return score_file(model, path), file_timeline(model, path).hops
+    return {"file": str(path), **score_file(path, model=model).as_dict()}, file_timeline(model, path).hops
 
 
 def _rate(k: int, n: int) -> float | None:

@@ -28,7 +28,7 @@ import numpy as np
 
 from streamqa.metrics import Metrics
 from streamqa.model import Model, State, split_state, stack_states
-from streamqa.presence import Judgement, StreamPresence, window_outputs
+from streamqa.presence import Judgement, StreamPresence, out_of_range, window_outputs
 from streamqa.rolling import RollingMos, StreamSummary
 from streamqa.sources import StreamInfo
 from streamqa.windowing import Hop, Windower
@@ -298,6 +298,9 @@ class Engine:
             if info.presence is not None:
                 p = r.judgement.probability
                 msg["speech_p"] = None if p is None else round(p, 3)
+            raw = out_of_range(info, r.scores, speech)
+            if raw is not None:  # some output was clamped to 1-5: the model's own values
+                msg["raw"] = raw
             if not r.hop.finite:
                 msg["error"] = "non-finite audio"
             net = st.net if self._worker is not None else st.nets.popleft()

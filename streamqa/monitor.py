@@ -209,10 +209,12 @@ async def run_monitor(model: Model, opts: MonitorOptions, *, out: TextIO = sys.s
 
     mirror = loop.create_task(_mirror_counters(rtp_sources, metrics, 1.0))
     stop = stop_on_signals(loop)
-    url = f"http://{ws_host}:{ws_port}/" + (f"?token={opts.token}" if opts.token else "")
+    url = f"http://{ws_host}:{ws_port}/"
+    # The token is never printed (logs are read by more people than hold it): say where it goes.
+    needs = "  (add ?token=YOUR_TOKEN to the overlay URL; /metrics and the websocket need it too)" if opts.token else ""
     if not opts.quiet:
         print(f"streamqa: model {model.info.name} (hop {engine.hop_s:g} s, window {engine.window_s:g} s)", file=out)
-        print(f"streamqa: overlay {url}  websocket ws://{ws_host}:{ws_port}/  metrics {url.split('?')[0]}metrics", file=out)
+        print(f"streamqa: overlay {url}  websocket ws://{ws_host}:{ws_port}/  metrics {url}metrics{needs}", file=out)
         for h, p in rtp_addrs:
             print(f"streamqa: listening for RTP on udp://{h}:{p}", file=out)
         out.flush()

@@ -40,6 +40,28 @@ PRESENCE_OUTPUT = "speech"  # the metadata output name of the speech-presence pr
 SPEECH_THRESHOLD = 0.5
 # Quality outputs that still mean something on a window without speech.
 NOISE_OUTPUTS = frozenset({"bak"})
+# The documented range of every published quality score (ITU-T P.800's 1-5 scale). A
+# student is a regression head and can step outside it on audio unlike its training data;
+# a published 0.96 reads as a broken monitor, so scores are clamped and the raw value is
+# kept only where docs/protocol.md says (``raw``).
+SCORE_RANGE = (1.0, 5.0)
+
+
+def clamp_score(value: float) -> float:
+    """A quality score as published: within :data:`SCORE_RANGE` (NaN stays NaN)."""
+    lo, hi = SCORE_RANGE
+    return min(hi, max(lo, value)) if value == value else value
+
+
+def out_of_range(info: ModelInfo, scores: np.ndarray | None, speech: bool) -> dict[str, float] | None:
+    """The raw values of a window's quality outputs when one it publishes (see
+    :func:`window_outputs`) was clamped: the score message's ``raw``. None otherwise."""
+    if scores is None:
+        return None
+    lo, hi = SCORE_RANGE
+    raw = {n: float(scores[i]) for i, n in enumerate(info.outputs) if n in info.scores}
+    published = (v for n, v in raw.items() if speech or n in NOISE_OUTPUTS)
+    return raw if any(not lo <= v <= hi for v in published if v == v) else None
 
 
 def is_speech(probability: float) -> bool:
@@ -100,9 +122,9 @@ class StreamPresence:
 def window_outputs(info: ModelInfo, scores: np.ndarray | None, speech: bool) -> tuple[float | None, dict[str, float | None]]:
     """What a window publishes: ``(mos, outputs)``. ``outputs`` holds every quality output
     but ``mos`` (never the presence column); without speech ``mos`` is None and only the
-    :data:`NOISE_OUTPUTS` keep their value."""
+    :data:`NOISE_OUTPUTS` keep their value. Values are clamped to :data:`SCORE_RANGE`."""
     names = info.scores
-    values = {} if scores is None else {n: float(scores[i]) for i, n in enumerate(info.outputs) if n in names}
+    values = {} if scores is None else {n: clamp_score(float(scores[i])) for i, n in enumerate(info.outputs) if n in names}
     mos = values.get("mos") if speech else None
     outputs = {n: values.get(n) if speech or n in NOISE_OUTPUTS else None for n in names[1:]}
     return mos, outputs
@@ -112,10 +134,12 @@ def window_outputs(info: ModelInfo, scores: np.ndarray | None, speech: bool) -> 
 class FileScore:
     """A whole file's result: ``scores`` (every quality output, None each when the file holds
     too little speech to judge) and ``speech_fraction``, the share judged speech (of the
-    windows with a presence model, of the 40 ms frames with the level gate)."""
+    windows with a presence model, of the 40 ms frames with the level gate). ``raw``: the
+    same pooling of the unclamped window scores, only when some window was clamped."""
 
     scores: dict[str, float | None]
     speech_fraction: float
+    raw: dict[str, float | None] | None = None
 
     @property
     def has_speech(self) -> bool:
@@ -147,10 +171,18 @@ def score_audio(model: Model, audio: np.ndarray) -> FileScore:
 
     With the level gate the share is the active fraction of the whole signal's frames and a
     file below ``MIN_SPEECH_FRACTION`` gets no scores (the behaviour before presence models).
+    Every window's quality scores are clamped to :data:`SCORE_RANGE` before pooling, as
+    the live path clamps each published window.
     """
-    scores, share = pool_windows(model.info, model.window_scores(audio))
+    info = model.info
+    rows = model.window_scores(audio)
+    clamped = rows.copy()
+    quality = [i for i, n in enumerate(info.outputs) if n in info.scores]
+    clamped[:, quality] = np.clip(rows[:, quality], *SCORE_RANGE)
+    scores, share = pool_windows(info, clamped)
+    raw = None if np.array_equal(rows, clamped, equal_nan=True) else pool_windows(info, rows)[0]
     if share is None:
-        share = speech_fraction(audio, model.info.frame_samples)
+        share = speech_fraction(audio, info.frame_samples)
         if share < MIN_SPEECH_FRACTION:
             scores = {n: None for n in scores}
-    return FileScore(scores, share)
+    return FileScore(scores, share, raw if scores["mos"] is not None else None)

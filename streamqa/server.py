@@ -41,6 +41,7 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 
 from .access import AccessPolicy, default_hosts
+from .listen import listen_error
 from .logthrottle import LogThrottle, throttled
 from .metrics import Metrics
 from .ratelimit import TokenBucket
@@ -583,19 +584,22 @@ async def serve(
             except (asyncio.CancelledError, ConnectionClosed):
                 pass
 
-    server = await ws_serve(
-        handler,
-        host,
-        port,
-        process_request=process_request,
-        max_size=max_message_bytes,
-        # Per-connection deflate costs CPU per client for ~300-byte messages that barely
-        # compress; fan-out to hundreds of overlays matters more.
-        compression=None,
-        close_timeout=close_timeout,
-        create_connection=_Connection,
-        logger=throttled(logging.getLogger("websockets.server"), _throttle),
-    )
+    try:
+        server = await ws_serve(
+            handler,
+            host,
+            port,
+            process_request=process_request,
+            max_size=max_message_bytes,
+            # Per-connection deflate costs CPU per client for ~300-byte messages that barely
+            # compress; fan-out to hundreds of overlays matters more.
+            compression=None,
+            close_timeout=close_timeout,
+            create_connection=_Connection,
+            logger=throttled(logging.getLogger("websockets.server"), _throttle),
+        )
+    except OSError as exc:
+        raise listen_error("websocket", host, port, exc) from exc
     policy.port = server.sockets[0].getsockname()[1]
     sweeper = asyncio.get_running_loop().create_task(_sweep(hub, server, stall_timeout_s))
     hub._closing.add(sweeper)

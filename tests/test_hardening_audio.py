@@ -190,12 +190,15 @@ def test_score_cli_gives_every_file_a_defined_line_and_keeps_going(level_onnx, t
 
     assert "Traceback" not in proc.stderr, proc.stderr
     assert "NaN" not in proc.stdout and "Infinity" not in proc.stdout
-    results = {Path(r["file"]).name: r for r in map(json.loads, proc.stdout.splitlines())}
+    records = [json.loads(line) for line in proc.stdout.splitlines()]
+    results = {Path(r["file"]).name: r for r in records if "error" not in r}
     errors = {}
     for line in proc.stderr.splitlines():
         path, _, reason = line.partition(": error: ")
         assert reason, f"unexpected stderr line: {line!r}"
         errors[Path(path).name] = reason
+    # Each bad file is also an error record in the JSON output, beside the good ones.
+    assert {Path(r["file"]).name: r["error"] for r in records if "error" in r} == errors
     assert set(results) | set(errors) == set(names) and not set(results) & set(errors)
     assert proc.returncode == 1  # some files failed; the others were still scored
 

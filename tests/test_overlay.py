@@ -1,17 +1,23 @@
 """The overlay page in a real headless chromium against a live server.
 
-Set STREAMQA_UPDATE_DOCS=1 to also refresh docs/overlay.png (the README's screenshot).
+Set STREAMQA_UPDATE_DOCS=1 to also refresh docs/overlay.png and docs/demo.png (the README's
+screenshot of the demo call).
 """
 
 import asyncio
+import base64
+import json
 import math
 import os
 import re
 import shutil
 import struct
 import subprocess
+import socket
+import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -30,12 +36,13 @@ MODEL = {"name": "tiny-student", "outputs": ["mos", "sig", "bak", "ovrl"], "hop_
 # stream -> (source, info, base MOS, swing, net or None)
 STREAMS = {
     "studio-mic": ("mic", {"codec": "L16", "rate": 48000}, 4.35, 0.12, None),
-    "caller-pcmu": ("rtp", {"codec": "PCMU", "rate": 8000, "ssrc": 17}, 3.45, 0.2,
+    "caller-pcmu": ("rtp", {"codec": "PCMU", "rate": 8000, "ssrc": 17, "remote": "198.51.100.7:4000"}, 3.45, 0.2,
                     {"loss": 0.004, "jitter_ms": 6.0, "emodel_mos": 4.05}),
     "caller-opus": ("rtp", {"codec": "opus", "rate": 48000, "ssrc": 99}, 2.45, 0.35,
                     {"loss": 0.071, "jitter_ms": 38.0, "emodel_mos": 2.9}),
 }
 DOCS_PNG = Path(__file__).resolve().parents[1] / "docs" / "overlay.png"
+DEMO_PNG = DOCS_PNG.with_name("demo.png")
 
 
 class LiveServer:
@@ -163,7 +170,11 @@ def test_overlay_shows_live_values_and_screenshot(tmp_path):
         assert "PCMU · 8 kHz · rtp" in body and "loss 0.4 %" in body and "E-model 4.05" in body
         classes, value, body = card(dom, "caller-opus")
         assert "band-poor" in classes and float(value) < 3.0
-        assert f'title="caller-opus">{CNAME}<' in body  # the CNAME names the card
+        assert f'title="stream caller-opus">{CNAME}<' in body  # the CNAME names the card
+        classes, value, body = card(dom, "caller-pcmu")  # no CNAME: the sender's address does
+        assert 'title="stream caller-pcmu">198.51.100.7:4000<' in body
+        assert 'title="SIG: quality of the speech itself' in body and '>bak 4.00<' in body
+        assert "BAK: how unobtrusive the background noise is" in dom  # the legend
         classes, value, body = card(dom, "short-call")
         assert "ended" in classes and "band-fair" in classes and value == "3.10"
         assert "min 3.00" in body
@@ -185,3 +196,97 @@ def test_overlay_without_token_stays_empty_and_says_so(tmp_path):
         assert 'data-stream="' not in dom
         retries = re.search(r"disconnected, retry (\d+)", dom)
         assert retries  # refused (401): the page says so and keeps retrying
+
+
+# Per card: its title and tooltip, the figures' tooltips, and how many pixels of the MOS
+# history are drawn opaque (the rolling MOS line; the grid, labels and window dots are
+# translucent, so an empty history counts 0).
+CARDS_JS = """JSON.stringify({
+  legend: document.getElementById("legend").textContent,
+  cards: [...document.querySelectorAll("section.card")].map((c) => {
+    const cv = c.querySelector("canvas.spark");
+    const d = cv.getContext("2d").getImageData(0, 0, cv.width, cv.height).data;
+    let lit = 0;
+    for (let i = 3; i < d.length; i += 4) if (d[i] > 200) lit++;
+    const name = c.querySelector(".name");
+    return {stream: c.dataset.stream, name: name.textContent, title: name.title, lit,
+            figures: Object.fromEntries([...c.querySelectorAll(".detail .figure")].map((f) => [f.dataset.name, f.title]))};
+  }),
+})"""
+
+
+def _devtools(tmp_path, url):
+    """A headless chromium on ``url`` and a CDP websocket to its page (real time, unlike
+    --virtual-time-budget: the demo's scores arrive once a second)."""
+    from websockets.sync.client import connect
+
+    profile = tmp_path / "cdp-profile"
+    proc = subprocess.Popen([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                             "--hide-scrollbars", "--window-size=1920,1080", "--remote-debugging-port=0",
+                             "--remote-allow-origins=*", f"--user-data-dir={profile}", url],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    port_file = profile / "DevToolsActivePort"
+    for _ in range(600):
+        if port_file.exists() and port_file.read_text().strip():
+            break
+        time.sleep(0.1)
+    port = port_file.read_text().split()[0]
+    for _ in range(300):
+        pages = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10))
+        pages = [p for p in pages if p.get("type") == "page"]
+        if pages:
+            break
+        time.sleep(0.1)
+    return proc, connect(pages[0]["webSocketDebuggerUrl"], max_size=None, open_timeout=30)
+
+
+def _cdp(ws, method, **params):
+    ws.send(json.dumps({"id": 1, "method": method, "params": params}))
+    while True:
+        reply = json.loads(ws.recv(timeout=60))
+        if reply.get("id") == 1:
+            return reply["result"]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
+def test_overlay_during_the_demo_names_streams_draws_their_history_and_explains_figures(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monitor = subprocess.Popen([sys.executable, "-m", "streamqa.cli", "monitor", "--demo", "--quiet",
+                                "--ws", f"127.0.0.1:{port}", "--duration", "120"])
+    chrome = ws = None
+    try:
+        for _ in range(600):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.1)
+        chrome, ws = _devtools(tmp_path, f"http://127.0.0.1:{port}/")
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:  # until both legs have drawn some history
+            state = json.loads(_cdp(ws, "Runtime.evaluate", expression=CARDS_JS)["result"]["value"])
+            if len(state["cards"]) == 2 and all(c["lit"] > 300 for c in state["cards"]):
+                break
+            time.sleep(1.0)
+        png = base64.b64decode(_cdp(ws, "Page.captureScreenshot", format="png")["data"])
+    finally:
+        if ws is not None:
+            ws.close()
+        for proc in (chrome, monitor):
+            if proc is not None:
+                proc.kill()
+                proc.wait(30)
+    assert len(state["cards"]) == 2, state
+    for c in state["cards"]:
+        assert c["lit"] > 300, state  # a drawn MOS history, not an empty box
+        assert c["title"] == "stream " + c["stream"] and not c["name"].startswith("rtp-")
+        assert re.fullmatch(r"127\.0\.0\.1:\d+", c["name"]) or "@" in c["name"]  # remote address or CNAME
+        assert set(c["figures"]) == {"window", "sig", "bak", "ovrl"}
+        assert "7.68 s window" in c["figures"]["window"] and "background noise" in c["figures"]["bak"]
+    assert "big number rolling MOS" in state["legend"] and "OVRL: overall quality" in state["legend"]
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    if os.environ.get("STREAMQA_UPDATE_DOCS") == "1":
+        DEMO_PNG.write_bytes(png)

@@ -218,7 +218,10 @@ def test_model_score_averages_speech_windows_only(tiny_onnx):
 def test_score_file_follows_the_model(presence_onnx, level_onnx, tmp_path):
     import soundfile as sf
 
-    from streamqa.cli import score_file
+    from streamqa.api import score_file as api_score_file
+
+    def score_file(model: Model, path: Path) -> dict:
+        return api_score_file(path, model=model).as_dict()
 
     silence, talk = tmp_path / "silence.wav", tmp_path / "talk.wav"
     sf.write(silence, np.zeros(16000 * 4, np.float32), 16000)

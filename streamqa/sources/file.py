@@ -28,6 +28,8 @@ class FileSourceError(ValueError):
 
 
 def _open(path: Path) -> sf.SoundFile:
+    if path.is_dir():  # libsndfile would say "Format not recognised"
+        raise FileSourceError(f"{path}: is a directory")
     if not path.is_file():  # libsndfile would only say "System error"
         raise FileSourceError(f"{path}: no such file")
     try:

@@ -42,6 +42,8 @@ except ImportError:  # pragma: no cover - the check is then skipped
 
 from ..rtp.codecs import STATIC_PAYLOAD_TYPES, Decoder, make_decoder, safe_decode
 from ..rtp.emodel import emodel_mos
+from ..listen import listen_error
+from ..logthrottle import LogThrottle, throttled
 from ..ratelimit import TokenBucket
 from ..rtp.jitter import JitterBuffer, Lost
 from ..rtp.packet import MalformedPacket, RtpPacket, parse
@@ -50,6 +52,10 @@ from ..rtp.rtcp import MalformedRtcp, RtcpState
 from . import AudioSink, StreamInfo, samples_wanted
 
 log = logging.getLogger(__name__)
+# "Payload type not mapped" warnings: one per (SSRC, payload type), at most 5 at once then
+# 1 a second however many senders there are (a scan must not fill the disk).
+_pt_log = throttled(logging.getLogger(f"{__name__}.payload_type"), LogThrottle(per_s=1.0, burst=5))
+MAX_UNMAPPED_WARNED = 4096  # (SSRC, payload type) pairs remembered as warned; then it starts over
 
 NET_INTERVAL = 1.0  # seconds between sink.net reports of one stream
 _RCVBUF = 4 * 1024 * 1024  # room for bursts of many streams between loop iterations
@@ -140,6 +146,7 @@ class RtpSource:
         self.jitter_depth = jitter_depth
         self.coalesce_s = coalesce_s
         self.counters: dict[str, int] = defaultdict(int)
+        self._unmapped_warned: set[tuple[int, int]] = set()
         self._streams: dict[tuple[int, Any], _Stream] = {}
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -168,6 +175,9 @@ class RtpSource:
             sock.bind(address)
             sock.setblocking(False)
             loop.add_reader(sock.fileno(), self._read_ready)
+        except OSError as exc:
+            sock.close()
+            raise listen_error("RTP", host, port, exc) from exc
         except BaseException:
             sock.close()
             raise
@@ -344,6 +354,7 @@ class RtpSource:
         in the table (evicting if needed); the validating packets replay into the stream."""
         if pkt.payload_type not in self.payload_types:
             self.counters["unknown_payload_type"] += 1
+            self._warn_unmapped(pkt, addr)
             return
         packets = self._probation.offer(key, pkt, now)
         self._count_probation()
@@ -361,6 +372,21 @@ class RtpSource:
             frames = stream.jitter.push(held, now)
             if frames:
                 self._deliver(stream, frames)
+
+    def _warn_unmapped(self, pkt: RtpPacket, addr: Any) -> None:
+        """Say once per (SSRC, payload type) that a sender's packets are dropped for want of
+        an ``--rtp-map``: otherwise the terminal and the websocket just stay silent (ffmpeg
+        sends Opus as payload type 97, not the 96 many examples use)."""
+        key = (pkt.ssrc, pkt.payload_type)
+        if key in self._unmapped_warned:
+            return
+        if len(self._unmapped_warned) >= MAX_UNMAPPED_WARNED:
+            self._unmapped_warned.clear()
+        self._unmapped_warned.add(key)
+        sender = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
+        _pt_log.warning("RTP from %s (SSRC 0x%08x) uses payload type %d, which is not mapped: dropped. "
+                        "Declare it, e.g. --rtp-map %d=opus/48000/2", sender, pkt.ssrc, pkt.payload_type,
+                        pkt.payload_type)
 
     def _evict(self, keys: Any) -> None:
         """End the stream among ``keys`` that has delivered the least received audio."""

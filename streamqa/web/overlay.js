@@ -53,7 +53,7 @@
     container.appendChild(el);
     card = {
       el,
-      history: [], // [t, mos_rolling|null]
+      history: [], // [t, mos_rolling|null, window mos|null]
       removeTimer: null,
       pending: false,
       mos: el.querySelector(".mos"),
@@ -70,14 +70,33 @@
   }
 
   // The card's title: the sender's RTCP CNAME once known (info.cname, then each score's
-  // label), else the stream id, which stays in the tooltip.
+  // label), else who is sending (an RTP stream's remote address, a replayed file's name, a
+  // microphone's device), else the stream id. The stream id stays in the tooltip.
   function nameCard(card, stream, label) {
     const name = card.el.querySelector(".name");
     if (label && name.textContent !== label) {
       name.textContent = label;
-      name.title = stream;
+      name.title = "stream " + stream;
     }
   }
+
+  function sourceLabel(info) {
+    if (info.cname) return info.cname;
+    if (info.remote) return info.remote;
+    if (info.path) return String(info.path).split(/[\\/]/).pop();
+    if (info.device) return String(info.device);
+    return null;
+  }
+
+  // What each figure means, for a viewer who has not read the docs: the card's tooltips and
+  // the page's legend say the same thing.
+  const EXPLAIN = {
+    rolling: "rolling MOS: recent windows weighted by age (10 s time constant); 1 = bad, 5 = excellent",
+    window: "MOS of the latest window of audio alone",
+    sig: "SIG: quality of the speech itself (distortion, codec artefacts), 1-5",
+    bak: "BAK: how unobtrusive the background noise is, 1-5 (5 = no noise)",
+    ovrl: "OVRL: overall quality, speech and noise together, 1-5",
+  };
 
   function removeCard(stream) {
     const card = cards.get(stream);
@@ -109,7 +128,7 @@
       const codec = [info.codec, info.rate ? info.rate / 1000 + " kHz" : null, msg.source]
         .filter(Boolean).join(" · ");
       card.codec.textContent = codec;
-      nameCard(card, msg.stream, info.cname);
+      nameCard(card, msg.stream, sourceLabel(info));
     } else if (msg.event === "end") {
       const s = msg.summary || {};
       // The big number becomes the whole stream's mean: the last thing worth reading.
@@ -134,9 +153,17 @@
     showValue(card, rolling, label);
 
     // Quality outputs only: the server never puts the speech probability (speech_p) here.
+    // Each figure is its own span with its meaning as a tooltip.
     const outs = msg.outputs || {};
-    const extras = Object.keys(outs).map((k) => `${k} ${fmt(outs[k], 2)}`);
-    card.detail.textContent = [`window ${fmt(msg.mos, 2)}`, ...extras].join(" · ");
+    const figures = [["window", msg.mos], ...Object.keys(outs).map((k) => [k, outs[k]])];
+    card.detail.replaceChildren(...figures.flatMap(([k, v], i) => {
+      const span = document.createElement("span");
+      span.className = "figure";
+      span.dataset.name = k;
+      span.title = EXPLAIN[k] || k;
+      span.textContent = `${k} ${fmt(v, 2)}`;
+      return i ? [" · ", span] : [span];
+    }));
 
     const net = msg.net;
     if (net && typeof net === "object") {
@@ -152,7 +179,7 @@
     if (typeof msg.t === "number") {
       const h = card.history;
       if (h.length && msg.t < h[h.length - 1][0]) h.length = 0; // stream restarted
-      h.push([msg.t, rolling]);
+      h.push([msg.t, rolling, typeof msg.mos === "number" ? msg.mos : null]);
       while (h.length && h[0][0] < msg.t - HISTORY_S) h.shift();
       scheduleDraw(card);
     }
@@ -206,27 +233,47 @@
     }
     ctx.setLineDash([]);
 
+    // Each window's own MOS as a faint dot, the rolling MOS as the line over them. A
+    // rolling value with no neighbour (the first score of a page opened mid-call, or after
+    // a pause) is drawn as a dot, so the history is never an empty box.
     const style = getComputedStyle(card.el).getPropertyValue("--band").trim() || "#8a8f98";
+    ctx.fillStyle = "rgba(255,255,255,0.45)";
+    for (const [t, , w] of hist) {
+      if (w === null) continue;
+      ctx.beginPath();
+      ctx.arc(x(t), y(w), 2 * dpr, 0, 2 * Math.PI);
+      ctx.fill();
+    }
     ctx.strokeStyle = style;
+    ctx.fillStyle = style;
     ctx.lineWidth = 3 * dpr;
     ctx.lineJoin = "round";
-    ctx.beginPath();
-    let drawing = false;
-    for (const [t, m] of hist) {
-      if (m === null) {
-        drawing = false;
-        continue;
+    ctx.lineCap = "round";
+    for (let i = 0; i < hist.length; i++) {
+      const m = hist[i][1];
+      if (m === null) continue;
+      const prev = i > 0 ? hist[i - 1][1] : null;
+      const next = i + 1 < hist.length ? hist[i + 1][1] : null;
+      if (prev === null && next === null) {
+        ctx.beginPath();
+        ctx.arc(x(hist[i][0]), y(m), 3 * dpr, 0, 2 * Math.PI);
+        ctx.fill();
+      } else if (prev !== null) {
+        ctx.beginPath();
+        ctx.moveTo(x(hist[i - 1][0]), y(prev));
+        ctx.lineTo(x(hist[i][0]), y(m));
+        ctx.stroke();
       }
-      if (drawing) ctx.lineTo(x(t), y(m));
-      else ctx.moveTo(x(t), y(m));
-      drawing = true;
     }
-    ctx.stroke();
   }
 
   function onHello(msg, ws) {
     const m = msg.model || {};
     modelEl.textContent = m.name ? `· ${m.name}` : "";
+    if (typeof m.window_s === "number") {
+      EXPLAIN.window = `MOS of the latest ${m.window_s.toFixed(2).replace(/\.?0+$/, "")} s window of audio alone`;
+    }
+    showLegend();
     if (only.length) ws.send(JSON.stringify({ type: "subscribe", streams: only }));
     for (const card of cards.values()) card.pending = true;
     setTimeout(() => {
@@ -283,7 +330,27 @@
     setTimeout(connect, delay);
   }
 
+  // The legend under the cards (?legend=0 hides it, e.g. in an OBS scene).
+  const legend = document.getElementById("legend");
+  function showLegend() {
+    if (params.get("legend") === "0") {
+      legend.classList.add("hidden");
+      return;
+    }
+    legend.replaceChildren(...["rolling", "window", "sig", "bak", "ovrl"].map((k) => {
+      const item = document.createElement("li");
+      const name = document.createElement("b");
+      name.textContent = k === "rolling" ? "big number" : k;
+      item.append(name, " " + EXPLAIN[k]);
+      return item;
+    }), Object.assign(document.createElement("li"), {
+      textContent: "graph: rolling MOS (line) and each window's MOS (dots) over the last "
+        + `${HISTORY_S} s; dashed lines at MOS 3 and 4`,
+    }));
+  }
+
   window.addEventListener("resize", () => cards.forEach(drawSpark));
+  showLegend();
   refreshEmpty();
   connect();
 })();
