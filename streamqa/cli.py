@@ -161,8 +161,14 @@ def cmd_score(args: argparse.Namespace) -> int:
         print("streamqa score: --csv cannot be combined with --json or --timeline", file=sys.stderr)
         return EXIT_USAGE
     try:
+        if args.plot:
+            import matplotlib  # noqa: F401 - a missing extra fails before the scoring, not after
         model = load_model(args.model, threads=args.threads)
         rtp_map = {pt: (codec, rate, ch) for pt, codec, rate, ch in map(parse_rtp_map, args.rtp_map)}
+    except ModuleNotFoundError as exc:
+        if _missing_extra("score", exc) is None:
+            raise
+        return EXIT_USAGE
     except (ModelError, ValueError) as exc:
         print(f"streamqa: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -324,6 +330,16 @@ def _note_wildcard_bind(command: str, ws_host: str, allow_hosts: list[str] | Non
               "only; add --allow-host NAME for each name or address clients use", file=sys.stderr)
 
 
+def _missing_extra(command: str, exc: ModuleNotFoundError) -> str | None:
+    """Say in one line which ``pip install 'streamqa[EXTRA]'`` provides the missing module,
+    if it belongs to an optional extra; the extra's name, or None for any other module."""
+    extra = EXTRAS.get((exc.name or "").partition(".")[0])
+    if extra is not None:
+        print(f"streamqa {command}: the {extra} feature needs {exc.name}: pip install 'streamqa[{extra}]'",
+              file=sys.stderr)
+    return extra
+
+
 def _serve(command: str, job: Callable[[], Coroutine[Any, Any, int]]) -> int:
     """Run a long-lived command: ``job`` builds its coroutine (so option errors are caught
     too). Bad arguments or models (ValueError, UsageError, ModelError) and a missing optional
@@ -339,10 +355,8 @@ def _serve(command: str, job: Callable[[], Coroutine[Any, Any, int]]) -> int:
         print(f"streamqa {command}: --mic: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except ModuleNotFoundError as exc:
-        extra = EXTRAS.get((exc.name or "").partition(".")[0])
-        if extra is None:
+        if _missing_extra(command, exc) is None:
             raise
-        print(f"streamqa {command}: the {extra} feature needs {exc.name}: pip install 'streamqa[{extra}]'", file=sys.stderr)
         return EXIT_USAGE
     except OSError as exc:
         print(f"streamqa {command}: {exc}", file=sys.stderr)
