@@ -265,3 +265,31 @@ def test_configuration_from_the_environment_and_the_token_is_never_printed(tmp_p
     empty.write_text("\n")
     proc = run("monitor", "--demo", "--token-file", str(empty))
     assert proc.returncode == 2 and proc.stderr.strip() == f"streamqa monitor: the token file {empty} is empty"
+
+
+@pytest.mark.skipif(FFMPEG is None, reason="ffmpeg is not installed")
+def test_the_readme_opus_example_hears_ffmpegs_default_opus(tmp_path):
+    """ffmpeg sends Opus as payload type 97 unless told otherwise: the README's example must
+    map that number (issue 20: with 96 the terminal and the websocket stayed silent)."""
+    readme = (ROOT / "README.md").read_text()
+    example = re.search(r"streamqa monitor --rtp :5004 (--rtp-map \S+)", readme).group(1).split()
+    wav = tmp_path / "talk.wav"
+    sf.write(wav, speech(5.0), 16000)
+    port = free_port(socket.SOCK_DGRAM)
+    monitor = subprocess.Popen([sys.executable, "-m", "streamqa.cli", "monitor", "--rtp", f"127.0.0.1:{port}",
+                                *example, "--ws", "127.0.0.1:0", "--duration", "20", "--idle-timeout", "2"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        head = []
+        while not head or "listening for RTP" not in head[-1]:  # start-up on a busy machine
+            head.append(monitor.stdout.readline())
+            assert head[-1], (head, monitor.stderr.read())
+        subprocess.run([FFMPEG, "-loglevel", "error", "-re", "-i", str(wav), "-ar", "48000", "-ac", "1",
+                        "-c:a", "libopus", "-b:a", "32k", "-f", "rtp", f"rtp://127.0.0.1:{port}"],
+                       check=True, timeout=60)
+        out, err = monitor.communicate(timeout=120)
+    finally:
+        monitor.kill()
+    assert "not mapped" not in err, err
+    assert re.search(r"^rtp-\S+\s+opus\s+MOS", out, re.M), out
+    assert "[end] rtp-" in out
