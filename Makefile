@@ -15,7 +15,7 @@ $(VENV)/.runtime: $(BIN)/python pyproject.toml
 	touch $@
 
 $(VENV)/.full: $(BIN)/python pyproject.toml
-	$(BIN)/pip install -q -e '.[train,mic,dev]'
+	$(BIN)/pip install -q -e '.[train,mic,webrtc,dev]'
 	touch $@ $(VENV)/.runtime
 
 sysdeps:

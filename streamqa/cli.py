@@ -292,12 +292,12 @@ def _monitor_options(args: argparse.Namespace) -> MonitorOptions:
     from streamqa.monitor import MonitorOptions
     from streamqa.rtp.codecs import parse_rtp_map
 
-    if not (args.rtp or args.mic is not None or args.file or args.demo):
-        raise UsageError("give at least one source: --rtp, --mic, --file or --demo")
+    if not (args.rtp or args.mic is not None or args.file or args.demo or args.webrtc):
+        raise UsageError("give at least one source: --rtp, --mic, --file, --demo or --webrtc")
     for spec in args.rtp_map:
         parse_rtp_map(spec)  # ValueError names what is wrong with the spec
-    if args.workers and (args.mic is not None or args.file or args.demo or len(args.rtp) != 1):
-        raise UsageError("--workers shards one --rtp socket; it cannot be combined with --mic, --file or --demo")
+    if args.workers and (args.mic is not None or args.file or args.demo or args.webrtc or len(args.rtp) != 1):
+        raise UsageError("--workers shards one --rtp socket; it cannot be combined with --mic, --file, --demo or --webrtc")
     return MonitorOptions(
         rtp=[_host_port(s) for s in args.rtp],
         rtp_map=args.rtp_map,
@@ -319,6 +319,7 @@ def _monitor_options(args: argparse.Namespace) -> MonitorOptions:
         quiet=args.quiet,
         broker=args.broker,
         monitor_id=args.monitor_id,
+        webrtc=_host_port(args.webrtc) if args.webrtc else None,
     )
 
 
@@ -459,6 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
     mo.add_argument("--file", action="append", default=[], metavar="WAV", help="replay a file in real time, repeatable")
     mo.add_argument("--fast", action="store_true", help="replay --file as fast as possible")
     mo.add_argument("--demo", action="store_true", help="send the bundled demo call over loopback RTP")
+    mo.add_argument("--webrtc", metavar="HOST:PORT",
+                    help="WHIP endpoint /whip and the microphone self-check page /check (needs streamqa[webrtc])")
     _add_access_options(mo, "monitor")
     mo.add_argument("--max-streams", type=int, default=1000, metavar="N",
                     help="RTP streams tracked at once (per worker with --workers; default: %(default)s)")

@@ -49,6 +49,8 @@ class MonitorOptions:
     quiet: bool = False
     broker: str | None = None  # redis://HOST:PORT/CHANNEL: also publish there (docs/scaling.md)
     monitor_id: str | None = None
+    webrtc: tuple[str, int] | None = None  # WHIP endpoint and /check page (streamqa.whip)
+    webrtc_max_peers: int = 20
 
 
 class Console:
@@ -145,8 +147,8 @@ async def _mirror_counters(sources: list[RtpSource], metrics: Metrics, every: fl
 async def run_monitor(model: Model, opts: MonitorOptions, *, out: TextIO = sys.stdout, ready: asyncio.Future | None = None) -> int:
     """Run until ``opts.duration`` passes, SIGINT/SIGTERM, or every finite source is done.
 
-    ``ready`` (tests, benchmarks) receives {"ws": (host, port), "rtp": [(host, port), ...]}
-    once everything listens.
+    ``ready`` (tests, benchmarks) receives {"ws": (host, port), "rtp": [(host, port), ...],
+    "webrtc": (host, port) or None, ...} once everything listens.
     """
     loop = asyncio.get_running_loop()
     metrics = Metrics()
@@ -162,8 +164,18 @@ async def run_monitor(model: Model, opts: MonitorOptions, *, out: TextIO = sys.s
 
     engine = Engine(model, publish, loop=loop, metrics=metrics, window_s=opts.window_s, hop_s=opts.hop_s)
     hub = Hub(engine.model_hello(), metrics=metrics)
+    whip = webrtc_addr = None
+    origins = opts.origins
     try:
-        server = await serve(hub, opts.ws[0], opts.ws[1], token=opts.token, origins=opts.origins,
+        if opts.webrtc is not None:
+            from streamqa.whip import WhipServer
+
+            whip = WhipServer(engine, token=opts.token, origins=opts.origins, allow_hosts=opts.allow_hosts,
+                              idle_timeout=opts.idle_timeout, max_peers=opts.webrtc_max_peers)
+            webrtc_addr = await whip.start(*opts.webrtc)
+            if origins is not None:  # the /check page opens the websocket from its own port
+                origins = origins + whip.page_origins()
+        server = await serve(hub, opts.ws[0], opts.ws[1], token=opts.token, origins=origins,
                              allow_hosts=opts.allow_hosts, metrics=metrics)
         if opts.broker:
             from streamqa.broker import BrokerPublisher
@@ -171,9 +183,15 @@ async def run_monitor(model: Model, opts: MonitorOptions, *, out: TextIO = sys.s
             publisher = BrokerPublisher(opts.broker, engine.model_hello(), monitor_id=opts.monitor_id)
             await publisher.start()
     except BaseException:
+        if whip is not None:
+            await whip.close()
         engine.close()
         raise
     ws_host, ws_port = server.sockets[0].getsockname()[:2]
+    closers = []
+    if whip is not None:
+        whip.overlay_port = ws_port
+        closers.append(whip.close)
 
     rtp_map = {pt: (codec, rate, ch) for pt, codec, rate, ch in map(parse_rtp_map, opts.rtp_map)}
     admission = {"max_streams": opts.max_streams, "max_streams_per_address": opts.max_streams_per_address,
@@ -185,7 +203,6 @@ async def run_monitor(model: Model, opts: MonitorOptions, *, out: TextIO = sys.s
         rtp_addrs.append(await src.start(host, port))
         rtp_sources.append(src)
     finite: list[asyncio.Task] = []
-    closers = []
     if opts.demo:
         from streamqa.sources.demo import DemoCall
 
@@ -217,13 +234,18 @@ async def run_monitor(model: Model, opts: MonitorOptions, *, out: TextIO = sys.s
         print(f"streamqa: overlay {url}  websocket ws://{ws_host}:{ws_port}/  metrics {url}metrics{needs}", file=out)
         for h, p in rtp_addrs:
             print(f"streamqa: listening for RTP on udp://{h}:{p}", file=out)
+        if whip is not None:
+            check = f"http://{webrtc_addr[0]}:{webrtc_addr[1]}"
+            print(f"streamqa: WHIP {check}/whip  self-check {check}/check"
+                  + ("?token=YOUR_TOKEN" if opts.token else ""), file=out)
         out.flush()
     freeze_startup_heap()
     if ready is not None:
-        ready.set_result({"ws": (ws_host, ws_port), "rtp": rtp_addrs, "engine": engine, "hub": hub, "metrics": metrics})
+        ready.set_result({"ws": (ws_host, ws_port), "rtp": rtp_addrs, "engine": engine, "hub": hub, "metrics": metrics,
+                          "webrtc": webrtc_addr, "whip": whip})
 
     deadline = None if opts.duration is None else time.monotonic() + opts.duration
-    only_finite = not (opts.rtp or opts.mic is not None or opts.demo)
+    only_finite = not (opts.rtp or opts.mic is not None or opts.demo or opts.webrtc)
     trimmer = HeapTrimmer()
     try:
         while not stop.is_set():
