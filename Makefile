@@ -60,6 +60,7 @@ bench: sysdeps $(VENV)/.full
 	$(BIN)/python -m benchmarks.fuzz_rtcp --inputs 1000000 --json $(R)/fuzz_rtcp.json
 	$(BIN)/python -m benchmarks.hostile_network --json $(R)/hostile_network.json
 	$(BIN)/python -m benchmarks.capture_speed --streams 20 --seconds 600 --json $(R)/capture_speed.json
+	$(BIN)/python -m benchmarks.opus_concealment --json $(R)/opus_concealment.json
 	$(BIN)/python -m benchmarks.streaming --search --scorer both --json $(R)/streaming.json
 	$(BIN)/python -m benchmarks.compression --json $(R)/compression.json --plots $(R) --markdown docs/compression.md
 

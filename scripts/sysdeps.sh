@@ -2,7 +2,7 @@
 # Installs the Debian packages that tests, training and benchmarks use (not the runtime:
 # `make run` needs only Python). As root it runs apt-get; otherwise it names what is missing.
 set -euo pipefail
-pkgs=(ffmpeg espeak-ng flite sox libportaudio2 alsa-utils
+pkgs=(ffmpeg libopus0 espeak-ng flite sox libportaudio2 alsa-utils
       festival festvox-kallpc16k festvox-kdlpc16k festvox-italp16k festvox-itapc16k
       festvox-ca-ona-hts festvox-czech-dita festvox-czech-machac festvox-czech-ph
       festvox-czech-krb festvox-suopuhe-lj festvox-suopuhe-mv

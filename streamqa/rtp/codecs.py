@@ -1,18 +1,29 @@
-"""RTP payload decoders: PCMU, PCMA, L16 by hand (they are tables and byte order), G.722 and
-Opus through PyAV (FFmpeg's maintained decoders), all producing mono float32 in [-1, 1].
+"""RTP payload decoders: PCMU, PCMA, L16 by hand (they are tables and byte order), Opus
+through libopus (rtp.opus: its own concealment and in-band FEC), G.722 through PyAV
+(FFmpeg's maintained decoder), all producing mono float32 in [-1, 1].
 
-Each decoder also conceals: the jitter buffer reports how many samples were lost and the
-decoder fills them, so the scorer hears the gap the way a phone would, not a splice.
+Each decoder also fills gaps: the jitter buffer reports how many samples were lost and the
+decoder conceals them, so the scorer hears the gap the way a phone would, not a splice.
+PCMU, PCMA and L16 repeat the last packet with a fade, Opus uses libopus's PLC (and FEC
+from the packet after the gap, through ``recover``), and G.722 gets silence (FFmpeg's
+decoder has no concealment to ask for). Each decoder says which with ``plc``, and the
+E-model's loss assumption follows it (rtp.emodel).
 :func:`safe_decode` is the only entry point the network shell uses: whatever a payload does
 to a decoder (exception, NaN), the caller gets audio of a defined length and a reason.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import re
 from typing import Protocol
 
 import numpy as np
+
+from . import opus
+
+log = logging.getLogger(__name__)
 
 # RFC 3551 table 4: static audio payload types -> (codec, RTP clock rate, channels).
 STATIC_PAYLOAD_TYPES: dict[int, tuple[str, int, int]] = {
@@ -31,10 +42,15 @@ class Decoder(Protocol):
     """One stream's payload decoder; ``sample_rate`` is the rate of its PCM output,
     ``clock_rate`` the RTP timestamp rate (they differ for G.722: 16 kHz audio, 8 kHz clock).
     A decoder may also offer ``decode_many(payloads)``; the RTP shell then calls it without
-    safe_decode's guard, so it must accept any bytes and return finite samples in [-1, 1]."""
+    safe_decode's guard, so it must accept any bytes and return finite samples in [-1, 1].
+
+    A decoder may offer ``recover(n_samples, next_payload)`` as well: the gap's audio
+    rebuilt with the help of the packet after it (Opus in-band FEC); it must not raise.
+    ``plc`` says whether ``conceal`` synthesises speech-like audio (True) or silence."""
 
     sample_rate: int
     clock_rate: int
+    plc: bool
 
     def decode(self, payload: bytes) -> np.ndarray:
         """Mono float32 PCM of one payload; may raise on garbage (see safe_decode)."""
@@ -77,6 +93,7 @@ class _RepeatFade:
     no click at the gap, no buzzing on long outages)."""
 
     sample_rate: int
+    plc = True
 
     def _init_conceal(self) -> None:
         self._last = np.zeros(0, dtype=np.float32)
@@ -141,8 +158,11 @@ class L16Decoder(_RepeatFade):
 
 
 class PyAVDecoder:
-    """G.722 and Opus through PyAV. FFmpeg's decoders expose no packet-loss concealment
-    through PyAV (an empty packet means end of stream), so lost audio is silence."""
+    """G.722 (and Opus when libopus is missing) through PyAV. FFmpeg's decoders expose no
+    packet-loss concealment through PyAV (an empty packet means end of stream), so lost
+    audio is silence."""
+
+    plc = False
 
     def __init__(self, codec_name: str, sample_rate: int, clock_rate: int) -> None:
         import av  # deferred: only streams that need it pay for loading FFmpeg
@@ -203,7 +223,17 @@ def make_decoder(codec: str, rate: int, channels: int) -> Decoder:
         return PyAVDecoder("g722", 16000, 8000)
     if rate != 48000:
         raise ValueError(f"opus uses a 48000 Hz RTP clock (RFC 7587), got {rate}")
+    if opus.load() is not None:
+        return opus.OpusDecoder()
+    _warn_no_libopus()
     return PyAVDecoder("opus", 48000, 48000)
+
+
+@functools.cache
+def _warn_no_libopus() -> None:
+    """Once per process: without libopus, Opus loss is heard as silence."""
+    log.warning("libopus not found: Opus streams are decoded by FFmpeg, lost packets as silence "
+                "(install libopus0 for Opus's own concealment and FEC)")
 
 
 _RTP_MAP = re.compile(r"^\s*(\d+)\s*=\s*([A-Za-z0-9]+)/(\d+)(?:/(\d+))?\s*$")

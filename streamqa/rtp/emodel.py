@@ -14,8 +14,15 @@ Codec parameters (``CODECS``), on the narrowband R scale:
 * G.722 and Opus: G.113 Appendix I has no narrowband entry for them (G.722 is only rated on
   the wideband scale of G.107.1 / G.113 Appendix IV, and no ITU value exists for Opus, as
   its maintainers confirm in xiph/opus issue #51). Both are at least transparent on a
-  narrowband scale and ship their own concealment, so we use Ie = 0 and the G.711-with-PLC
-  Bpl of 25.1: an explicit assumption, not a table value.
+  narrowband scale, so we use Ie = 0 and G.711's two Bpl values: an explicit assumption,
+  not a table value.
+
+Which Bpl applies is not a property of the codec but of the receiver: ``emodel_mos(...,
+plc=...)``. The RTP source passes its decoder's ``plc`` (rtp.codecs), so the estimate
+assumes concealment exactly where the monitor's decoder conceals: PCMU, PCMA and L16
+(repeat with fade) and Opus through libopus (its PLC; in-band FEC is not credited, the loss
+is the network's) get 25.1; G.722 through FFmpeg, and Opus when libopus is missing, fill
+gaps with silence and get 4.3.
 """
 
 from __future__ import annotations

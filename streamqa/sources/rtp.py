@@ -45,7 +45,7 @@ from ..rtp.emodel import emodel_mos
 from ..listen import listen_error
 from ..logthrottle import LogThrottle, throttled
 from ..ratelimit import TokenBucket
-from ..rtp.jitter import JitterBuffer, Lost
+from ..rtp.jitter import JitterBuffer, Lost, Received
 from ..rtp.packet import MalformedPacket, RtpPacket, parse
 from ..rtp.probation import MIN_SEQUENTIAL, Probation
 from ..rtp.rtcp import MalformedRtcp, RtcpState
@@ -428,16 +428,25 @@ class RtpSource:
         decoder with ``decode_many`` are held until the sink wants them (samples_wanted)."""
         decoder = stream.decoder
         held = stream.held
+        recover = getattr(decoder, "recover", None)
         chunks = []
         arrival = stream.last_arrival
-        for frame in frames:
+        for i, frame in enumerate(frames):
             if type(frame) is Lost:
                 if held:
                     chunks.append(self._release_held(stream))
                 units = frame.duration
                 if 0 < stream.last_units < frame.span:
                     units = frame.span - stream.last_units  # exact, whatever the packet sizes
-                pcm = decoder.conceal(units * decoder.sample_rate // decoder.clock_rate)
+                n_samples = units * decoder.sample_rate // decoder.clock_rate
+                after = frames[i + 1] if i + 1 < len(frames) else None
+                if (recover is not None and type(after) is Received
+                        and after.packet.payload_type == stream.payload_type):
+                    # the jitter buffer releases a gap together with the packet after it,
+                    # whose in-band FEC (Opus) may rebuild the gap's last frame
+                    pcm = recover(n_samples, after.packet.payload)
+                else:
+                    pcm = decoder.conceal(n_samples)
             elif frame.packet.payload_type != stream.payload_type:
                 # DTMF events (RFC 4733), comfort noise or a codec switch inside one SSRC:
                 # they share the sequence space (so they pass the jitter buffer and are not
@@ -493,8 +502,10 @@ class RtpSource:
             "loss": loss,
             "jitter_ms": st.jitter_ms,
             # G.107's delay is mouth to ear; the network's half of the RTCP round trip is the
-            # part a monitor can measure (0 until an SR/report pair has been timed)
-            "emodel_mos": emodel_mos(stream.codec, 100.0 * loss, burst_ratio, 500.0 * stream.rtt),
+            # part a monitor can measure (0 until an SR/report pair has been timed); the loss
+            # term assumes concealment only when this stream's decoder really conceals
+            "emodel_mos": emodel_mos(stream.codec, 100.0 * loss, burst_ratio, 500.0 * stream.rtt,
+                                     plc=stream.decoder.plc),
             "rtt_ms": 1000.0 * stream.rtt if stream.rtt else None,
             "burst_ratio": burst_ratio,
             "packets": st.received,
