@@ -33,7 +33,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -47,32 +47,62 @@ DEFAULT_CHANNEL = "streamqa"
 
 @dataclass(frozen=True)
 class BrokerUrl:
-    """``redis://HOST[:PORT][/CHANNEL]`` split into its parts."""
+    """A broker URL split into what Redis needs and what streamqa adds.
 
-    host: str
-    port: int
+    ``url`` goes to ``redis.asyncio.from_url`` whole, so everything Redis's own URLs say
+    works: ``redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]``, ``rediss://`` for TLS (with its
+    ``ssl_*`` query parameters), ``unix:///PATH?db=N``. streamqa's channel travels as the
+    query parameter ``channel`` (removed before Redis sees the URL) or, as in the first
+    broker URLs, as a path that is a word rather than a database number. ``where`` names the
+    server without credentials, for log lines."""
+
+    url: str
     channel: str
+    where: str
 
     @property
     def streams_prefix(self) -> str:
         return f"{self.channel}:streams:"
 
+    def client(self, **kwargs: Any) -> aioredis.Redis:
+        """A redis.asyncio client for this URL (``kwargs``: socket_timeout and the like)."""
+        return aioredis.from_url(self.url, **kwargs)
+
+
+_SCHEMES = ("redis", "rediss", "unix")
+
 
 def parse_broker_url(url: str) -> BrokerUrl:
-    """Parse a broker URL; anything but redis:// with a host is a clear ValueError."""
+    """Parse a broker URL (see BrokerUrl); anything Redis could not connect to, or a bad
+    channel, is a clear ValueError that never repeats the password."""
     parts = urlsplit(url)
-    if parts.scheme != "redis":
-        raise ValueError(f"broker URL must start with redis://, got {url!r}")
-    if not parts.hostname:
-        raise ValueError(f"broker URL needs a host: {url!r}")
+    shown = parts._replace(netloc=parts.netloc.rpartition("@")[2], query="").geturl()
+    if parts.scheme not in _SCHEMES:
+        raise ValueError(f"broker URL must start with redis://, rediss:// or unix://, got {shown!r}")
+    if parts.scheme != "unix" and not parts.hostname:
+        raise ValueError(f"broker URL needs a host: {shown!r}")
+    if parts.scheme == "unix" and not parts.path:
+        raise ValueError(f"broker URL needs a socket path: {shown!r}")
     try:
         port = parts.port or 6379
     except ValueError:
-        raise ValueError(f"broker URL has a bad port: {url!r}") from None
-    channel = parts.path.strip("/") or DEFAULT_CHANNEL
-    if "/" in channel or ":" in channel:
+        raise ValueError(f"broker URL has a bad port: {shown!r}") from None
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    channels = [v for k, v in query if k == "channel"]
+    path = parts.path
+    if parts.scheme != "unix":
+        word = path.strip("/")
+        if word and not word.isdigit():  # redis://HOST/CHANNEL: the first URLs' form
+            channels.append(word)
+            path = ""
+    if len(channels) > 1:
+        raise ValueError(f"broker URL names more than one channel: {shown!r}")
+    channel = channels[0] if channels else DEFAULT_CHANNEL
+    if not channel or "/" in channel or ":" in channel:
         raise ValueError(f"broker channel must be one word without '/' or ':', got {channel!r}")
-    return BrokerUrl(parts.hostname, port, channel)
+    rest = urlencode([(k, v) for k, v in query if k != "channel"])
+    where = parts.path if parts.scheme == "unix" else f"{parts.hostname}:{port}"
+    return BrokerUrl(parts._replace(path=path, query=rest).geturl(), channel, where)
 
 
 def default_monitor_id() -> str:
@@ -115,7 +145,7 @@ class BrokerPublisher:
         self._inflight = False  # a batch is out of the buffer and on its way to Redis
 
     async def start(self) -> None:
-        self._client = aioredis.Redis(host=self.url.host, port=self.url.port, socket_timeout=5.0)
+        self._client = self.url.client(socket_timeout=5.0)
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._ship()), loop.create_task(self._heartbeat())]
 
@@ -167,7 +197,7 @@ class BrokerPublisher:
                 self._trim()
                 self.counters["errors"] += 1
                 if self.counters["errors"] == 1 or self.counters["errors"] % 100 == 0:
-                    log.warning("broker %s:%s unavailable (%s); buffering", self.url.host, self.url.port, exc)
+                    log.warning("broker %s unavailable (%s); buffering", self.url.where, exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
@@ -247,7 +277,7 @@ class GatewayFeed:
                     await self._consume(subscribed)
                 except (RedisError, OSError) as exc:
                     self.counters["errors"] += 1
-                    log.warning("broker %s:%s: %s; reconnecting", self.url.host, self.url.port, exc)
+                    log.warning("broker %s: %s; reconnecting", self.url.where, exc)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
                 else:
@@ -258,7 +288,7 @@ class GatewayFeed:
                 await self._client.aclose()
 
     async def _consume(self, subscribed: asyncio.Future | None) -> None:
-        self._client = aioredis.Redis(host=self.url.host, port=self.url.port)
+        self._client = self.url.client()
         pubsub = self._client.pubsub(ignore_subscribe_messages=True)
         await pubsub.subscribe(self.url.channel)
         if subscribed is not None and not subscribed.done():

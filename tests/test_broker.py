@@ -8,6 +8,7 @@ gateway's liveness check.
 
 import asyncio
 import json
+import logging
 import multiprocessing as mp
 import os
 import shutil
@@ -30,13 +31,43 @@ SCALE = float(os.environ.get("STREAMQA_TEST_TIMEOUT_SCALE", "1"))
 
 
 def test_broker_url_parsing():
-    u = parse_broker_url("redis://10.0.0.5:6380/calls")
-    assert (u.host, u.port, u.channel) == ("10.0.0.5", 6380, "calls")
+    u = parse_broker_url("redis://10.0.0.5:6380/calls")  # the first URLs' form: path = channel
+    assert (u.url, u.where, u.channel) == ("redis://10.0.0.5:6380", "10.0.0.5:6380", "calls")
     u = parse_broker_url("redis://localhost")
-    assert (u.host, u.port, u.channel) == ("localhost", 6379, "streamqa")
-    for bad in ("nats://h:4222", "redis:///chan", "redis://h:99999/c", "redis://h/a/b", "redis://h/a:b"):
+    assert (u.url, u.where, u.channel) == ("redis://localhost", "localhost:6379", "streamqa")
+    for bad in ("nats://h:4222", "redis:///chan", "redis://h:99999/c", "redis://h/a/b", "redis://h/a:b",
+                "redis://h/2?channel=a&channel=b", "redis://h/calls?channel=b", "unix://"):
         with pytest.raises(ValueError):
             parse_broker_url(bad)
+
+
+def test_broker_url_keeps_what_redis_understands_and_hides_the_password():
+    u = parse_broker_url("rediss://alice:s3cret@cache.example:6390/3?channel=calls&ssl_cert_reqs=none")
+    assert (u.channel, u.where) == ("calls", "cache.example:6390")
+    assert u.url == "rediss://alice:s3cret@cache.example:6390/3?ssl_cert_reqs=none"
+    kwargs = u.client().connection_pool.connection_kwargs  # what redis-py made of it
+    assert (kwargs["username"], kwargs["password"], kwargs["db"]) == ("alice", "s3cret", 3)
+    assert (kwargs["host"], kwargs["port"]) == ("cache.example", 6390)
+    assert u.client().connection_pool.connection_class.__name__ == "SSLConnection"
+    sock = parse_broker_url("unix:///run/redis/redis.sock?db=2&channel=calls")
+    assert (sock.channel, sock.where) == ("calls", "/run/redis/redis.sock")
+    assert sock.client().connection_pool.connection_kwargs["db"] == 2
+    with pytest.raises(ValueError) as err:
+        parse_broker_url("redis://:s3cret@h:99999/0")
+    assert "s3cret" not in str(err.value)
+
+
+def test_broker_logs_name_the_server_without_the_password(caplog):
+    async def main():
+        pub = BrokerPublisher("redis://:s3cret@127.0.0.1:1/0?channel=x", {"name": "m"}, monitor_id="m")
+        await pub.start()
+        pub.publish({"type": "score", "stream": "s", "t": 1.0})
+        await asyncio.sleep(1.0 * SCALE)
+        await pub.close()
+
+    with caplog.at_level(logging.WARNING, logger="streamqa.broker"):
+        asyncio.run(main())
+    assert "127.0.0.1:1" in caplog.text and "s3cret" not in caplog.text
 
 
 class FakeHub:
