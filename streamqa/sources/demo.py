@@ -4,7 +4,10 @@ Two call legs (caller: G.722 wideband, callee: PCMU narrowband) are encoded and 
 20 ms RTP packets, paced in real time, to the monitor's own RTP socket. The audio and its
 schedule live in ``streamqa/demo``: clean, then noisy (noise baked into the audio), then
 lossy (this sender drops packets at the rate the schedule asks, so loss happens on the
-wire and the jitter buffer, concealment and E-model all see it), then clean again.
+wire and the jitter buffer, concealment and E-model all see it), then clean again. Before
+the RTP, each leg sends an RTCP SDES naming it (``caller@demo``, ``callee@demo``, multiplexed
+on the RTP port as RFC 5761 allows), as ffmpeg and phones do: both legs come from one
+address, so without a CNAME the overlay could not tell them apart.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import numpy as np
 
 from streamqa.rtp.codecs import ULAW_TABLE
 from streamqa.rtp.packet import build
+from streamqa.rtp.rtcp import build_sdes
 
 DEMO_DIR = Path(__file__).resolve().parent.parent / "demo"
 PACKET_S = 0.02
@@ -114,6 +118,8 @@ class DemoCall:
         sock.setblocking(False)
         try:
             while True:
+                for leg in legs:  # each leg's name, as a phone's RTCP SDES: the overlay shows it
+                    sock.sendto(build_sdes(leg.ssrc, f"{leg.name}@demo"), self.addr)
                 start = loop.time()
                 n = min(len(leg.packets) for leg in legs)
                 for i in range(n):
