@@ -174,9 +174,10 @@ def test_binds_loopback_by_default():
     """Nothing is exposed beyond the machine unless asked: serve(), the monitor and the CLI."""
     assert inspect.signature(serve).parameters["host"].default == "127.0.0.1"
     assert MonitorOptions().ws[0] == "127.0.0.1"
-    from streamqa.cli import build_parser
+    from streamqa.cli import apply_environment, build_parser
 
     args = build_parser().parse_args(["monitor", "--demo"])
+    apply_environment(args, {})  # no STREAMQA_WS: the built-in default
     assert isinstance(args, argparse.Namespace) and args.ws.startswith("127.0.0.1:")
 
     async def main():
