@@ -74,7 +74,7 @@
     state.resource = new URL(res.headers.get("Location"), location.href).href;
     state.stream = (res.headers.get("Streamqa-Stream") || "").split(",")[0].trim();
     await pc.setRemoteDescription({ type: "answer", sdp: await res.text() });
-    const query = new URLSearchParams({ streams: state.stream, history: "120", linger: "3600" });
+    const query = new URLSearchParams({ streams: state.stream, history: "120", linger: "3600", legend: "0" });
     if (token) query.set("token", token);
     card.src = `${location.protocol}//${overlayHost}/?${query}`;
     stopBtn.disabled = false;
