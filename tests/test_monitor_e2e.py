@@ -520,7 +520,8 @@ def test_score_json_on_real_speech(speech_clip, tiny_onnx, tmp_path) -> None:
     )
     assert out.returncode == 1  # one unreadable file
     assert out.stderr.startswith(f"{broken}: error:")
-    (line,) = out.stdout.splitlines()
+    line, error = out.stdout.splitlines()  # the bad file is an error record beside the good one
+    assert json.loads(error) == {"file": str(broken), "error": out.stderr.strip().split(": error: ", 1)[1]}
     res = json.loads(line)
     assert res["file"] == str(speech_clip)
     assert 1.0 <= res["mos"] <= 5.0
