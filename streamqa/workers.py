@@ -32,6 +32,7 @@ from multiprocessing.connection import Connection
 from typing import Any, TextIO
 
 from .engine import Engine
+from .listen import ListenError
 from .metrics import Metrics
 from .model import load_model
 from .monitor import freeze_startup_heap, stop_on_signals
@@ -119,6 +120,8 @@ def _worker_main(opts: ShardOptions, conn: Connection, index: int) -> None:
             _send(conn, "error", f"{type(exc).__name__}: {exc}")
         except OSError:
             pass
+        if isinstance(exc, ListenError):
+            return  # the parent says it in one line; a traceback would only repeat it
         raise
     finally:
         conn.close()
@@ -250,6 +253,9 @@ async def run_sharded(
             except asyncio.TimeoutError:
                 raise RuntimeError(f"worker {i} not ready after {startup_timeout:g} s") from None
             if kind != "ready":
+                name, _, why = str(payload).partition(": ")
+                if name == ListenError.__name__:  # a port in use, named: the CLI's one line, exit 1
+                    raise ListenError(why)
                 raise RuntimeError(f"worker {i} failed to start: {payload}")
             rtp = (payload["rtp"][0], payload["rtp"][1])
             hello = payload["hello"]

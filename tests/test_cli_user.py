@@ -175,9 +175,10 @@ def test_a_port_in_use_is_named(tmp_path):
         proc = run("monitor", "--rtp", "127.0.0.1:0", "--ws", f"127.0.0.1:{ws}", "--duration", "1")
         assert proc.returncode == 1 and "Traceback" not in proc.stderr
         assert proc.stderr.strip() == f"streamqa monitor: cannot listen on 127.0.0.1:{ws} (websocket): address already in use"
-        proc = run("monitor", "--rtp", f"127.0.0.1:{rtp}", "--ws", "127.0.0.1:0", "--duration", "1")
-        assert proc.returncode == 1
-        assert proc.stderr.strip() == f"streamqa monitor: cannot listen on 127.0.0.1:{rtp} (RTP): address already in use"
+        for workers in ([], ["--workers", "1"]):  # one process, or a shard process binding it
+            proc = run("monitor", "--rtp", f"127.0.0.1:{rtp}", "--ws", "127.0.0.1:0", "--duration", "1", *workers)
+            assert proc.returncode == 1
+            assert proc.stderr.strip() == f"streamqa monitor: cannot listen on 127.0.0.1:{rtp} (RTP): address already in use"
 
 
 def test_file_errors_name_the_problem_and_quiet_prints_nothing(tmp_path):
