@@ -7,7 +7,10 @@ as its arrival time. The jitter buffer, codecs, concealment, E-model and the eng
 scoring therefore run exactly as they would have live; only the clock is the capture's.
 
 The capture is read with dpkt (pcap and pcapng; Ethernet, Linux cooked v1/v2, BSD loopback
-and raw IP links; IPv4 and IPv6; UDP only, IP fragments are skipped and counted). SIP over
+and raw IP links; IPv4 and IPv6; UDP only, IP fragments are skipped and counted); frames of
+the usual shape (a link header, IPv4 without options, UDP) skip dpkt's per-layer objects and
+are decoded with one struct unpack (:class:`_PlainIpv4`, checked against dpkt's decode in
+tests/test_capture.py), which cuts reading to a quarter of its cost. SIP over
 UDP in the capture maps media to calls (streamqa.sdp): each SDP audio address gets its own
 RtpSource with the SDP's payload-type map, and its streams are labelled with the Call-ID and
 ``to``: ``caller`` when the SDP naming that address came in a request (the INVITE's offer),
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import itertools
 import socket
+import struct
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -95,6 +99,45 @@ def _link_decoder(linktype: int):
     return decoder
 
 
+# Where a plain IPv4 header starts in a frame of a link type, and where the link header keeps
+# its EtherType (None: raw IP); see _PlainIpv4.
+_IPV4_AT = {1: (14, 12), 113: (16, 14), 276: (20, 0), 12: (0, None), 14: (0, None), 228: (0, None)}
+_ETHERTYPE_IPV4 = b"\x08\x00"
+_PLAIN_UDP = struct.Struct("!BxHxxHxBxx8sHH")  # version/IHL, length, flags+offset, protocol, addresses, ports
+_MAX_ADDRESSES = 65536
+
+
+class _PlainIpv4:
+    """The frames nearly every capture of a call is made of (one link header, IPv4 without
+    options, not a fragment, UDP) decoded with one struct unpack: dpkt's object decode of
+    Ethernet, IP and UDP costs four times what the rest of the analysis spends on a packet.
+    Anything else returns None and goes to dpkt; what this returns is what dpkt's decode
+    would give (the datagram ends where the IP total length says, as dpkt cuts it)."""
+
+    def __init__(self, linktype: int) -> None:
+        self.ip_at, self.type_at = _IPV4_AT.get(linktype, (-1, None))
+        self._addresses: dict[bytes, tuple[Address, Address]] = {}
+
+    def __call__(self, frame: bytes) -> tuple[Address, Address, bytes] | None:
+        at = self.ip_at
+        if at < 0 or len(frame) < at + 28 or (self.type_at is not None
+                                              and frame[self.type_at:self.type_at + 2] != _ETHERTYPE_IPV4):
+            return None
+        v_hl, length, fragment, proto, pair, sport, dport = _PLAIN_UDP.unpack_from(frame, at)
+        end = at + length if length else len(frame)
+        if v_hl != 0x45 or proto != 17 or fragment & 0x3FFF or end - at < 28:
+            return None
+        key = pair + frame[at + 20:at + 24]
+        addresses = self._addresses.get(key)
+        if addresses is None:
+            if len(self._addresses) >= _MAX_ADDRESSES:
+                self._addresses.clear()
+            ntop = socket.inet_ntop
+            addresses = self._addresses[key] = ((ntop(socket.AF_INET, pair[:4]), sport),
+                                                (ntop(socket.AF_INET, pair[4:]), dport))
+        return addresses[0], addresses[1], frame[at + 28:end]
+
+
 def read_udp(path: Path, counters: Counter | None = None) -> Iterator[tuple[float, Address, Address, bytes]]:
     """Yield ``(time, source, destination, payload)`` for every UDP datagram in a capture.
 
@@ -104,7 +147,7 @@ def read_udp(path: Path, counters: Counter | None = None) -> Iterator[tuple[floa
 
     counters = counters if counters is not None else Counter()
     try:
-        f = open(path, "rb")
+        f = open(path, "rb", buffering=1 << 20)
     except OSError as exc:
         raise CaptureError(f"cannot open: {exc.strerror or exc}") from None
     with f:
@@ -115,10 +158,15 @@ def read_udp(path: Path, counters: Counter | None = None) -> Iterator[tuple[floa
         except (ValueError, dpkt.NeedData, dpkt.UnpackError) as exc:
             raise CaptureError(f"not a pcap or pcapng capture: {exc}") from None
         decode = _link_decoder(reader.datalink())
+        plain = _PlainIpv4(reader.datalink())
         ip4, ip6, udp_type = dpkt.ip.IP, dpkt.ip6.IP6, dpkt.udp.UDP
         ntop, inet, inet6 = socket.inet_ntop, socket.AF_INET, socket.AF_INET6
         try:
             for ts, frame in reader:
+                datagram = plain(frame)
+                if datagram is not None:
+                    yield (float(ts), *datagram)
+                    continue
                 try:
                     ip = decode(frame)
                 except (dpkt.NeedData, dpkt.UnpackError):

@@ -147,6 +147,46 @@ def test_without_sip_a_dynamic_type_needs_rtp_map(tmp_path, tiny_model) -> None:
     assert len(results) == 2 and all("call_id" not in r.info for r in results)
 
 
+def _dpkt_datagram(decode, frame: bytes):
+    """What read_udp's dpkt path makes of a frame: the datagram, or why it is skipped."""
+    try:
+        ip = decode(frame)
+    except (dpkt.NeedData, dpkt.UnpackError):
+        return "truncated"
+    if type(ip) is dpkt.ip.IP and (ip.mf or ip.offset):
+        return "fragment"
+    if type(ip) is not dpkt.ip.IP or type(ip.data) is not dpkt.udp.UDP:
+        return "other"
+    return ((socket.inet_ntop(socket.AF_INET, ip.src), ip.data.sport),
+            (socket.inet_ntop(socket.AF_INET, ip.dst), ip.data.dport), bytes(ip.data.data))
+
+
+def test_plain_ipv4_decode_matches_dpkt_on_mutated_frames() -> None:
+    """The struct fast path returns exactly what dpkt's decode gives, and declines (None) for
+    anything else: Ethernet, Linux cooked v1/v2 and raw IP frames with random bytes set to
+    telling values (IHL, protocol, fragment bits, EtherType), random lengths and padding."""
+    from streamqa.capture import _link_decoder, _PlainIpv4
+
+    rng = np.random.default_rng(3)
+    ip = bytes(_ipv4_frame(CALLER, CALLEE, bytes(range(40))))[14:]
+    links = {1: bytes(12) + b"\x08\x00", 113: bytes(14) + b"\x08\x00", 276: b"\x08\x00" + bytes(18), 228: b""}
+    decoded = 0
+    for linktype, header in links.items():
+        plain, decode = _PlainIpv4(linktype), _link_decoder(linktype)
+        for _ in range(3000):
+            frame = bytearray(header + ip + bytes(int(rng.integers(0, 8))))
+            for _ in range(int(rng.integers(0, 3))):
+                frame[int(rng.integers(0, len(frame)))] = int(rng.choice([0, 0x45, 0x11, 0x20, 0x40, 0xFF,
+                                                                            int(rng.integers(0, 256))]))
+            if rng.random() < 0.2:
+                frame = frame[:int(rng.integers(0, len(frame)))]
+            got = plain(bytes(frame))
+            if got is not None:
+                decoded += 1
+                assert got == _dpkt_datagram(decode, bytes(frame))
+    assert decoded > 6000  # most frames take the fast path
+
+
 def test_linux_cooked_ipv6_fragments_and_a_cut_capture(tmp_path, tiny_model) -> None:
     cap = tmp_path / "sll.pcap"
     src, dst = ("2001:db8::1", 6000), ("2001:db8::2", 7000)
