@@ -37,52 +37,12 @@ def chromium_command(profile: Path, *extra: str, wav: Path | None = None) -> lis
     return cmd + list(extra)
 
 
-class Browser:
-    """One chromium process showing one page; ``async with Browser(url, wav, profile)``."""
+class Page:
+    """One tab, spoken to over its DevTools websocket."""
 
-    def __init__(self, url: str, wav: Path, profile: Path, *, size: tuple[int, int] = (1000, 720)) -> None:
-        self.url, self.wav, self.profile, self.size = url, wav, Path(profile), size
-        self.proc: subprocess.Popen | None = None
-        self._ws: Any = None
+    def __init__(self, ws: Any = None) -> None:
+        self._ws = ws
         self._ids = itertools.count(1)
-
-    async def __aenter__(self) -> Browser:
-        from websockets.asyncio.client import connect
-
-        self.profile.mkdir(parents=True, exist_ok=True)
-        port_file = self.profile / "DevToolsActivePort"
-        port_file.unlink(missing_ok=True)
-        self.proc = subprocess.Popen(
-            chromium_command(self.profile, "--remote-debugging-port=0",
-                             f"--window-size={self.size[0]},{self.size[1]}", self.url, wav=self.wav),
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60
-        while not (port_file.exists() and port_file.read_text().strip()):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"chromium did not start (exit code {self.proc.poll()})")
-            await asyncio.sleep(0.2)
-        port = int(port_file.read_text().split()[0])
-        while True:
-            listing = await asyncio.to_thread(_get_json, f"http://127.0.0.1:{port}/json/list")
-            pages = [t for t in listing if t.get("type") == "page"]
-            if pages:
-                break
-            await asyncio.sleep(0.2)
-        self._ws = await connect(pages[0]["webSocketDebuggerUrl"], max_size=None)
-        # the viewport itself, so screenshots have exactly this size whatever the window's frame
-        await self.call("Emulation.setDeviceMetricsOverride", width=self.size[0], height=self.size[1],
-                        deviceScaleFactor=1, mobile=False)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._ws is not None:
-            await self._ws.close()
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                await asyncio.to_thread(self.proc.wait, 10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
 
     async def call(self, method: str, **params: Any) -> dict[str, Any]:
         """One DevTools command; events arriving meanwhile are skipped."""
@@ -123,6 +83,66 @@ class Browser:
         return Path(path)
 
 
-def _get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as reply:
+
+class Browser(Page):
+    """One chromium process, itself the Page of its first tab; ``async with Browser(url, wav,
+    profile)``; ``new_page(url)`` opens more tabs (all share the fake microphone)."""
+
+    def __init__(self, url: str, wav: Path, profile: Path, *, size: tuple[int, int] = (1000, 720)) -> None:
+        self.url, self.wav, self.profile, self.size = url, wav, Path(profile), size
+        super().__init__()
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+        self.pages: list[Page] = []
+
+    async def __aenter__(self) -> Browser:
+        from websockets.asyncio.client import connect
+
+        self.profile.mkdir(parents=True, exist_ok=True)
+        port_file = self.profile / "DevToolsActivePort"
+        port_file.unlink(missing_ok=True)
+        self.proc = subprocess.Popen(
+            chromium_command(self.profile, "--remote-debugging-port=0",
+                             f"--window-size={self.size[0]},{self.size[1]}", self.url, wav=self.wav),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while not (port_file.exists() and port_file.read_text().strip()):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"chromium did not start (exit code {self.proc.poll()})")
+            await asyncio.sleep(0.2)
+        self.port = port = int(port_file.read_text().split()[0])
+        while True:
+            listing = await asyncio.to_thread(_get_json, f"http://127.0.0.1:{port}/json/list")
+            pages = [t for t in listing if t.get("type") == "page"]
+            if pages:
+                break
+            await asyncio.sleep(0.2)
+        self._ws = await connect(pages[0]["webSocketDebuggerUrl"], max_size=None, ping_interval=None)
+        self.pages.append(self)
+        # the viewport itself, so screenshots have exactly this size whatever the window's frame
+        await self.call("Emulation.setDeviceMetricsOverride", width=self.size[0], height=self.size[1],
+                        deviceScaleFactor=1, mobile=False)
+        return self
+
+    async def new_page(self, url: str) -> Page:
+        """Open ``url`` in a new tab."""
+        from websockets.asyncio.client import connect
+
+        target = await asyncio.to_thread(_get_json, f"http://127.0.0.1:{self.port}/json/new?{url}", "PUT")
+        page = Page(await connect(target["webSocketDebuggerUrl"], max_size=None, ping_interval=None))
+        self.pages.append(page)
+        return page
+
+    async def __aexit__(self, *exc: object) -> None:
+        for page in self.pages:
+            await page._ws.close()
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                await asyncio.to_thread(self.proc.wait, 10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+def _get_json(url: str, method: str = "GET") -> Any:
+    with urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=10) as reply:
         return json.loads(reply.read())

@@ -1,0 +1,146 @@
+"""Latency from the end of a hop spoken in the browser to its score on the websocket
+(issue 22 acceptance 2): headless chromium publishes a held-out French prompt from /check
+over WHIP on loopback to ``streamqa monitor --webrtc`` (the real CLI, a subprocess).
+
+    python -m benchmarks.whip_latency --json benchmarks/results/whip_latency.json [--seconds 90]
+
+The browser's clock of the hop: the page samples its sender's statistics every 250 ms,
+(wall time, packets sent x 20 ms), so each sample bounds when that much audio had left the
+browser's encoder; the smallest (wall time - audio sent) over the run is the wall time of
+stream time 0, and a hop ending at stream time t was sent at that time + t. A score's latency
+is its receipt by a websocket subscriber (same machine, same wall clock) minus that moment:
+it covers encoding, the network, aiortc's jitter buffer and decoder, the engine's hop and
+the websocket, but not the capture buffer before the browser's encoder (about 10 ms).
+Acceptance: p99 < 300 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+
+from benchmarks import free_port, write_json
+from benchmarks.browser import Browser
+from benchmarks.rtp_degradation import decode_prompt, streamqa_command
+from train.data.packages import package_dir
+
+FRENCH = "asterisk-core-sounds-fr-g722"
+PROMPT = "demo-instruct"  # 70 s of held-out speech, looped by chromium's fake microphone
+TOKEN = "whip-latency"
+THRESHOLD_P99_MS = 300.0
+
+
+async def wait_port(port: int, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise SystemExit(f"streamqa monitor exited with {proc.returncode}")
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.3)
+
+
+def send_clock(sent: list[list[float]]) -> float:
+    """Wall time of stream time 0 in the browser: the smallest (wall time - audio sent) of
+    the page's sender samples ([wall ms, seconds sent], window.streamqaCheck.sent)."""
+    return min(w / 1000.0 - s for w, s in sent if s > 0)
+
+
+def start_monitor(ws_port: int, webrtc_port: int, hop: float, extra: list[str]) -> subprocess.Popen:
+    """``streamqa monitor --webrtc`` on loopback ports (stopped by the caller with SIGINT)."""
+    return subprocess.Popen(streamqa_command() + [
+        "monitor", "--webrtc", f"127.0.0.1:{webrtc_port}", "--ws", f"127.0.0.1:{ws_port}",
+        "--token", TOKEN, "--hop", str(hop), "--quiet", *extra], stderr=subprocess.PIPE, text=True)
+
+
+def stop_monitor(proc: subprocess.Popen) -> None:
+    proc.send_signal(2)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+async def run(args: argparse.Namespace, wav: Path, profile: Path) -> dict[str, Any]:
+    from websockets.asyncio.client import connect
+
+    ws_port, webrtc_port = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_STREAM)
+    proc = start_monitor(ws_port, webrtc_port, args.hop, [])
+    received: list[tuple[float, dict]] = []
+    try:
+        await wait_port(ws_port, proc)
+        async with connect(f"ws://127.0.0.1:{ws_port}/ws?token={TOKEN}", ping_interval=None) as ws:
+            async def listen() -> None:
+                async for raw in ws:
+                    received.append((time.time(), json.loads(raw)))
+
+            listener = asyncio.create_task(listen())
+            async with Browser(f"http://127.0.0.1:{webrtc_port}/check?token={TOKEN}", wav, profile) as page:
+                stream = None
+                deadline = time.monotonic() + 120
+                while stream is None and time.monotonic() < deadline:
+                    await asyncio.sleep(0.5)
+                    stream = await page.evaluate("window.streamqaCheck && window.streamqaCheck.stream")
+                if stream is None:
+                    raise SystemExit(f"the page never published: {await page.evaluate('JSON.stringify(window.streamqaCheck)')}")
+                await asyncio.sleep(args.seconds)
+                sent = await page.evaluate("window.streamqaCheck.sent")
+            listener.cancel()
+    finally:
+        stop_monitor(proc)
+    offset = send_clock(sent)
+    scores = [(at, m) for at, m in received if m["type"] == "score" and m["stream"] == stream]
+    # Only hops the browser had sent by the last stats sample are timed from its clock.
+    last_sent = max(s for _, s in sent)
+    latency = np.array([at - (offset + m["t"]) for at, m in scores if m["t"] <= last_sent])
+    ts = [m["t"] for _, m in scores]
+    return {
+        "stream": stream, "hop_s": args.hop, "seconds": args.seconds, "scores": len(scores),
+        "hop_gaps": int(np.sum(~np.isclose(np.diff(ts), np.diff(ts).min()))) if len(ts) > 2 else None,
+        "stats_samples": len(sent),
+        "latency_ms": {"p50": round(1000 * float(np.percentile(latency, 50)), 1),
+                       "p90": round(1000 * float(np.percentile(latency, 90)), 1),
+                       "p99": round(1000 * float(np.percentile(latency, 99)), 1),
+                       "max": round(1000 * float(latency.max()), 1),
+                       "min": round(1000 * float(latency.min()), 1), "n": int(latency.size),
+                       "over_threshold": int(np.sum(latency * 1000 >= THRESHOLD_P99_MS))},
+        "threshold_p99_ms": THRESHOLD_P99_MS,
+        "passed": bool(np.percentile(latency, 99) * 1000 < THRESHOLD_P99_MS),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=float, default=90.0, help="publishing time after the first score")
+    ap.add_argument("--hop", type=float, default=0.5)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = Path(tmp) / f"{PROMPT}.wav"
+        sf.write(wav, decode_prompt(package_dir(FRENCH, ".g722") / f"{PROMPT}.g722"), 16000, subtype="PCM_16")
+        result = asyncio.run(run(args, wav, Path(tmp) / "profile"))
+    result["command"] = "python -m benchmarks.whip_latency " + " ".join(argv if argv is not None else sys.argv[1:])
+    print(json.dumps(result["latency_ms"]), "passed" if result["passed"] else "FAILED")
+    if args.json:
+        write_json(args.json, result)
+    return 0 if result["passed"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
