@@ -272,6 +272,9 @@ def test_cli_on_a_corpus_resumes_and_shards(tmp_path: Path) -> None:
     assert [Path(r["clip_id"]).name for r in rows] == ["f0.wav", "f1.wav", "f2.wav"]
     assert all(1.0 <= float(r["ovrl"]) <= 5.0 and r["mos"] == "" for r in rows)
     assert len(list((tmp_path / "audio").glob("*.npy"))) == 3
+    one_shard = run("--shard", "1/2", "--assemble")  # a shard's rows only, though all are cached
+    assert "wrote 1 rows" in one_shard.stderr
+    assert [Path(r["clip_id"]).name for r in read_csv(tmp_path / "labels.csv")] == ["f1.wav"]
 
 
 def test_imported_labels_spare_the_teacher_and_stored_audio_is_written(tmp_path: Path) -> None:

@@ -387,7 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--audio-dir", type=Path, default=Path("cache/audio"), help="where --keep-audio stores clips")
     p.add_argument("--keep-audio", action=argparse.BooleanOptionalAction, default=True,
                    help="store rendered clips as int16 .npy (default on)")
-    p.add_argument("--assemble", action="store_true", help="only write --out from the cache; score nothing")
+    p.add_argument("--assemble", action="store_true",
+                   help="only write --out from the cache; score nothing (with --shard: that shard's rows only)")
     p.add_argument("--import-labels", type=Path, nargs="+", default=[],
                    help="label CSVs written before (e.g. train/labels/*.csv): their labels are "
                         "reused for clips that render to the same bytes, so only new clips meet a teacher")
@@ -434,6 +435,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         cache.close()
     cache.reload()
+    if args.assemble and count > 1:  # assembling one shard: only its rows, whatever else is cached
+        items = shard_items(items, index, count)
     missing = assemble(items, args.teachers, cache, args.out)
     print(f"[label] wrote {len(items) - missing} rows to {args.out}"
           + (f"; {missing} clips not labelled yet (other shards?): rerun with --assemble when they finish" if missing else ""),
