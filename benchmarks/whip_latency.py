@@ -125,6 +125,13 @@ async def run(args: argparse.Namespace, wav: Path, profile: Path) -> dict[str, A
     }
 
 
+def write_prompt(folder: Path) -> Path:
+    """The held-out French prompt as the 16 kHz WAV chromium's fake microphone plays."""
+    wav = folder / f"{PROMPT}.wav"
+    sf.write(wav, decode_prompt(package_dir(FRENCH, ".g722") / f"{PROMPT}.g722"), 16000, subtype="PCM_16")
+    return wav
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=90.0, help="publishing time after the first score")
@@ -132,8 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        wav = Path(tmp) / f"{PROMPT}.wav"
-        sf.write(wav, decode_prompt(package_dir(FRENCH, ".g722") / f"{PROMPT}.g722"), 16000, subtype="PCM_16")
+        wav = write_prompt(Path(tmp))
         result = asyncio.run(run(args, wav, Path(tmp) / "profile"))
     result["command"] = "python -m benchmarks.whip_latency " + " ".join(argv if argv is not None else sys.argv[1:])
     print(json.dumps(result["latency_ms"]), "passed" if result["passed"] else "FAILED")

@@ -26,13 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import soundfile as sf
 
 from benchmarks import free_port, write_json
 from benchmarks.browser import Browser
-from benchmarks.rtp_degradation import decode_prompt
-from benchmarks.whip_latency import FRENCH, PROMPT, TOKEN, send_clock, start_monitor, stop_monitor, wait_port
-from train.data.packages import package_dir
+from benchmarks.whip_latency import TOKEN, send_clock, start_monitor, stop_monitor, wait_port, write_prompt
 
 REAL_TIME_LAG_S = 1.0  # the last 10 s of every stream must lag less than this
 
@@ -130,8 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        wav = Path(tmp) / f"{PROMPT}.wav"
-        sf.write(wav, decode_prompt(package_dir(FRENCH, ".g722") / f"{PROMPT}.g722"), 16000, subtype="PCM_16")
+        wav = write_prompt(Path(tmp))
         result = asyncio.run(run(args, wav, Path(tmp) / "profile"))
     result["command"] = "python -m benchmarks.whip_peers " + " ".join(argv if argv is not None else sys.argv[1:])
     print(json.dumps({k: v for k, v in result.items() if k != "streams"}))
