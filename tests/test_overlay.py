@@ -267,10 +267,13 @@ def test_overlay_during_the_demo_names_streams_draws_their_history_and_explains_
         chrome, page = _devtools(tmp_path, f"http://127.0.0.1:{port}/")
         with connect(page, max_size=None, open_timeout=30) as ws:
             deadline = time.monotonic() + 90
+            state: dict = {"cards": []}
             while time.monotonic() < deadline:  # until both legs have drawn some history
-                state = json.loads(_cdp(ws, "Runtime.evaluate", expression=CARDS_JS)["result"]["value"])
-                if len(state["cards"]) == 2 and all(c["lit"] > 300 for c in state["cards"]):
-                    break
+                result = _cdp(ws, "Runtime.evaluate", expression=CARDS_JS)["result"]
+                if "value" in result:  # else the page is still loading (no #legend yet): ask again
+                    state = json.loads(result["value"])
+                    if len(state["cards"]) == 2 and all(c["lit"] > 300 for c in state["cards"]):
+                        break
                 time.sleep(1.0)
             png = base64.b64decode(_cdp(ws, "Page.captureScreenshot", format="png")["data"])
     finally:
