@@ -44,7 +44,8 @@ def payloads(codec: str, seconds: float) -> list[bytes]:
     import soundfile as sf
     import soxr
 
-    from streamqa.sources.demo import DEMO_DIR, encode_pcmu
+    from streamqa.democall import DEMO_DIR
+    from streamqa.rtp.codecs import encode_pcmu
 
     audio, sr = sf.read(str(DEMO_DIR / "caller.flac"), dtype="float32")
     rate = CODECS[codec][1]

@@ -69,7 +69,8 @@ def speech_pcmu() -> bytes:
     import soundfile as sf
     import soxr
 
-    from streamqa.sources.demo import DEMO_DIR, encode_pcmu
+    from streamqa.democall import DEMO_DIR
+    from streamqa.rtp.codecs import encode_pcmu
 
     audio, sr = sf.read(DEMO_DIR / "caller.flac", dtype="float32")
     if audio.ndim > 1:

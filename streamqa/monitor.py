@@ -204,7 +204,7 @@ async def run_monitor(model: Model, opts: MonitorOptions, *, out: TextIO = sys.s
         rtp_sources.append(src)
     finite: list[asyncio.Task] = []
     if opts.demo:
-        from streamqa.sources.demo import DemoCall
+        from streamqa.democall import DemoCall
 
         src = RtpSource(engine, idle_timeout=opts.idle_timeout)
         addr = await src.start("127.0.0.1", 0)

@@ -25,7 +25,7 @@ from websockets.asyncio.client import connect
 from streamqa.broker import BrokerPublisher, GatewayFeed, parse_broker_url
 from streamqa.gateway import run_gateway
 from streamqa.rtp.packet import build
-from streamqa.sources.demo import encode_pcmu
+from streamqa.rtp.codecs import encode_pcmu
 
 SCALE = float(os.environ.get("STREAMQA_TEST_TIMEOUT_SCALE", "1"))
 

@@ -352,7 +352,7 @@ def test_head_has_no_body_and_other_methods_get_405():
 
 def test_demo_sender_binds_loopback():
     """7: the demo's sender socket was bound to 0.0.0.0: reachable from the network."""
-    from streamqa.sources.demo import DemoCall
+    from streamqa.democall import DemoCall
 
     async def main():
         rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

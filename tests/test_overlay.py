@@ -287,7 +287,7 @@ def test_overlay_during_the_demo_names_streams_draws_their_history_and_explains_
         assert c["title"] == "stream " + c["stream"] and not c["name"].startswith("rtp-")
         assert set(c["figures"]) == {"window", "sig", "bak", "ovrl"}
         assert "7.68 s window" in c["figures"]["window"] and "background noise" in c["figures"]["bak"]
-    # the legs' RTCP CNAMEs (streamqa.sources.demo); a sender without one is named by its
+    # the legs' RTCP CNAMEs (streamqa.democall); a sender without one is named by its
     # address (test_overlay_shows_live_values_and_screenshot)
     assert sorted(c["name"] for c in state["cards"]) == ["callee@demo", "caller@demo"]
     assert "big number rolling MOS" in state["legend"] and "OVRL: overall quality" in state["legend"]

@@ -13,7 +13,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from streamqa.rtp.packet import build
-from streamqa.sources.demo import encode_pcmu
+from streamqa.rtp.codecs import encode_pcmu
 from streamqa.workers import ShardOptions, Shards, run_sharded
 
 SCALE = float(os.environ.get("STREAMQA_TEST_TIMEOUT_SCALE", "1"))

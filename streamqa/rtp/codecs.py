@@ -87,6 +87,19 @@ ULAW_TABLE = _ulaw_table()
 ALAW_TABLE = _alaw_table()
 
 
+def encode_pcmu(pcm: np.ndarray) -> bytes:
+    """G.711 mu-law encode by nearest code in the decoder's own table (exact inverse on codes).
+
+    For senders (the demo call, tests, benchmarks): the monitor itself only decodes."""
+    order = np.argsort(ULAW_TABLE)
+    sorted_vals = ULAW_TABLE[order]
+    x = np.clip(pcm.astype(np.float32), -1.0, 1.0)
+    idx = np.clip(np.searchsorted(sorted_vals, x), 1, len(sorted_vals) - 1)
+    left, right = sorted_vals[idx - 1], sorted_vals[idx]
+    idx -= (x - left) < (right - x)
+    return order[idx].astype(np.uint8).tobytes()
+
+
 class _RepeatFade:
     """Concealment for codecs without their own PLC: repeat the last decoded packet with a
     linearly falling gain, silent after _FADE_SECONDS (close to G.711 Appendix I's intent:

@@ -102,12 +102,19 @@ class JitterStats:
 
     @property
     def burst_ratio(self) -> float:
-        """BurstR of ITU-T G.107/G.113: observed mean loss-burst length divided by the mean
-        expected under random (Bernoulli) loss at the same rate, which is 1 / (1 - p).
-        1 for random loss, > 1 for bursty loss; 1 when nothing was lost."""
-        if not self.lost or self.lost >= self.expected:
-            return 1.0
-        return self.mean_burst * (1.0 - self.loss_fraction)
+        """BurstR of the whole stream so far (:func:`burst_ratio`)."""
+        return burst_ratio(self.lost, self.bursts, self.expected)
+
+
+def burst_ratio(lost: int, bursts: int, expected: int) -> float:
+    """BurstR of ITU-T G.107/G.113 for ``lost`` of ``expected`` packets lost in ``bursts``
+    runs: observed mean loss-burst length divided by the mean expected under random
+    (Bernoulli) loss at the same rate, which is 1 / (1 - p). 1 for random loss, > 1 for
+    bursty loss; 1 when nothing was lost. A function of counts, so a report interval's
+    differences of JitterStats give that interval's figure."""
+    if not lost or not bursts or lost >= expected:
+        return 1.0
+    return (lost / bursts) * (1.0 - lost / expected)
 
 
 class JitterBuffer:

@@ -1,4 +1,4 @@
-"""Audio sources (RTP, microphone, file replay, demo) and the sink interface they feed.
+"""Audio sources (RTP, microphone, file replay) and the sink interface they feed.
 
 Every source is a thin asyncio shell around a sans-I/O core. It reports what it hears to an
 :class:`AudioSink` (the scoring engine), always from the event-loop thread, so that the

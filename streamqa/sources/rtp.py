@@ -45,7 +45,7 @@ from ..rtp.emodel import emodel_mos
 from ..listen import listen_error
 from ..logthrottle import LogThrottle, throttled
 from ..ratelimit import TokenBucket
-from ..rtp.jitter import JitterBuffer, Lost, Received
+from ..rtp.jitter import JitterBuffer, Lost, Received, burst_ratio
 from ..rtp.packet import MalformedPacket, RtpPacket, parse
 from ..rtp.probation import MIN_SEQUENTIAL, Probation
 from ..rtp.rtcp import MalformedRtcp, RtcpState
@@ -497,17 +497,17 @@ class RtpSource:
         stream.net_mark = (st.expected, st.lost, st.bursts)
         expected, lost, bursts = st.expected - expected0, st.lost - lost0, st.bursts - bursts0
         loss = lost / expected if expected else 0.0
-        burst_ratio = (lost / bursts) * (1.0 - loss) if bursts and loss < 1.0 else 1.0
+        burst = burst_ratio(lost, bursts, expected)
         return {
             "loss": loss,
             "jitter_ms": st.jitter_ms,
             # G.107's delay is mouth to ear; the network's half of the RTCP round trip is the
             # part a monitor can measure (0 until an SR/report pair has been timed); the loss
             # term assumes concealment only when this stream's decoder really conceals
-            "emodel_mos": emodel_mos(stream.codec, 100.0 * loss, burst_ratio, 500.0 * stream.rtt,
+            "emodel_mos": emodel_mos(stream.codec, 100.0 * loss, burst, 500.0 * stream.rtt,
                                      plc=stream.decoder.plc),
             "rtt_ms": 1000.0 * stream.rtt if stream.rtt else None,
-            "burst_ratio": burst_ratio,
+            "burst_ratio": burst,
             "packets": st.received,
             "lost": st.lost,
             "loss_total": st.loss_fraction,

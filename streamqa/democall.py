@@ -1,4 +1,4 @@
-"""The bundled demo call, sent through the real RTP path over loopback.
+"""The bundled demo call: a sender (not a source) of RTP to the monitor's own port over loopback.
 
 Two call legs (caller: G.722 wideband, callee: PCMU narrowband) are encoded and sent as
 20 ms RTP packets, paced in real time, to the monitor's own RTP socket. The audio and its
@@ -21,23 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from streamqa.rtp.codecs import ULAW_TABLE
+from streamqa.rtp.codecs import encode_pcmu
 from streamqa.rtp.packet import build
 from streamqa.rtp.rtcp import build_sdes
 
-DEMO_DIR = Path(__file__).resolve().parent.parent / "demo"
+DEMO_DIR = Path(__file__).resolve().parent / "demo"
 PACKET_S = 0.02
-
-
-def encode_pcmu(pcm: np.ndarray) -> bytes:
-    """G.711 mu-law encode by nearest code in the decoder's own table (exact inverse on codes)."""
-    order = np.argsort(ULAW_TABLE)
-    sorted_vals = ULAW_TABLE[order]
-    x = np.clip(pcm.astype(np.float32), -1.0, 1.0)
-    idx = np.clip(np.searchsorted(sorted_vals, x), 1, len(sorted_vals) - 1)
-    left, right = sorted_vals[idx - 1], sorted_vals[idx]
-    idx -= (x - left) < (right - x)
-    return order[idx].astype(np.uint8).tobytes()
 
 
 class G722Encoder:
