@@ -41,7 +41,7 @@ TOKEN = "whip-latency"
 THRESHOLD_P99_MS = 300.0
 
 
-async def wait_port(port: int, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+async def wait_port(port: int, proc: subprocess.Popen, timeout: float = 600.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
         if proc.poll() is not None:
@@ -62,11 +62,14 @@ def send_clock(sent: list[list[float]]) -> float:
     return min(w / 1000.0 - s for w, s in sent if s > 0)
 
 
-def start_monitor(ws_port: int, webrtc_port: int, hop: float, extra: list[str]) -> subprocess.Popen:
-    """``streamqa monitor --webrtc`` on loopback ports (stopped by the caller with SIGINT)."""
-    return subprocess.Popen(streamqa_command() + [
-        "monitor", "--webrtc", f"127.0.0.1:{webrtc_port}", "--ws", f"127.0.0.1:{ws_port}",
-        "--token", TOKEN, "--hop", str(hop), "--quiet", *extra], stderr=subprocess.PIPE, text=True)
+def start_monitor(ws_port: int, webrtc_port: int, hop: float, extra: list[str], log: Path) -> subprocess.Popen:
+    """``streamqa monitor --webrtc`` on loopback ports (stopped by the caller with SIGINT).
+    Its stderr goes to the file ``log``: a pipe nobody reads fills up (64 KiB) and then
+    blocks the monitor at its next log line, which a run with many peers reaches."""
+    with open(log, "w") as err:
+        return subprocess.Popen(streamqa_command() + [
+            "monitor", "--webrtc", f"127.0.0.1:{webrtc_port}", "--ws", f"127.0.0.1:{ws_port}",
+            "--token", TOKEN, "--hop", str(hop), "--quiet", *extra], stderr=err)
 
 
 def stop_monitor(proc: subprocess.Popen) -> None:
@@ -81,7 +84,7 @@ async def run(args: argparse.Namespace, wav: Path, profile: Path) -> dict[str, A
     from websockets.asyncio.client import connect
 
     ws_port, webrtc_port = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_STREAM)
-    proc = start_monitor(ws_port, webrtc_port, args.hop, [])
+    proc = start_monitor(ws_port, webrtc_port, args.hop, [], profile.parent / "monitor.log")
     received: list[tuple[float, dict]] = []
     try:
         await wait_port(ws_port, proc)

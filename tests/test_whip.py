@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fractions
 import json
 import time
 from pathlib import Path
@@ -17,14 +18,17 @@ import soundfile as sf
 
 pytest.importorskip("aiortc")
 
+import av  # noqa: E402
 from aiortc.contrib.media import MediaPlayer  # noqa: E402
-from aiortc.mediastreams import AudioStreamTrack  # noqa: E402
+from aiortc.mediastreams import AudioStreamTrack, MediaStreamError  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
 
 from benchmarks.rtp_degradation import decode_prompt  # noqa: E402
 from benchmarks.whip_client import http_request, publish  # noqa: E402
 from streamqa.model import load_model  # noqa: E402
 from streamqa.monitor import MonitorOptions, run_monitor  # noqa: E402
+from streamqa.sources.webrtc import TrackSource  # noqa: E402
+from tests.test_rtp_source import RecordingSink  # noqa: E402
 from train.data.packages import package_dir  # noqa: E402
 
 pytestmark = pytest.mark.integration
@@ -174,3 +178,43 @@ def test_whip_publish_errors_idle_and_cap(tmp_path):
     assert end["summary"]["hops"] == len(scores) and end["summary"]["mean"] is not None
     assert end["info"]["ended_by"] == "track ended"  # the DELETE closed it
     assert info["whip"].counters["answered"] == 2 and not info["whip"].peers
+
+
+class DecodedTrack:
+    """What aiortc's receiver track yields after its jitter buffer dropped lost packets:
+    Opus frames from aiortc's own encoder and decoder, with the lost ones never decoded."""
+
+    def __init__(self, frames: int, lost: set[int]) -> None:
+        from aiortc.codecs.opus import OpusDecoder, OpusEncoder
+        from aiortc.jitterbuffer import JitterFrame
+
+        encoder, decoder, self.frames = OpusEncoder(), OpusDecoder(), []
+        for i in range(frames):
+            t = (np.arange(960) + 960 * i) / 48000
+            frame = av.AudioFrame.from_ndarray((8000 * np.sin(2 * np.pi * 440 * t)).astype("<i2")[None, :],
+                                               format="s16", layout="mono")
+            frame.sample_rate, frame.pts, frame.time_base = 48000, 960 * i, fractions.Fraction(1, 48000)
+            payloads, timestamp = encoder.encode(frame)
+            if i not in lost:
+                self.frames += [out for p in payloads for out in decoder.decode(JitterFrame(p, timestamp))]
+
+    async def recv(self):
+        if not self.frames:
+            raise MediaStreamError
+        return self.frames.pop(0)
+
+
+def test_lost_packets_are_silence_and_keep_the_stream_time():
+    """aiortc conceals nothing: the 40 ms of two lost packets come back as 40 ms of silence
+    where they were, so the stream's time stays the sender's."""
+    async def no_stats() -> dict:
+        return {}  # an RTCStatsReport before any RTP arrived
+
+    sink = RecordingSink()
+    source = TrackSource(sink, DecodedTrack(50, lost={20, 21}), "webrtc-t", {}, no_stats,
+                         codec="opus", clock_rate=48000, idle_timeout=3.0)
+    asyncio.run(source.run())
+    pcm = sink.audio_of("webrtc-t")
+    assert len(pcm) == 50 * 960 and source.filled == 2 * 960 and sink.ended == ["webrtc-t"]
+    assert not pcm[20 * 960:22 * 960].any()
+    assert np.abs(pcm[19 * 960:20 * 960]).max() > 0.1 and np.abs(pcm[22 * 960:23 * 960]).max() > 0.1

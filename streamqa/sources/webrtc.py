@@ -8,6 +8,15 @@ engine's thread like everything else. Once a second the sink gets the track's ow
 reports carry), the E-model estimate from them, and the level and clipping of the decoded
 audio, because a quiet or clipping microphone is the fault a participant on /check can fix
 themselves and the model's scores alone do not name it.
+
+What aiortc does with a lost packet (read in aiortc 1.16's ``JitterBuffer`` and decoder
+thread): no concealment. Its audio jitter buffer releases a frame once 4 newer ones are
+complete; a missing packet holds everything behind it until 16 packets have piled up, then
+the gap is dropped and the next packet goes to the decoder as if it followed directly (no
+NACK for audio, no Opus PLC or FEC). The decoded frames' ``pts`` (the RTP timestamp from 0)
+still show the gap, so ``run`` fills it with silence: the stream's time stays the sender's,
+a lost 20 ms is heard as 20 ms of silence as on a G.722 stream, and the E-model is told
+there is no concealment (``plc=False``).
 """
 
 from __future__ import annotations
@@ -124,6 +133,8 @@ class TrackSource:
         self._info: dict[str, Any] = {}  # the stream's info; gains ``ended_by`` at the end
         self._level = AudioLevel()
         self._mark = (0, 0)  # (received, lost) at the previous report
+        self._next_start: float | None = None  # sample where the next frame starts if none is lost
+        self.filled = 0  # samples of silence put in for lost or missing audio
 
     async def run(self) -> None:
         """Consume the track; the stream (if it started) is ended on every way out."""
@@ -141,15 +152,16 @@ class TrackSource:
                     self.ended_by = "track ended"
                     return
                 arrival = time.monotonic()
-                pcm = frame_to_mono(frame)
+                pcm = self._gap(frame) + [frame_to_mono(frame)]
                 if not started:
                     self._info = {"codec": self.codec, "rate": int(frame.sample_rate), **self.info}
                     self.sink.start(StreamInfo(self.stream_id, "webrtc", int(frame.sample_rate), self._info))
                     started = True
                     next_net = arrival + NET_INTERVAL
                 self.frames += 1
-                self._level.add(pcm)
-                self.sink.audio(self.stream_id, pcm, arrival)
+                self._level.add(pcm[-1])
+                for piece in pcm:
+                    self.sink.audio(self.stream_id, piece, arrival)
                 if arrival >= next_net:
                     next_net = arrival + NET_INTERVAL
                     self.sink.net(self.stream_id, await self.net_stats())
@@ -157,6 +169,21 @@ class TrackSource:
             if started:
                 self._info["ended_by"] = self.ended_by or "monitor stopped"
                 self.sink.end(self.stream_id)
+
+    def _gap(self, frame: Any) -> list[np.ndarray]:
+        """Silence for the audio missing before ``frame`` (its ``pts`` is past where the
+        previous frame ended: packets lost, or a sender that paused); at most the idle
+        timeout's worth, since a longer pause would have ended the stream."""
+        if frame.pts is None or frame.time_base is None:
+            return []
+        start = float(frame.pts * frame.time_base) * frame.sample_rate  # in samples
+        expected, self._next_start = self._next_start, start + frame.samples
+        missing = 0 if expected is None else round(start - expected)
+        if missing <= 0:
+            return []
+        missing = min(missing, int(self.idle_timeout * frame.sample_rate))
+        self.filled += missing
+        return [np.zeros(missing, np.float32)]
 
     async def net_stats(self) -> dict[str, Any]:
         """Loss over the last report interval (the live picture, as for RTP), RFC 3550
@@ -170,7 +197,7 @@ class TrackSource:
         return {
             "loss": loss,
             "jitter_ms": 1000.0 * jitter / self.clock_rate,
-            "emodel_mos": emodel_mos(self.codec, 100.0 * loss),
+            "emodel_mos": emodel_mos(self.codec, 100.0 * loss, plc=False),
             "rtt_ms": None,
             "packets": received,
             "lost": lost,
