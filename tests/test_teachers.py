@@ -3,7 +3,6 @@ XLS-R-SQA code path on a tiny random backbone."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -13,22 +12,40 @@ from train.teachers.dnsmos import CALIBRATION
 import pytest
 import soundfile as sf
 
-from train.data.speech import asterisk_dir
+from train.data.packages import PackageMissing, package_files
+from train.data.asterisk import asterisk_dir
 from train.teachers.base import TEACHER_NAMES, Teacher, check_clip, get_teacher, teacher_class
 
 SEGMENT = 122_880
-PROMPT = "demo-congrats.g722"  # asterisk-core-sounds-en-g722
+PROMPT = "demo-congrats.g722"
+PROMPT_PACKAGE = "asterisk-core-sounds-en-g722"  # the Debian package that installs PROMPT
+FFMPEG = "ffmpeg"  # the Debian package of the ffmpeg command
+
+
+def installed_files(package: str) -> tuple[Path, ...]:
+    """The files of a Debian package, as dpkg lists them; skips the test, naming the package,
+    when it is not installed. Only absence skips: a package that is there but broken (its
+    prompt gone, ffmpeg failing) still fails the test that needs it."""
+    try:
+        return package_files(package)
+    except PackageMissing as missing:  # its text names the package and the apt-get line
+        pytest.skip(str(missing))
+    except FileNotFoundError:  # no dpkg on this system at all
+        pytest.skip(f"no dpkg here to find the Debian package {package} (scripts/sysdeps.sh installs it)")
 
 
 @pytest.fixture(scope="module")
 def speech(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
     """7.68 s of a studio speech prompt (asterisk en), decoded at 16 kHz by ffmpeg."""
+    commands = [p for p in installed_files(FFMPEG) if p.name == "ffmpeg" and p.parent.name == "bin"]
+    assert commands, f"the {FFMPEG} package is installed but holds no bin/ffmpeg"
+    ffmpeg = commands[0]
+    installed_files(PROMPT_PACKAGE)
     prompt = asterisk_dir("en") / PROMPT
-    if shutil.which("ffmpeg") is None or not prompt.is_file():
-        pytest.fail("needs ffmpeg and asterisk-core-sounds-en-g722 (scripts/sysdeps.sh installs them)")
+    assert prompt.is_file(), f"{PROMPT_PACKAGE} is installed but has no {PROMPT}"
     wav = tmp_path_factory.mktemp("speech") / "prompt.wav"
     subprocess.run(
-        ["ffmpeg", "-loglevel", "error", "-y", "-f", "g722", "-i", str(prompt), "-ar", "16000", "-ac", "1", str(wav)],
+        [str(ffmpeg), "-loglevel", "error", "-y", "-f", "g722", "-i", str(prompt), "-ar", "16000", "-ac", "1", str(wav)],
         check=True,
     )
     audio, rate = sf.read(wav, dtype="float32")
@@ -58,6 +75,12 @@ def dnsmos() -> Teacher:
 def dnsmos_scores(dnsmos: Teacher, speech: np.ndarray, noisy: np.ndarray) -> list[dict[str, float]]:
     """DNSMOS of [speech, noisy], computed once: six 9 s windows per clip are slow on one core."""
     return dnsmos.score_batch([speech, noisy])
+
+
+def test_a_missing_system_package_skips_naming_it_and_a_present_one_is_used() -> None:
+    with pytest.raises(pytest.skip.Exception, match="streamqa-no-such-package is not installed"):
+        installed_files("streamqa-no-such-package")
+    assert any(p.name == "dpkg" for p in installed_files("dpkg"))  # present: its files, no skip
 
 
 def test_registry_knows_the_teachers_and_rejects_others() -> None:
