@@ -52,6 +52,7 @@ def monotone_pairs(teacher: list[float], student: list[float]) -> list[dict]:
 
 
 def run(model_spec: str | None, n_clips: int, seed: int) -> dict:
+    from streamqa.api import score
     from train.data.degrade import apply_chain, sweep_chains
     from train.teachers.distillmos import DistillMosTeacher
 
@@ -64,7 +65,7 @@ def run(model_spec: str | None, n_clips: int, seed: int) -> dict:
         for severity, chain in sweep_chains(kind):
             degraded = [apply_chain(c, chain, seed + i) for i, c in enumerate(clips)]
             t = [s["mos"] for s in teacher.score_batch(degraded)]
-            scored = [model.score(d)["mos"] for d in degraded]
+            scored = [score(d, model.info.sample_rate, model=model).mos for d in degraded]
             s = [v for v in scored if v is not None]  # None: a speech-output model heard no speech
             rows.append({"severity": severity, "teacher_mos": float(np.mean(t)),
                          "student_mos": float(np.mean(s)) if s else float("nan"), "no_speech": len(scored) - len(s)})

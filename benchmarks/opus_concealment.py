@@ -35,8 +35,8 @@ import soxr
 
 from benchmarks import write_json
 from benchmarks.rtp_degradation import SR, held_out_speech
+from streamqa.api import score
 from streamqa.model import Model, load_model
-from streamqa.presence import score_audio
 from streamqa.rtp.emodel import emodel_mos
 from streamqa.rtp.opus import OpusDecoder
 from streamqa.sources import StreamInfo
@@ -133,7 +133,7 @@ def decode(datagrams: list[bytes], decoder: type[OpusDecoder]) -> tuple[np.ndarr
         for data in datagrams:
             ts = (int.from_bytes(data[4:8], "big") - first) & 0xFFFFFFFF
             source.handle_datagram(data, ("127.0.0.1", 5004), ts / RATE)
-        source.close()
+        source.stop()
     audio = np.concatenate(sink.chunks) if sink.chunks else np.zeros(0, np.float32)
     return soxr.resample(audio, RATE, SR).astype(np.float32), sink.last_net
 
@@ -151,7 +151,7 @@ def compare(model: Model, datagrams: list[bytes]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, decoder in DECODERS.items():
         audio, net = decode(datagrams, decoder)
-        mos = score_audio(model, audio).scores["mos"]
+        mos = score(audio, model.info.sample_rate, model=model).mos
         out[name] = {"mos": mos, "loss": net["loss_total"], "packets_lost": net["lost"],
                      "emodel_mos": emodel_mos("opus", 100.0 * net["loss_total"], plc=decoder.plc)}
     return out
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     result = {
         "benchmark": "opus_concealment", "model": model.info.name, "prompts": prompts,
         "seconds": args.seconds, "bitrate": args.bitrate, "loss_rate": args.loss,
-        "packets": len(datagrams), "clean_mos": score_audio(model, clean).scores["mos"],
+        "packets": len(datagrams), "clean_mos": score(clean, model.info.sample_rate, model=model).mos,
         "mean_mos": mean,
         "fec_plc_minus_silence": mean["fec_plc"] - mean["silence"],
         "plc_minus_silence": mean["plc"] - mean["silence"],

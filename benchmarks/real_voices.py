@@ -6,8 +6,8 @@
 
 Two measurements per model, both against Distill-MOS (the teacher):
 
-- **degraded test clips** of the test split (``train.evaluate``'s path: ``Model.score`` on the
-  labeller's cached audio), pooled over the real voices, pooled over the TTS voices, and per
+- **degraded test clips** of the test split (``train.evaluate``'s path: ``streamqa.score`` on
+  the labeller's cached audio), pooled over the real voices, pooled over the TTS voices, and per
   voice (PCC, SRCC, mean offset);
 - **clean clips** of every held-out real voice: up to ``--clean`` windows of 7.68 s of its
   clean utterances, scored by Distill-MOS in this run and by the student; the mean offset per
@@ -57,6 +57,7 @@ def clean_windows(voices: list[str], per_voice: int, cache: Path) -> dict[str, l
 
 def clean_offsets(models: dict[str, Path], windows: dict[str, list[np.ndarray]]) -> dict:
     """Per voice: Distill-MOS's mean on the clean windows and each model's mean offset."""
+    from streamqa.api import score
     from streamqa.model import Model
     from train.teachers.base import get_teacher
 
@@ -67,7 +68,7 @@ def clean_offsets(models: dict[str, Path], windows: dict[str, list[np.ndarray]])
         ref = np.array([s["mos"] for s in teacher.score_batch(clips)])
         row: dict = {"n": len(clips), "distillmos_mean": float(ref.mean())}
         for name, model in loaded.items():
-            pred = np.array([np.nan if (m := model.score(c)["mos"]) is None else m for c in clips])
+            pred = np.array([np.nan if (m := score(c, model.info.sample_rate, model=model).mos) is None else m for c in clips])
             ok = np.isfinite(pred)
             row[name] = {"mean": float(pred[ok].mean()) if ok.any() else None,
                          "offset": float(pred[ok].mean() - ref[ok].mean()) if ok.any() else None,

@@ -10,15 +10,14 @@ Issue 17's acceptance 3, measured on audio no student trained, tuned or was chos
     from ``streamqa score`` must be at least 98 %;
 (b) files without speech (synthetic and recorded test-split noise, the test-split hold
     music, silence): the share that get a ``mos`` must be 0;
-(c) the same per window through the live monitor's path (``file_timeline``: the engine as
-    ``streamqa monitor --file X --fast`` runs it): of the speech files' windows whose clean
+(c) the same per window, the hops of the file's one scorer (those ``streamqa monitor --file X
+    --fast`` publishes; the file's ``mos`` is their mean over the windows judged speech): of the speech files' windows whose clean
     source holds speech (the presence target: at least ``MIN_SPEECH_FRACTION`` of its 40 ms
     frames active before degradation), the share with a ``mos`` (>= 98 %); of the
     non-speech files' windows, the share with one (0).
 
-Files go through ``streamqa.api.score_file`` and ``streamqa.timeline.file_timeline``, the
-functions ``streamqa score`` and the monitor run, from WAV files written to a temporary
-folder. The rule (model speech output or level gate) is whatever the model brings, so the
+Files go through ``streamqa.api.file_messages``, ``streamqa score``'s function, from WAV
+files written to a temporary folder. The rule (model speech output or level gate) is whatever the model brings, so the
 same command measures the shipped model, a candidate, or a model without the output.
 """
 
@@ -130,10 +129,10 @@ def window_truth(clean: np.ndarray, ends: list[float], window_s: float) -> list[
 
 def measure(model: Model, path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """``streamqa score``'s line and the monitor's score messages for one file."""
-    from streamqa.api import score_file
-    from streamqa.timeline import file_timeline
+    from streamqa.api import file_messages
 
-    return {"file": str(path), **score_file(path, model=model).as_dict()}, file_timeline(model, path).hops
+    result, messages = file_messages(path, model=model)
+    return {"file": str(path), **result.as_dict()}, [m for m in messages if m["type"] == "score"]
 
 
 def _rate(k: int, n: int) -> float | None:

@@ -28,6 +28,7 @@ from typing import Callable
 import numpy as np
 
 from benchmarks import write_json
+from streamqa.api import score
 from streamqa.model import Model, load_model
 
 SR = 16000
@@ -104,7 +105,7 @@ def run(model: Model, clips: list[np.ndarray], repeats: int, live_seconds: float
 
         offline = {"student_ort": [], "distillmos_torch": [], "distillmos_ort": []}
         for x in clips:
-            offline["student_ort"].append(_median_seconds(lambda: model.score(x), repeats))
+            offline["student_ort"].append(_median_seconds(lambda: score(x, SR, model=model), repeats))
             offline["distillmos_torch"].append(_median_seconds(lambda: dm_torch_score(x), repeats))
             if dm_ort is not None:
                 offline["distillmos_ort"].append(_median_seconds(lambda: dm_ort_score(x), repeats))

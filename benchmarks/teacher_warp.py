@@ -20,6 +20,7 @@ import sys
 import numpy as np
 
 from benchmarks import write_json
+from streamqa.api import score
 from streamqa.model import load_model
 from train.data.manifest import clip_window
 from train.data.speech import SAMPLE_RATE, list_utterances, load_utterance
@@ -51,7 +52,7 @@ def run(model_spec: str | None, n_utterances: int, factors: list[float]) -> dict
         for f in factors:
             clip = clip_window(frequency_scale(clean, f))
             scores[f]["teacher"].append(teacher.score_batch([clip])[0]["mos"])
-            scores[f]["student"].append(model.score(clip)["mos"])
+            scores[f]["student"].append(score(clip, model.info.sample_rate, model=model).mos)
         print(f"\r{i + 1}/{len(utts)} utterances", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
     base = {k: float(np.mean(v)) for k, v in scores.get(1.0, {}).items()}

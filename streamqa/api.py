@@ -1,12 +1,13 @@
 """The Python API: score an array or a file, or score a live stream chunk by chunk.
 
-Embedding services call the same code as the command line, so a number from the API is
-the number ``streamqa score`` or ``streamqa monitor`` would print for the same audio:
+Embedding services call the same code as the command line, and both drive the one scoring
+path, :class:`streamqa.scorer.StreamScorer` (docs/architecture.md), so a number from the API
+is the number ``streamqa score`` or ``streamqa monitor`` would print for the same audio:
 
-- :func:`score` and :func:`score_file` are ``streamqa score`` (streamqa.audiofile reads and
-  converts, streamqa.presence.score_audio pools the windows the speech rule keeps);
-- :class:`StreamScorer` is one stream of ``streamqa monitor``: the engine
-  (streamqa.engine, in its offline mode, in the caller's thread) turns the chunks into the
+- :func:`score` and :func:`score_file` are ``streamqa score``: the recording is fed at its
+  own rate to a scorer, hop by hop as ``streamqa monitor --file`` replays it, and its
+  result is the stream's end summary (streamqa.audiofile reads and mixes the channels);
+- :class:`StreamScorer` is one stream of ``streamqa monitor``: the chunks become the
   protocol v1 messages of docs/protocol.md.
 
 Models are loaded once per name (or path) and kept, since loading costs far more than
@@ -15,7 +16,7 @@ scoring a short clip.
 
 from __future__ import annotations
 
-import time
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -24,8 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from streamqa.audiofile import AudioFileError, read_audio, to_model_rate, to_mono
+from streamqa import scorer as core
+from streamqa.audiofile import STDIN, AudioFileError, read_audio, to_mono
 from streamqa.model import Model, load_model
+from streamqa.sources import StreamInfo
 
 __all__ = ["MIN_SCORE_SECONDS", "AudioFileError", "Score", "StreamScorer", "score", "score_file"]
 
@@ -49,10 +52,12 @@ def _model(model: str | Path | Model | None) -> Model:
 class Score:
     """A recording's quality, as ``streamqa score`` reports it.
 
-    ``mos`` and ``outputs`` (sig, bak, ovrl for the bundled students) are means over the
-    windows judged speech, clamped to 1-5 per window; all None when the recording holds too
-    little speech (``reason`` then says "no speech"). ``raw`` holds the unclamped means when
-    some window was outside 1-5, else None."""
+    ``mos`` and ``outputs`` (sig, bak, ovrl for the bundled students) are the monitor's end
+    summary for the recording: means over the hop windows (one per ``hop_s``, each the last
+    ``window_s`` of audio) judged speech, clamped to 1-5 per window; all None when no window
+    was (``reason`` then says "no speech"). ``speech_fraction`` is the share of windows
+    judged speech. ``raw`` holds the unclamped means when some window was outside 1-5,
+    else None."""
 
     mos: float | None
     outputs: dict[str, float | None]
@@ -77,37 +82,79 @@ class Score:
         return out
 
 
-def _score_mono(model: Model, audio: np.ndarray) -> Score:
-    from streamqa.presence import score_audio
+def _window_values(msg: dict[str, Any], key: str) -> float:
+    """A scored window's unclamped value of quality output ``key``."""
+    if "raw" in msg:
+        return msg["raw"][key]
+    return msg["mos"] if key == "mos" else msg["outputs"][key]
 
-    rate = model.info.sample_rate
-    duration = len(audio) / rate
+
+def _result(messages: list[dict[str, Any]], names: tuple[str, ...], duration_s: float) -> Score:
+    """A recording's :class:`Score` from its stream's messages: the end summary's mean
+    window MOS and outputs. A window that held non-finite samples is rejected by the
+    scorer; a recording with any is refused, so corrupt audio never gets a confident MOS."""
+    hops = [m for m in messages if m["type"] == "score"]
+    bad = sum(m.get("error") == core.NONFINITE_ERROR for m in hops)
+    if bad:
+        raise AudioFileError(f"non-finite (NaN/Inf) samples in {bad} of {len(hops)} windows: "
+                             "refusing to score corrupt audio")
+    summary = messages[-1]["summary"]
+    mos = summary["mean"]
+    outputs = {k: None if mos is None else summary["outputs"].get(k) for k in names[1:]}
+    scored = [m for m in hops if m["mos"] is not None]
+    raw = None
+    if any("raw" in m for m in scored):
+        raw = {k: math.fsum(_window_values(m, k) for m in scored) / len(scored) for k in names}
+    return Score(mos, outputs, summary["speech_fraction"], duration_s, raw)
+
+
+def _score_stream(model: Model, audio: np.ndarray, sample_rate: int, info: StreamInfo | None = None, *,
+                 window_s: float | None = None, hop_s: float | None = None) -> tuple[Score, list[dict[str, Any]]]:
+    """A recording (``[frames]`` or ``[frames, channels]``, float or integer PCM) through one
+    scorer: its :class:`Score` and every protocol message (the ``--timeline`` rows)."""
+    mono = to_mono(audio)
+    if mono.shape[0] == 0:
+        raise AudioFileError("no samples")
+    if sample_rate <= 0:
+        raise AudioFileError(f"sample rate must be positive, got {sample_rate}")
+    duration = mono.shape[0] / sample_rate
     if duration < MIN_SCORE_SECONDS:
         raise AudioFileError(f"too short to judge: {duration:.2f} s (need at least {MIN_SCORE_SECONDS:.2f} s)")
-    scored = score_audio(model, audio)
-    mos = scored.scores["mos"]
-    outputs = {k: v for k, v in scored.scores.items() if k != "mos"}
-    return Score(mos, outputs, scored.speech_fraction, duration, scored.raw)
+    info = info or StreamInfo("api-0", "api", int(sample_rate), {"rate": int(sample_rate)})
+    messages = core.StreamScorer(model, info, core.framing(model, window_s, hop_s)).run(mono)
+    return _result(messages, model.info.scores, duration), messages
 
 
-def score(audio: np.ndarray, sample_rate: int, *, model: str | Path | Model | None = None) -> Score:
+def score(audio: np.ndarray, sample_rate: int, *, model: str | Path | Model | None = None,
+          window_s: float | None = None, hop_s: float | None = None) -> Score:
     """Score a recording held in memory.
 
     ``audio`` is ``[frames]`` or ``[frames, channels]`` (soundfile's layout), float in
-    [-1, 1] or integer PCM, at any ``sample_rate``: channels are averaged and the result
-    resampled to the model's rate, exactly as ``streamqa score`` treats a file. Raises
-    :class:`AudioFileError` for audio it refuses (NaN/Inf, shorter than 1 s)."""
-    m = _model(model)
-    return _score_mono(m, to_model_rate(audio, int(sample_rate), m.info.sample_rate))
+    [-1, 1] or integer PCM, at any ``sample_rate``: channels are averaged and the stream
+    resampled to the model's rate, exactly as ``streamqa score`` treats a file. ``window_s``
+    and ``hop_s`` default to the model's. Raises :class:`AudioFileError` for audio it
+    refuses (NaN/Inf, shorter than 1 s)."""
+    return _score_stream(_model(model), audio, int(sample_rate), window_s=window_s, hop_s=hop_s)[0]
 
 
-def score_file(path: str | Path, *, model: str | Path | Model | None = None) -> Score:
+def file_messages(path: str | Path, *, model: str | Path | Model | None = None, window_s: float | None = None,
+                  hop_s: float | None = None) -> tuple[Score, list[dict[str, Any]]]:
+    """:func:`score_file` and the stream's messages, as ``streamqa monitor --file PATH``
+    would publish them (the same stream id, source and info)."""
+    data, rate = read_audio(path)
+    name = Path(path)
+    info = StreamInfo(f"file-{'stdin' if str(path) == STDIN else name.stem}", "file", rate,
+                      {"path": str(path), "channels": data.shape[1] if data.ndim == 2 else 1,
+                       "duration_s": len(data) / rate if rate > 0 else 0.0})
+    return _score_stream(_model(model), data, rate, info, window_s=window_s, hop_s=hop_s)
+
+
+def score_file(path: str | Path, *, model: str | Path | Model | None = None, window_s: float | None = None,
+               hop_s: float | None = None) -> Score:
     """Score a recording file: anything libsndfile or FFmpeg reads (WAV, FLAC, mp3, m4a,
     ogg/opus, a video's audio track), or ``"-"`` for standard input. Raises
     :class:`AudioFileError` with a one-line reason ("no such file", "is a directory"...)."""
-    m = _model(model)
-    data, rate = read_audio(path)
-    return _score_mono(m, to_model_rate(data, rate, m.info.sample_rate))
+    return file_messages(path, model=model, window_s=window_s, hop_s=hop_s)[0]
 
 
 class StreamScorer:
@@ -120,31 +167,30 @@ class StreamScorer:
     context manager to close it. Not thread-safe: feed one scorer from one thread.
 
     ``sample_rate`` is the chunks' rate (resampled to the model's inside, as RTP streams
-    are); ``window_s`` and ``hop_s`` default to the model's, as for the monitor.
+    are); ``window_s`` and ``hop_s`` default to the model's, as for the monitor. A thin front
+    of :class:`streamqa.scorer.StreamScorer` that loads the model by name and takes chunks
+    of any layout.
     """
 
     def __init__(self, sample_rate: int, *, model: str | Path | Model | None = None, stream: str = "api-0",
                  window_s: float | None = None, hop_s: float | None = None) -> None:
-        from streamqa.engine import Engine
-        from streamqa.sources import StreamInfo
-
         if sample_rate <= 0:
             raise ValueError(f"sample_rate must be positive, got {sample_rate}")
-        self._messages: list[dict[str, Any]] = []
-        self._engine = Engine(_model(model), self._messages.append, loop=None, window_s=window_s, hop_s=hop_s)
+        m = _model(model)
+        info = StreamInfo(stream, "api", int(sample_rate), {"rate": int(sample_rate)})
+        self._scorer = core.StreamScorer(m, info, core.framing(m, window_s, hop_s))
+        self._pending = [self._scorer.start_message()]  # returned by the first feed
         self.stream = stream
         self._closed = False
-        self._engine.start(StreamInfo(stream, "api", int(sample_rate), {"rate": int(sample_rate)}))
 
     @property
     def hello(self) -> dict[str, Any]:
         """The ``model`` object of the protocol's hello message (name, outputs, hop_s,
         window_s in force)."""
-        return self._engine.model_hello()
+        return core.model_hello(self._scorer.model, self._scorer.framing)
 
-    def _take(self) -> list[dict[str, Any]]:
-        self._engine.score_pending()
-        out, self._messages[:] = list(self._messages), []
+    def _take(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        out, self._pending = [*self._pending, *messages], []
         return out
 
     def feed(self, audio: np.ndarray) -> list[dict[str, Any]]:
@@ -152,19 +198,14 @@ class StreamScorer:
         the messages of every hop it completed."""
         if self._closed:
             raise ValueError("StreamScorer is closed")
-        self._engine.audio(self.stream, to_mono(audio), time.monotonic())
-        return self._take()
+        return self._take(self._scorer.feed(to_mono(audio)))
 
     def close(self) -> list[dict[str, Any]]:
         """End the stream: the remaining score messages and the end message (summary)."""
         if self._closed:
             return []
         self._closed = True
-        try:
-            self._engine.end(self.stream)
-            return self._take()
-        finally:
-            self._engine.close()
+        return self._take(self._scorer.close())
 
     def __enter__(self) -> StreamScorer:
         return self

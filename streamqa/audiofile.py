@@ -7,8 +7,9 @@ used by the RTP decoders. Every failure becomes an :class:`AudioFileError` whose
 one line a user can act on ("no such file", "is a directory", "no audio stream"), never
 libsndfile's "System error" or "Format not recognised".
 
-``streamqa score``, ``streamqa.score_file`` and ``streamqa.score`` share
-:func:`to_model_rate`, so an array and the same audio written to a file score alike.
+``streamqa score``, ``streamqa.score_file`` and ``streamqa.score`` hand the result, mixed to
+mono by :func:`to_mono`, at its own rate to the one scorer (streamqa.scorer), so an array and
+the same audio written to a file score alike.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ def read_audio(name: str | Path, stdin: BinaryIO | None = None) -> tuple[np.ndar
 def to_mono(data: np.ndarray) -> np.ndarray:
     """``[frames, channels]`` or ``[frames]``, float or integer PCM -> mono float32 (the
     channels' mean; integers scaled to [-1, 1) as libsndfile reads them). Values are not
-    checked or clipped here: a live stream (streamqa.windowing) does that per hop."""
+    checked or clipped here: the scorer does that per hop (streamqa.windowing.sanitize)."""
     samples = np.asarray(data)
     if samples.ndim == 1:
         samples = samples[:, None]
@@ -105,25 +106,3 @@ def to_mono(data: np.ndarray) -> np.ndarray:
     if np.issubdtype(samples.dtype, np.integer):
         samples = samples / float(-np.iinfo(samples.dtype).min)
     return samples.astype(np.float32, copy=False).mean(axis=1, dtype=np.float32)
-
-
-def to_model_rate(data: np.ndarray, rate: int, model_rate: int) -> np.ndarray:
-    """``[frames, channels]`` (or ``[frames]``) at ``rate`` -> mono float32 at ``model_rate``.
-
-    Channels are averaged (what a listener on one speaker hears), float samples beyond full
-    scale are clipped as PCM would be, and NaN/Inf is refused rather than scored: a corrupt
-    file must not get a confident MOS."""
-    import soxr
-
-    mono = to_mono(data)
-    if mono.shape[0] == 0:
-        raise AudioFileError("no samples")
-    bad = int((~np.isfinite(mono)).sum())
-    if bad:
-        raise AudioFileError(f"{bad} non-finite (NaN/Inf) samples: refusing to score corrupt audio")
-    if rate <= 0:
-        raise AudioFileError(f"sample rate must be positive, got {rate}")
-    np.clip(mono, -1.0, 1.0, out=mono)
-    if rate != model_rate:
-        mono = soxr.resample(mono, rate, model_rate).astype(np.float32)
-    return mono

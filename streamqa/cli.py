@@ -124,9 +124,9 @@ class Report:
 def _score_one(model: Model, name: str, args: argparse.Namespace, rtp_map: dict[int, tuple[str, int, int]],
                report: Report, plotted: list[tuple[str, StreamResult]]) -> None:
     """Score one input into ``report``; raises the input's own errors."""
-    from streamqa.api import score_file
+    from streamqa.api import file_messages
     from streamqa.capture import CaptureError, analyse_capture, is_capture
-    from streamqa.timeline import file_timeline
+    from streamqa.timeline import recorded
 
     if name != STDIN:
         check_path(Path(name))
@@ -141,11 +141,10 @@ def _score_one(model: Model, name: str, args: argparse.Namespace, rtp_map: dict[
                 report.stream(name, stream)
             plotted.extend((name, s) for s in streams)
             return
-    rec = {"file": name, **score_file(name, model=model).as_dict()}
+    result, messages = file_messages(name, model=model, window_s=args.window, hop_s=args.hop)
+    rec = {"file": name, **result.as_dict()}
     if args.timeline or args.plot:
-        if name == STDIN:
-            raise AudioFileError("--timeline and --plot need a file, not standard input")
-        stream = file_timeline(model, Path(name), window_s=args.window, hop_s=args.hop)
+        stream = recorded(messages)
         if args.timeline:
             report.timeline(name, stream)
         plotted.append((name, stream))
@@ -421,22 +420,18 @@ def _add_access_options(p: argparse.ArgumentParser, command: str) -> None:
                         "(warnings and errors still go to stderr)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="streamqa", description="Real-time speech-quality (MOS) monitor.",
-                                 epilog="exit codes: 0 success; 1 some input could not be scored, an address could "
-                                        "not be bound or a source failed; 2 bad usage, model or missing extra")
-    ap.add_argument("--version", action="version", version=f"streamqa {__version__}")
-    sub = ap.add_subparsers(dest="command", required=True)
-    model_help = f"bundled model name or path to an .onnx student (default: {DEFAULT_MODEL}, or ${ENV_MODEL})"
-    rtp_map_help = (f"dynamic payload type, repeatable; codecs: {', '.join(CODECS)} "
-                    "(ffmpeg sends Opus as 97=opus/48000/2, L16 as 97=L16/RATE)")
+MODEL_HELP = f"bundled model name or path to an .onnx student (default: {DEFAULT_MODEL}, or ${ENV_MODEL})"
+RTP_MAP_HELP = (f"dynamic payload type, repeatable; codecs: {', '.join(CODECS)} "
+                "(ffmpeg sends Opus as 97=opus/48000/2, L16 as 97=L16/RATE)")
 
+
+def _add_score(sub: argparse._SubParsersAction) -> None:
     sc = sub.add_parser("score", help="score recordings and captures (one line per file or stream)",
                         description="Score recordings (anything libsndfile or FFmpeg reads: wav, flac, mp3, m4a, "
                                     "ogg/opus, a video's audio track) and pcap/pcapng captures.")
     sc.add_argument("files", nargs="+", metavar="FILE",
                     help="a recording, a capture, a directory (searched recursively) or - for standard input")
-    sc.add_argument("--model", help=model_help)
+    sc.add_argument("--model", help=MODEL_HELP)
     sc.add_argument("--json", action="store_true", help="one JSON object per line; a bad input is {\"file\", \"error\"}")
     sc.add_argument("--csv", action="store_true", help="CSV with a header line; a bad input fills the error column")
     sc.add_argument("-o", "--output", metavar="FILE", help="write the results to FILE (default: standard output)")
@@ -444,17 +439,19 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--timeline", action="store_true", help="also one JSON line per hop (t, mos, speech, loss, jitter)")
     sc.add_argument("--plot", metavar="PNG", help="draw MOS over time of every stream (needs streamqa[plot])")
     sc.add_argument("--rtp-map", action="append", default=[], metavar="PT=codec/rate[/ch]",
-                    help=rtp_map_help + "; a capture's SIP/SDP supplies them too")
-    sc.add_argument("--window", type=float, metavar="S", help="window in seconds for timelines and captures (default: the model's; 7.68 for streamqa-s)")
-    sc.add_argument("--hop", type=float, metavar="S", help="hop in seconds for timelines and captures (default: the model's; 1 for streamqa-s)")
+                    help=RTP_MAP_HELP + "; a capture's SIP/SDP supplies them too")
+    sc.add_argument("--window", type=float, metavar="S", help="seconds of audio each window judges, as for the monitor (default: the model's; 7.68 for streamqa-s)")
+    sc.add_argument("--hop", type=float, metavar="S", help="seconds between windows, as for the monitor (default: the model's; 1 for streamqa-s)")
     sc.add_argument("--idle-timeout", type=float, default=3.0, metavar="S",
                     help="capture seconds without packets that end a stream (default: %(default)s)")
     sc.set_defaults(func=cmd_score)
 
+
+def _add_monitor(sub: argparse._SubParsersAction) -> None:
     mo = sub.add_parser("monitor", help="score live streams and publish over websockets")
     mo.add_argument("--rtp", action="append", default=[], metavar="HOST:PORT",
                     help=f"listen for RTP on UDP (RTCP on PORT+1), repeatable (or ${ENV_RTP}, comma-separated)")
-    mo.add_argument("--rtp-map", action="append", default=[], metavar="PT=codec/rate[/ch]", help=rtp_map_help)
+    mo.add_argument("--rtp-map", action="append", default=[], metavar="PT=codec/rate[/ch]", help=RTP_MAP_HELP)
     mo.add_argument("--mic", nargs="?", const="", default=None, metavar="DEVICE",
                     help="capture a microphone (name or index; default device without one; needs streamqa[mic])")
     mo.add_argument("--file", action="append", default=[], metavar="WAV", help="replay a file in real time, repeatable")
@@ -469,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="RTP streams one source IP may hold at once (per worker with --workers; default: %(default)s)")
     mo.add_argument("--new-streams-per-s", type=float, default=100.0, metavar="R",
                     help="RTP streams opened per second at most (per worker with --workers; default: %(default)g)")
-    mo.add_argument("--model", help=model_help)
+    mo.add_argument("--model", help=MODEL_HELP)
     mo.add_argument("--window", type=float, metavar="S", help="seconds of audio each score judges (default: the model's; 7.68 for streamqa-s)")
     mo.add_argument("--hop", type=float, metavar="S", help="seconds between scores (default: the model's; 1 for streamqa-s)")
     mo.add_argument("--idle-timeout", type=float, default=3.0, metavar="S",
@@ -480,6 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
     mo.add_argument("--workers", type=int, default=0, metavar="N", help="shard one --rtp port over N processes (default: one process)")
     mo.set_defaults(func=cmd_monitor)
 
+
+def _add_gateway(sub: argparse._SubParsersAction) -> None:
     gw = sub.add_parser("gateway", help="serve websocket subscribers from monitors publishing to a broker")
     gw.add_argument("--broker", metavar="URL", help=f"redis://HOST:PORT/CHANNEL (required; or ${ENV_BROKER}; needs streamqa[broker])")
     _add_access_options(gw, "gateway")
@@ -487,9 +486,21 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seconds without a heartbeat that end a monitor's streams (default: %(default)g)")
     gw.set_defaults(func=cmd_gateway)
 
+
+def _add_models(sub: argparse._SubParsersAction) -> None:
     md = sub.add_parser("models", help="list bundled models")
     md.add_argument("--json", action="store_true", help="one JSON model card per line")
     md.set_defaults(func=cmd_models)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="streamqa", description="Real-time speech-quality (MOS) monitor.",
+                                 epilog="exit codes: 0 success; 1 some input could not be scored, an address could "
+                                        "not be bound or a source failed; 2 bad usage, model or missing extra")
+    ap.add_argument("--version", action="version", version=f"streamqa {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True)
+    for add in (_add_score, _add_monitor, _add_gateway, _add_models):
+        add(sub)
     return ap
 
 

@@ -1,18 +1,20 @@
-"""Scoring engine: the AudioSink that turns every stream's audio into protocol v1 messages.
+"""Scoring engine: the AudioSink that batches many streams' scorers on one model.
 
-Threading model (ARCHITECTURE section 7): sources call the sink on the event loop; the
-loop only buffers and cuts hops (cheap). One worker thread owns every stream's model state
-and speech judge (streamqa.presence: the model's own speech output, else the level gate),
-and scores the hops of *all* streams that are ready in one batched ONNX Runtime call, so
-hundreds of streams cost one call per tick rather than one each.
-Results come back to the loop with ``call_soon_threadsafe``, where rolling statistics are
-updated and messages published. Per stream, hops and the end marker are kept in order, so
-a stream's end summary is always published after its last score.
+Each stream is a :class:`streamqa.scorer.StreamScorer`, the one scoring path (framing, model
+state, speech rule, rolling MOS, summary and messages; docs/architecture.md). The engine adds
+only what many streams at once need. Threading model: sources call the sink on the event
+loop; the loop only buffers and cuts hops (cheap). One worker thread owns every scorer's
+model state and speech judge, and scores the hops of *all* streams that are ready in one
+batched ONNX Runtime call (:func:`streamqa.scorer.step_batch`), so hundreds of streams cost
+one call per tick rather than one each. Results come back to the loop with
+``call_soon_threadsafe``, where the scorers build the messages that are published. Per
+stream, hops and the end marker are kept in order, so a stream's end summary is always
+published after its last score; under overload the oldest queued hop is dropped.
 
-Offline analysis (a capture or a file scored after the fact, streamqa.capture and
-streamqa.timeline) builds the engine with ``loop=None``: no worker thread; hops are scored by
-the same batch, score and publish steps in the caller's thread (``score_pending``), so the
-numbers are the live monitor's and no hop is ever dropped for overload.
+Offline analysis of many streams at once (a capture scored after the fact, streamqa.capture)
+builds the engine with ``loop=None``: no worker thread; hops are scored by the same batch
+and message steps in the caller's thread (``score_pending``), so the numbers are the live
+monitor's and no hop is ever dropped for overload.
 """
 
 from __future__ import annotations
@@ -27,41 +29,23 @@ from typing import Any, Callable
 import numpy as np
 
 from streamqa.metrics import Metrics
-from streamqa.model import Model, State, split_state, stack_states
-from streamqa.presence import Judgement, StreamPresence, out_of_range, window_outputs
-from streamqa.rolling import RollingMos, StreamSummary
+from streamqa.model import Model
+from streamqa.scorer import Scored, StreamScorer, framing, model_hello, step_batch
 from streamqa.sources import StreamInfo
-from streamqa.windowing import Hop, Windower
+from streamqa.windowing import Hop
 
 _END = object()  # marker queued behind a stream's last hop
 
 
 @dataclass
 class _Stream:
-    """Everything the engine keeps per stream; worker-owned fields are marked."""
+    """A scorer and its queue of hops waiting for the worker."""
 
-    info: StreamInfo
-    windower: Windower
-    rolling: RollingMos
-    summary: StreamSummary
+    scorer: StreamScorer
     queue: deque = field(default_factory=deque)  # Hop | _END, shared under the engine lock
-    state: State | None = None  # worker-owned
-    presence: StreamPresence | None = None  # worker-owned
-    net: dict[str, Any] | None = None
     # Offline mode: the net statistics as they were when each queued hop was cut (a live
-    # hop is published within milliseconds, so it simply takes ``net`` as it is then).
+    # hop is published within milliseconds, so it simply takes the scorer's ``net`` then).
     nets: deque = field(default_factory=deque)
-    started: float = field(default_factory=time.monotonic)
-
-
-@dataclass(frozen=True)
-class Scored:
-    """One hop's result handed from the worker to the loop."""
-
-    stream_id: str
-    hop: Hop
-    scores: np.ndarray | None  # None: not judgeable (non-finite input or model failure)
-    judgement: Judgement
 
 
 class Engine:
@@ -81,16 +65,11 @@ class Engine:
         max_pending_hops: int = 30,
         rolling_horizon_s: float = 10.0,
     ):
-        info = model.info
         self.model = model
         self.publish = publish
         self.loop = loop
         self.metrics = metrics
-        self.window_s = window_s if window_s is not None else info.window_seconds
-        hop = info.hop_samples if hop_s is None else round(hop_s * info.sample_rate)
-        frame = info.frame_samples
-        self.hop_samples = max(frame, round(hop / frame) * frame)  # a whole number of frames
-        self.window_frames = model.window_frames(self.window_s)
+        self.framing = framing(model, window_s, hop_s)
         self.max_batch = max_batch
         self.batch_wait_s = batch_wait_s
         self.max_pending_hops = max_pending_hops
@@ -107,33 +86,34 @@ class Engine:
             self._worker.start()
 
     @property
+    def hop_samples(self) -> int:
+        return self.framing.hop_samples
+
+    @property
     def hop_s(self) -> float:
-        return self.hop_samples / self.model.info.sample_rate
+        return self.framing.hop_s
+
+    @property
+    def window_s(self) -> float:
+        return self.framing.window_s
 
     def model_hello(self) -> dict[str, Any]:
         """Protocol v1 hello ``model`` object with the hop and window in force."""
-        return {**self.model.info.hello(), "hop_s": self.hop_s, "window_s": self.window_s}
+        return model_hello(self.model, self.framing)
 
     # --- AudioSink (event loop) -----------------------------------------------------------
     def start(self, info: StreamInfo) -> None:
         if info.stream_id in self.streams:
             return
-        sr = self.model.info.sample_rate
-        self.streams[info.stream_id] = _Stream(
-            info=info,
-            windower=Windower(info.sample_rate, sr, self.hop_samples),
-            rolling=RollingMos(horizon_s=self.rolling_horizon_s),
-            summary=StreamSummary(),
-        )
-        self.publish(
-            {"type": "stream", "event": "start", "stream": info.stream_id, "source": info.source, "info": info.info}
-        )
+        scorer = StreamScorer(self.model, info, self.framing, rolling_horizon_s=self.rolling_horizon_s)
+        self.streams[info.stream_id] = _Stream(scorer)
+        self.publish(scorer.start_message())
 
     def audio(self, stream_id: str, pcm: np.ndarray, arrival: float) -> None:
         st = self.streams.get(stream_id)
         if st is None:
             return
-        hops = st.windower.feed(pcm, arrival)
+        hops = st.scorer.cut(pcm, arrival)
         if hops:
             self._enqueue(stream_id, st, hops)
 
@@ -141,24 +121,24 @@ class Engine:
         """Input samples the stream's windower needs for its next hop (sources may hold
         audio until then, see streamqa.sources.samples_wanted)."""
         st = self.streams.get(stream_id)
-        return st.windower.samples_wanted() if st is not None else 0
+        return st.scorer.windower.samples_wanted() if st is not None else 0
 
     def net(self, stream_id: str, stats: dict[str, Any]) -> None:
         st = self.streams.get(stream_id)
         if st is not None:
-            st.net = stats
+            st.scorer.net = stats
 
     def label(self, stream_id: str, cname: str) -> None:
         """The stream's RTCP CNAME, learned after it started: from now on its score messages
         carry it as ``label`` and its end message's info as ``cname`` (docs/protocol.md)."""
         st = self.streams.get(stream_id)
         if st is not None:
-            st.info.info["cname"] = cname
+            st.scorer.info.info["cname"] = cname
 
     def end(self, stream_id: str) -> None:
         st = self.streams.get(stream_id)
         if st is not None:
-            self._enqueue(stream_id, st, [*st.windower.flush(time.monotonic()), _END])
+            self._enqueue(stream_id, st, [*st.scorer.flush(time.monotonic()), _END])
 
     def _enqueue(self, stream_id: str, st: _Stream, items: list) -> None:
         with self._lock:
@@ -173,7 +153,7 @@ class Engine:
                 self._ready.append(stream_id)
             self._lock.notify()
         if self._worker is None:
-            st.nets.extend(st.net for item in items if item is not _END)
+            st.nets.extend(st.scorer.net for item in items if item is not _END)
             self._inline_queued += len(items)
             if self._inline_queued >= self.max_batch:
                 self.score_pending()
@@ -194,7 +174,7 @@ class Engine:
             self._deliver(self._score(batch) if batch else [], ended)
 
     # --- worker thread --------------------------------------------------------------------
-    def _take_batch(self) -> tuple[list[tuple[str, _Stream, Hop]], list[str]]:
+    def _take_batch(self) -> tuple[list[tuple[str, StreamScorer, Hop]], list[str]]:
         """Under the lock: at most one hop per stream (states are sequential), plus ends."""
         batch, ended = [], []
         requeue = []
@@ -207,7 +187,7 @@ class Engine:
             if item is _END:
                 ended.append(sid)
                 continue
-            batch.append((sid, st, item))
+            batch.append((sid, st.scorer, item))
             if st.queue:
                 requeue.append(sid)
         self._ready.extend(requeue)
@@ -246,89 +226,29 @@ class Engine:
                 except RuntimeError:  # loop closed during shutdown
                     return
 
-    def _score(self, batch: list[tuple[str, _Stream, Hop]]) -> list[Scored]:
-        hop_frames = self.hop_samples // self.model.info.frame_samples
-        for _, st, _ in batch:
-            if st.state is None:
-                st.state = self.model.init_state(1, self.window_s)
-                st.presence = StreamPresence(self.model.info, self.window_frames, hop_frames)
-        audio = np.stack([hop.audio for _, _, hop in batch])
-        try:
-            scores, state = self.model.step(audio, stack_states([st.state for _, st, _ in batch]))
-            states = split_state(state, len(batch))
-        except Exception:  # a model failure must not stop the monitor: reset and report null
-            scores, states = None, [self.model.init_state(1, self.window_s) for _ in batch]
+    def _score(self, batch: list[tuple[str, StreamScorer, Hop]]) -> list[tuple[str, Scored]]:
+        results = step_batch(self.model, [(scorer, hop) for _, scorer, hop in batch])
         self.counters["batches"] += 1
-        out = []
-        for i, (sid, st, hop) in enumerate(batch):
-            row = None if scores is None else scores[i]
-            if row is not None and not np.isfinite(row).all():
-                row, states[i] = None, self.model.init_state(1, self.window_s)
-            st.state = states[i]
-            if not hop.finite:
-                row = None
-                self.counters["hops_nonfinite"] += 1
-            out.append(Scored(sid, hop, row, st.presence.judge(hop.audio, row)))
-        self.counters["hops_scored"] += len(out)
-        return out
+        self.counters["hops_scored"] += len(results)
+        self.counters["hops_nonfinite"] += sum(not hop.finite for _, _, hop in batch)
+        return [(sid, r) for (sid, _, _), r in zip(batch, results)]
 
     # --- back on the event loop -----------------------------------------------------------
-    def _deliver(self, results: list[Scored], ended: list[str]) -> None:
+    def _deliver(self, results: list[tuple[str, Scored]], ended: list[str]) -> None:
         now_wall, now_mono = time.time(), time.monotonic()
-        info = self.model.info
-        for r in results:
-            st = self.streams.get(r.stream_id)
+        for sid, r in results:
+            st = self.streams.get(sid)
             if st is None:
                 continue
-            speech = r.judgement.speech
-            mos, outputs = window_outputs(info, r.scores, speech)
-            rolling = st.rolling.update(r.hop.t, mos, speech)
-            st.summary.update(r.hop.t, mos, speech, {k: v for k, v in outputs.items() if v is not None})
-            msg: dict[str, Any] = {
-                "type": "score",
-                "stream": r.stream_id,
-                "t": round(r.hop.t, 3),
-                "ts": now_wall,
-                "mos": mos,
-                "mos_rolling": rolling,
-                "speech": speech,
-                "speech_fraction": round(r.judgement.fraction, 3),
-                "outputs": outputs,
-            }
-            if info.presence is not None:
-                p = r.judgement.probability
-                msg["speech_p"] = None if p is None else round(p, 3)
-            raw = out_of_range(info, r.scores, speech)
-            if raw is not None:  # some output was clamped to 1-5: the model's own values
-                msg["raw"] = raw
-            if not r.hop.finite:
-                msg["error"] = "non-finite audio"
-            net = st.net if self._worker is not None else st.nets.popleft()
-            if net is not None:
-                msg["net"] = net
-            if "cname" in st.info.info:
-                msg["label"] = st.info.info["cname"]
-            self.publish(msg)
+            net = st.scorer.net if self._worker is not None else st.nets.popleft()
+            self.publish(st.scorer.message(r, ts=now_wall, net=net))
             if self.metrics is not None:
                 self.metrics.inc("streamqa_hops_scored_total")
                 self.metrics.observe("streamqa_score_latency_seconds", max(0.0, now_mono - r.hop.arrival))
         for sid in ended:
             st = self.streams.pop(sid, None)
-            if st is None:
-                continue
-            summary = st.summary.as_dict()
-            if st.net is not None:
-                summary["net"] = st.net
-            self.publish(
-                {
-                    "type": "stream",
-                    "event": "end",
-                    "stream": sid,
-                    "source": st.info.source,
-                    "info": st.info.info,
-                    "summary": summary,
-                }
-            )
+            if st is not None:
+                self.publish(st.scorer.end())
 
     def close(self) -> None:
         """Stop the worker; pending hops are discarded."""

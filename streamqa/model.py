@@ -1,6 +1,6 @@
-"""Load an ONNX student, check it against the model contract, and run step()/score().
+"""Load an ONNX student, check it against the model contract, and run step().
 
-The contract (ARCHITECTURE section 2): one graph ``(audio[B, H], state_*) -> (scores[B, K],
+The contract (docs/architecture.md): one graph ``(audio[B, H], state_*) -> (scores[B, K],
 next_*)`` whose ``metadata_props`` give the framing and meaning. Everything the runtime needs
 (sample rate, hop, window, output names) is read from the file, so a retrained or user-made
 student drops in without code changes; a file that breaks the contract is refused with a
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from streamqa.presence import PRESENCE_OUTPUT, detector, pool_windows
+from streamqa.presence import PRESENCE_OUTPUT, detector
 
 MODELS_DIR = Path(__file__).parent / "models"
 DEFAULT_MODEL = "streamqa-s"
@@ -162,7 +162,8 @@ def _session(path: Path, threads: int) -> ort.InferenceSession:
 
 
 class Model:
-    """A loaded student: ``init_state``/``step`` for streams, ``score`` for whole files."""
+    """A loaded student: ``init_state``/``step``. Every caller, a whole file's included,
+    drives it through :class:`streamqa.scorer.StreamScorer`, the one scoring path."""
 
     def __init__(self, path: Path, *, threads: int = 1):
         path = Path(path)
@@ -199,34 +200,6 @@ class Model:
         names = [o.name for o in self.session.get_outputs()]
         result = dict(zip(names, out))
         return result["scores"], {k: result[f"next_{k}"] for k in self.state_names}
-
-    def window_scores(self, audio: np.ndarray) -> np.ndarray:
-        """Rows ``[n, K]`` of a whole mono signal at the model rate, one per window.
-
-        Consecutive non-overlapping windows are stepped through one state; the last,
-        partial window is the file's final ``window_seconds`` (the ring still holds the
-        previous window's tail).
-        """
-        frame = self.info.frame_samples
-        usable = len(audio) - len(audio) % frame
-        if usable <= 0:
-            raise ValueError(f"audio too short: {len(audio)} samples, need at least {frame}")
-        window = self.window_frames() * frame
-        state = self.init_state(1)
-        rows = []
-        for start in range(0, usable, window):
-            chunk = audio[start : min(start + window, usable)][None, :]
-            scores, state = self.step(chunk, state)
-            rows.append(scores[0])
-        return np.stack(rows)
-
-    def score(self, audio: np.ndarray) -> dict[str, float | None]:
-        """Score a whole mono signal with the documented file pooling: every quality output
-        (not the presence column) averaged over the windows the speech rule keeps
-        (streamqa.presence.pool_windows): all of them for a model without a ``speech``
-        output; for one with it, the speech windows, and None each when there are too few.
-        """
-        return pool_windows(self.info, self.window_scores(audio))[0]
 
 
 def stack_states(states: list[State]) -> State:

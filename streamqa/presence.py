@@ -1,4 +1,4 @@
-"""Which windows hold speech: the one rule the live engine and offline scoring share.
+"""Which windows hold speech: the one rule every scoring applies (streamqa.scorer).
 
 A MOS is only meaningful for a window with speech in it, so ``mos: null`` must mean "no
 speech here", never "speech I cannot hear through the noise". A level-based detector
@@ -14,8 +14,8 @@ alone; a student trained for it can. So:
 
 A window that is not speech publishes no MOS, but its background-noise score (``bak``) is
 still meaningful (a pause in a noisy call is exactly what BAK judges), so it is kept; the
-other quality outputs are null. Such windows never enter a rolling MOS, a summary or a
-file's MOS. The presence column itself is never a quality score: it is published as
+other quality outputs are null. Such windows never enter a rolling MOS or a summary, so
+never a file's MOS (the mean of its summary). The presence column itself is never a quality score: it is published as
 ``speech``/``speech_p``, never among the outputs.
 """
 
@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from streamqa.activity import MIN_SPEECH_FRACTION, ActivityDetector, speech_fraction
+from streamqa.activity import ActivityDetector
 
 if TYPE_CHECKING:
-    from streamqa.model import Model, ModelInfo
+    from streamqa.model import ModelInfo
 
 PRESENCE_OUTPUT = "speech"  # the metadata output name of the speech-presence probability
 # A window is speech iff its presence probability is at least this. 0.5 is the decision the
@@ -128,61 +128,3 @@ def window_outputs(info: ModelInfo, scores: np.ndarray | None, speech: bool) -> 
     mos = values.get("mos") if speech else None
     outputs = {n: values.get(n) if speech or n in NOISE_OUTPUTS else None for n in names[1:]}
     return mos, outputs
-
-
-@dataclass(frozen=True)
-class FileScore:
-    """A whole file's result: ``scores`` (every quality output, None each when the file holds
-    too little speech to judge) and ``speech_fraction``, the share judged speech (of the
-    windows with a presence model, of the 40 ms frames with the level gate). ``raw``: the
-    same pooling of the unclamped window scores, only when some window was clamped."""
-
-    scores: dict[str, float | None]
-    speech_fraction: float
-    raw: dict[str, float | None] | None = None
-
-    @property
-    def has_speech(self) -> bool:
-        return self.scores["mos"] is not None
-
-
-def pool_windows(info: ModelInfo, rows: np.ndarray) -> tuple[dict[str, float | None], float | None]:
-    """File pooling of per-window rows ``[n, K]``: each quality output averaged over the
-    windows judged speech, and their share.
-
-    With a presence model, the file has speech when at least ``MIN_SPEECH_FRACTION`` of its
-    windows (and at least one) are judged speech; otherwise every score is None. A model
-    without it averages every window and returns share None: the level gate needs the audio
-    (see :func:`score_audio`), and callers such as ``train.evaluate`` keep their old numbers.
-    """
-    names = info.scores
-    keep = [i for i, n in enumerate(info.outputs) if n in names]
-    if info.presence is None:
-        return dict(zip(names, map(float, rows[:, keep].mean(axis=0)))), None
-    speech = np.array([is_speech(p) for p in rows[:, info.presence]], bool)
-    share = float(speech.mean()) if len(speech) else 0.0
-    if not speech.any() or share < MIN_SPEECH_FRACTION:
-        return {n: None for n in names}, share
-    return dict(zip(names, map(float, rows[speech][:, keep].mean(axis=0)))), share
-
-
-def score_audio(model: Model, audio: np.ndarray) -> FileScore:
-    """A whole signal at the model rate through the rule: ``streamqa score``'s result.
-
-    With the level gate the share is the active fraction of the whole signal's frames and a
-    file below ``MIN_SPEECH_FRACTION`` gets no scores (the behaviour before presence models).
-    Every window's quality scores are clamped to :data:`SCORE_RANGE` before pooling, as
-    the live path clamps each published window.
-    """
-    info = model.info
-    rows = model.window_scores(audio)
-    clamped = rows.copy()
-    quality = [i for i, n in enumerate(info.outputs) if n in info.scores]
-    clamped[:, quality] = np.clip(rows[:, quality], *SCORE_RANGE)
-    scores, share = pool_windows(info, clamped)
-    raw = None if np.array_equal(rows, clamped, equal_nan=True) else pool_windows(info, rows)[0]
-    if share is None:
-        share = speech_fraction(audio, info.frame_samples)
-        if share < MIN_SPEECH_FRACTION:
-            scores = {n: None for n in scores}
-    return FileScore(scores, share, raw if scores["mos"] is not None else None)

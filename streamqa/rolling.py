@@ -17,7 +17,7 @@ import math
 from array import array
 from collections.abc import Mapping
 
-__all__ = ["RollingMos", "StreamSummary", "percentile"]
+__all__ = ["RollingMos", "StreamSummary", "lost_summary", "percentile"]
 
 
 def _check_finite(name: str, value: float) -> float:
@@ -186,3 +186,12 @@ class StreamSummary:
             "worst_t": self._worst_t,
             "outputs": {k: self._out_sum[k] / self._out_n[k] for k in sorted(self._out_sum)},
         }
+
+
+def lost_summary(reason: str, *, duration_s: float | None = None, hops: int | None = None) -> dict:
+    """The end summary of a stream whose scorer is gone (a worker process died, a monitor
+    stopped publishing): :meth:`StreamSummary.as_dict`'s keys, statistics unknown (None),
+    what the relay still knows, and ``lost`` saying why (docs/protocol.md)."""
+    summary: dict = dict.fromkeys(StreamSummary().as_dict())
+    summary.update(duration_s=duration_s, hops=hops, outputs={}, lost=reason)
+    return summary

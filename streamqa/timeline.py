@@ -1,22 +1,18 @@
-"""After-the-fact scoring: record what the engine publishes, stream by stream.
+"""After-the-fact scoring: record the protocol messages of a scoring, stream by stream.
 
-``streamqa score`` on a capture (streamqa.capture) or with ``--timeline``/``--plot`` on a
-file runs its audio through the live monitor's own pieces (sources, jitter buffer, codecs,
-engine) with an engine that scores in the caller's thread (``Engine(loop=None)``). This
-module is the subscriber of that engine: it keeps each stream's start info, every score
-message as a timeline row (t, mos, speech, loss, jitter) and the end summary, which are
-exactly what a websocket client of the monitor would have seen for the same audio.
+``streamqa score`` on a capture (streamqa.capture) runs its packets through the live
+monitor's own pieces (sources, jitter buffer, codecs, engine) with an engine that scores in
+the caller's thread (``Engine(loop=None)``); on a file with ``--timeline``/``--plot`` it
+keeps the messages of the file's one scorer (streamqa.scorer, streamqa.api). This module is
+the subscriber: it keeps each stream's start info, every score message as a timeline row
+(t, mos, speech, loss, jitter) and the end summary, which are exactly what a websocket
+client of the monitor would have seen for the same audio.
 """
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-
-from streamqa.engine import Engine
-from streamqa.model import Model
 
 
 @dataclass
@@ -95,16 +91,10 @@ class Recorder:
             del self._open[sid]
 
 
-def file_timeline(model: Model, path: Path, *, window_s: float | None = None,
-                  hop_s: float | None = None) -> StreamResult:
-    """Score a sound file hop by hop as ``streamqa monitor --file PATH --fast`` would."""
-    from streamqa.sources.file import FileSource
-
+def recorded(messages: list[dict[str, Any]]) -> StreamResult:
+    """The first stream of a list of messages (one scorer's, start to end)."""
     recorder = Recorder()
-    engine = Engine(model, recorder.publish, loop=None, window_s=window_s, hop_s=hop_s)
-    try:
-        asyncio.run(FileSource(engine, path, realtime=False, block_seconds=0.5).run())
-        engine.score_pending()
-    finally:
-        engine.close()
+    for msg in messages:
+        recorder.publish(msg)
     return recorder.results[0]
+

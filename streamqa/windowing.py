@@ -6,8 +6,10 @@ rate. 8 kHz telephony goes through a half-band x2 FIR that releases every sample
 other rates through soxr's streaming resampler. Neither leaves seams at chunk boundaries.
 
 Non-finite input (NaN/Inf from a broken decoder or file) would poison the resampler's
-filter state and every later window, so it is replaced by silence *before* resampling and
-the hops that contain it are flagged; the engine then publishes ``mos: null`` for them.
+filter state and every later window. :func:`sanitize` is the one rule for it, whatever the
+reader (file, microphone, RTP decoder, array): such samples become silence *before*
+resampling and the hops that hold them are flagged, so the window is rejected (``mos: null``
+with ``error``) while the stream goes on.
 """
 
 from __future__ import annotations
@@ -28,6 +30,17 @@ class Hop:
     t: float  # stream time in seconds at the hop's last sample
     arrival: float  # monotonic time at which that sample arrived
     finite: bool  # False when the hop held NaN/Inf input (replaced by silence)
+
+
+def sanitize(pcm: np.ndarray) -> tuple[np.ndarray, bool]:
+    """The NaN policy: ``pcm`` as float32 with non-finite samples replaced by silence and
+    the rest clipped to [-1, 1], and whether any sample was non-finite (the windows holding
+    it are then rejected, never scored). Readers pass audio through as they decode it."""
+    x = np.asarray(pcm, dtype=np.float32)
+    tainted = not np.isfinite(x).all()
+    if tainted:
+        x = np.where(np.isfinite(x), x, np.float32(0.0)).astype(np.float32)
+    return np.clip(x, -1.0, 1.0), tainted
 
 
 @functools.lru_cache(maxsize=4)
@@ -128,12 +141,8 @@ class Windower:
         return self._cut(arrival, last=True)
 
     def _cut(self, arrival: float, last: bool = False) -> list[Hop]:
-        x = np.concatenate(self._raw) if self._raw else np.zeros(0, np.float32)
+        x, tainted = sanitize(np.concatenate(self._raw) if self._raw else np.zeros(0, np.float32))
         self._raw, self._raw_len = [], 0
-        tainted = not np.isfinite(x).all()
-        if tainted:
-            x = np.where(np.isfinite(x), x, np.float32(0.0)).astype(np.float32)
-        np.clip(x, -1.0, 1.0, out=x)
         if isinstance(self._resampler, soxr.ResampleStream):
             y = self._resampler.resample_chunk(x, last=last)
         else:

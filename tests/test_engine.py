@@ -1,4 +1,5 @@
-"""Engine: one score per hop per stream, batching across streams, order, NaN isolation."""
+"""Engine: one score per hop per stream, batching across streams, order, NaN isolation.
+The per-stream rules themselves are the scorer's (tests/test_one_path.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from streamqa.engine import Engine
 from streamqa.metrics import Metrics
 from streamqa.model import Model
+from streamqa.scorer import framing
 from streamqa.sources import StreamInfo
 
 
@@ -94,13 +96,10 @@ def test_silence_is_not_judged(level_onnx):
 
 
 def test_hop_rounds_to_frames(tiny_onnx):
-    async def make():
-        e = Engine(Model(tiny_onnx), lambda m: None, loop=asyncio.get_running_loop(), hop_s=0.3)
-        e.close()
-        return e
-
-    e = asyncio.run(make())
-    assert e.hop_samples % 640 == 0 and e.hop_s == pytest.approx(0.32)
+    """The scorer's framing, without an engine, a loop or a thread."""
+    f = framing(Model(tiny_onnx), hop_s=0.3)
+    assert f.hop_samples % 640 == 0 and f.hop_s == pytest.approx(0.32)
+    assert framing(Model(tiny_onnx), hop_s=0.01).hop_samples == 640  # at least one frame
 
 
 def _staggered_batches(model: Model, streams: int, hop_s: float) -> tuple[int, int]:

@@ -105,10 +105,10 @@ def test_runtime_steps_equal_torch_hop_by_hop(pruned) -> None:
         got.append(scores[0, 0])
     assert np.max(np.abs(np.array(got) - window_scores_torch(net, audio, hop, 48000)[0])) < 1e-3
     # a file shorter than the window is one step: Distill-MOS on that audio, zero-padded
-    short = audio[0, :40960]  # 2.56 s, whole 40 ms frames (window_scores drops a partial frame)
+    short = audio[0, :40960]  # 2.56 s, whole 40 ms frames (step() refuses a partial frame)
     padded = np.zeros((1, SEGMENT_SAMPLES), np.float32)
     padded[0, : short.size] = short
-    assert model.window_scores(short)[0, 0] == pytest.approx(float(predict(net, padded)[0]), abs=1e-3)
+    assert model.step(short[None, :], model.init_state(1))[0][0, 0] == pytest.approx(float(predict(net, padded)[0]), abs=1e-3)
 
 
 @pytest.mark.slow

@@ -72,14 +72,6 @@ def test_batched_equals_one_by_one(tiny_onnx):
     np.testing.assert_allclose(out, np.stack(singles), atol=1e-5)
 
 
-def test_score_pools_windows(tiny_onnx):
-    m = Model(tiny_onnx)
-    res = m.score(_audio(16000 * 20, 5))
-    assert set(res) == {"mos", "sig", "bak", "ovrl"} and all(np.isfinite(list(res.values())))
-    with pytest.raises(ValueError, match="too short"):
-        m.score(np.zeros(100, np.float32))
-
-
 def test_step_rejects_partial_frames(tiny_onnx):
     m = Model(tiny_onnx)
     with pytest.raises(ValueError, match="640"):

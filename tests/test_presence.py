@@ -1,5 +1,6 @@
 """The speech rule (streamqa.presence): the model's speech probability decides when it has
-one, the level gate otherwise; live (engine) and offline (score) follow the same rule."""
+one, the level gate otherwise; the one scorer (streamqa.scorer) applies it for the live
+monitor and for ``streamqa score`` alike."""
 
 from __future__ import annotations
 
@@ -10,17 +11,16 @@ import numpy as np
 import pytest
 
 from streamqa.activity import MIN_SPEECH_FRACTION
-from streamqa.engine import Engine
+from streamqa.api import score
 from streamqa.model import Model, ModelInfo
 from streamqa.presence import (
     PRESENCE_OUTPUT,
     SPEECH_THRESHOLD,
     StreamPresence,
     is_speech,
-    pool_windows,
-    score_audio,
     window_outputs,
 )
+from streamqa.scorer import StreamScorer, framing
 from streamqa.sources import StreamInfo
 
 WITH = ("mos", "sig", "bak", "ovrl", "speech")
@@ -56,16 +56,12 @@ class Scripted(Model):
 
 
 def _offline(model: Model, audio: np.ndarray, *, hop_s: float = 0.5, window_s: float = 2.0) -> list[dict]:
-    """One stream through the engine (offline mode: the live path, scored in this thread)."""
-    msgs: list[dict] = []
-    engine = Engine(model, msgs.append, loop=None, hop_s=hop_s, window_s=window_s)
-    engine.start(StreamInfo("s", "file", 16000, {}))
+    """One stream through its scorer (the live path, in this thread)."""
+    scorer = StreamScorer(model, StreamInfo("s", "file", 16000, {}), framing(model, window_s, hop_s))
+    msgs = [scorer.start_message()]
     for i in range(0, len(audio), 8000):
-        engine.audio("s", audio[i : i + 8000], 0.0)
-    engine.end("s")
-    engine.score_pending()
-    engine.close()
-    return msgs
+        msgs += scorer.feed(audio[i : i + 8000])
+    return msgs + scorer.close()
 
 
 # --- the rule, pure ---------------------------------------------------------------------------
@@ -127,24 +123,7 @@ def test_stream_presence_without_the_output_is_the_level_gate():
     assert talk.speech and talk.fraction >= MIN_SPEECH_FRACTION
 
 
-def test_file_pooling_keeps_only_speech_windows():
-    rows = np.array([[4.0, 4.1, 3.0, 3.9, 0.9],
-                     [1.0, 1.1, 1.5, 1.2, 0.1],  # not speech: left out of every score
-                     [3.0, 3.3, 2.0, 2.7, 0.6]], np.float32)
-    scores, share = pool_windows(_info(WITH), rows)
-    assert share == pytest.approx(2 / 3)
-    assert scores == {"mos": pytest.approx(3.5), "sig": pytest.approx(3.7), "bak": pytest.approx(2.5),
-                      "ovrl": pytest.approx(3.3)}
-    rows[:, 4] = 0.3
-    assert pool_windows(_info(WITH), rows) == ({"mos": None, "sig": None, "bak": None, "ovrl": None}, 0.0)
-    many = np.tile(rows[:1], (10, 1))
-    many[0, 4] = 0.8  # one speech window in ten: below MIN_SPEECH_FRACTION of the file
-    assert pool_windows(_info(WITH), many)[0]["mos"] is None
-    level_scores, level_share = pool_windows(_info(WITHOUT), rows[:, :4])
-    assert level_share is None and level_scores["mos"] == pytest.approx(8 / 3)  # every window
-
-
-# --- live: the engine ---------------------------------------------------------------------------
+# --- live: the scorer ---------------------------------------------------------------------------
 
 
 def test_engine_publishes_a_speech_window(presence_onnx):
@@ -203,16 +182,21 @@ def test_engine_without_the_output_uses_the_level_gate(level_onnx):
     assert all(m["speech"] and m["mos"] is not None and "speech_p" not in m for m in judged)
 
 
-# --- offline: Model.score and streamqa score ------------------------------------------------------
+# --- offline: streamqa score --------------------------------------------------------------------
 
 
-def test_model_score_averages_speech_windows_only(tiny_onnx):
-    audio = _bursts(7.68 * 3)  # three whole windows
-    rows = Model(tiny_onnx).window_scores(audio)
-    got = Scripted(tiny_onnx, [0.9, 0.1, 0.7]).score(audio)
-    assert set(got) == set(WITHOUT)
-    assert got["mos"] == pytest.approx(float(np.mean(rows[[0, 2], 0])), abs=1e-5)
-    assert Scripted(tiny_onnx, [0.1]).score(audio) == {k: None for k in WITHOUT}
+def test_file_score_averages_speech_windows_only(tiny_onnx):
+    """A recording's score is its stream's summary: the mean over the hop windows judged
+    speech; with none, no score at all."""
+    audio = _bursts(6.0)
+    msgs = _offline(Scripted(tiny_onnx, [0.9, 0.1, 0.7]), audio, hop_s=1.0, window_s=7.68)
+    spoken = [m["mos"] for m in msgs if m["type"] == "score" and m["speech"]]
+    assert len(spoken) == 5  # the 2nd hop's window is noise
+    got = score(audio, 16000, model=Scripted(tiny_onnx, [0.9, 0.1, 0.7]))
+    assert got.mos == pytest.approx(float(np.mean(spoken)), abs=1e-6)
+    assert set(got.outputs) == {"sig", "bak", "ovrl"} and got.speech_fraction == pytest.approx(5 / 6)
+    deaf = score(audio, 16000, model=Scripted(tiny_onnx, [0.1]))
+    assert deaf.mos is None and deaf.reason == "no speech" and set(deaf.outputs.values()) == {None}
 
 
 def test_score_file_follows_the_model(presence_onnx, level_onnx, tmp_path):
@@ -235,5 +219,4 @@ def test_score_file_follows_the_model(presence_onnx, level_onnx, tmp_path):
     # Without the output: the level gate, as before (silence refused, bursts judged).
     assert score_file(Model(level_onnx), silence)["reason"] == "no speech"
     level = score_file(Model(level_onnx), talk)
-    assert level["mos"] == pytest.approx(Model(level_onnx).score(_bursts(4.0))["mos"], abs=1e-4)
-    assert score_audio(Model(level_onnx), _bursts(4.0)).speech_fraction == pytest.approx(level["speech_fraction"], abs=1e-3)
+    assert level["mos"] is not None and level["speech_fraction"] == 1.0

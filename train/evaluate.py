@@ -4,8 +4,9 @@
     python -m train.evaluate MODEL.onnx --labels train/labels/train.distillmos.csv \
         --split train --speakers 'asterisk-allison@*'    # voices a student did not train on
 
-Each clip is scored with ``streamqa.model.Model.score`` (the code path of ``streamqa
-score`` and of the live monitor), then compared with the teacher's labels: Pearson and
+Each clip is scored with ``streamqa.score`` (``streamqa score``'s path: the clip fed hop by
+hop to a :class:`streamqa.scorer.StreamScorer`, its score the mean of the hop windows judged
+speech, exactly the live monitor's end summary), then compared with the teacher's labels: Pearson and
 Spearman correlation and RMSE per output, overall and per held-out speaker. The per-speaker
 figures separate the two ways a student can fall short: a constant offset on a voice it has
 never heard (``bias``, which lowers the pooled PCC although the ranking within the voice is
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from streamqa.api import score
 from streamqa.model import Model
 from train.distill import clip_audio, merge_labels, pearson, spearman, with_audio
 
@@ -61,11 +63,12 @@ def select_rows(labels: list[Path], split: str | None = "test", speakers: str | 
 
 
 def clip_scores(model_path: Path, rows: list[dict[str, str]], audio_dir: Path = Path("cache/audio")) -> dict[str, np.ndarray]:
-    """Each row's file score per quality output, through ``Model.score``: {output: [len(rows)]};
-    NaN where a model with a speech output judged the clip to hold no speech (no score)."""
+    """Each row's file score per quality output, through ``streamqa.score``: {output:
+    [len(rows)]}; NaN where no window of the clip was judged speech (no score)."""
     model = Model(model_path)
-    scores = [model.score(clip_audio(row, audio_dir)) for row in rows]
-    return {k: np.array([np.nan if s[k] is None else s[k] for s in scores]) for k in model.info.scores}
+    scores = [score(clip_audio(row, audio_dir), model.info.sample_rate, model=model) for row in rows]
+    return {k: np.array([np.nan if (v := s.mos if k == "mos" else s.outputs[k]) is None else v for s in scores])
+            for k in model.info.scores}
 
 
 def accuracy(preds: dict[str, np.ndarray], rows: list[dict[str, str]]) -> dict:
