@@ -42,7 +42,9 @@ import soundfile as sf
 import soxr
 
 from benchmarks import free_port, write_json
-from train.data.speech import ESPEAK_VARIANTS, active_rms, asterisk_dir, make_text, normalise_level
+from train.data.asterisk import asterisk_dir
+from train.data.level import active_rms, normalise_level
+from train.data.tts import ESPEAK_VARIANTS, make_text
 
 SR = 16000
 PACKET_S = 0.02

@@ -23,7 +23,8 @@ from benchmarks import write_json
 from streamqa.api import score
 from streamqa.model import load_model
 from train.data.manifest import clip_window
-from train.data.speech import SAMPLE_RATE, list_utterances, load_utterance
+from train.data.level import SAMPLE_RATE
+from train.data.speech import list_utterances, load_utterance
 
 SPEAKER = "asterisk-allison"
 

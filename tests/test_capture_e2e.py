@@ -148,7 +148,7 @@ class CallRun:
 def _clip(tmp: Path) -> tuple[Path, Path]:
     """Six seconds of speech as a 16 kHz WAV (ffmpeg's input) and as a µ-law WAV (sipp's)."""
     _need("ffmpeg")
-    from train.data.speech import asterisk_dir
+    from train.data.asterisk import asterisk_dir
 
     source = asterisk_dir("it") / CLIP_PROMPT
     wav, ulaw = tmp / "speech.wav", tmp / "speech-ulaw.wav"

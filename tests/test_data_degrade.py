@@ -7,7 +7,7 @@ import pytest
 
 from train.data.degrade import (CODECS, NOISE_KINDS, apply_chain, loss_pattern, sample_chain,
                                 sweep_chains)
-from train.data.speech import SAMPLE_RATE, active_rms
+from train.data.level import SAMPLE_RATE, active_rms
 
 N = 2 * SAMPLE_RATE
 
@@ -234,7 +234,7 @@ def test_noise_at_an_absolute_level_needs_no_speech():
 @pytest.mark.integration
 def test_recorded_noise_is_deterministic_and_at_the_asked_snr():
     from train.data.noises import sources_of
-    from train.data.speech import active_rms
+    from train.data.level import active_rms
 
     t = np.arange(3 * 16000) / 16000
     speech = 0.05 * np.sin(2 * np.pi * 220 * t) * (np.sin(2 * np.pi * 3 * t) > 0)

@@ -11,7 +11,8 @@ from train.data.corpus import load_audio_16k, read_corpus_csv
 from train.data.manifest import (CLIP_SAMPLES, FIELDS, ClipRow, build_manifest,
                                  extend_manifest, main, read_manifest, render_clip, split_of,
                                  write_manifest)
-from train.data.speech import SAMPLE_RATE, Utterance
+from train.data.level import SAMPLE_RATE
+from train.data.speech import Utterance
 
 SPEAKERS = ["asterisk-allison", "asterisk-carlo", "espeak-sv+m1", "espeak-sv+f2",
             "espeak-de+m1", "espeak-pl+f4", "flite-awb", "flite-slt", "flite-kal", "flite-rms"]

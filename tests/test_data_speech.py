@@ -1,5 +1,6 @@
 """Clean speech sources: level measurement, text generation, and (integration) the Debian
 prompt sets and TTS engines, plus the bundled demo assets built from them."""
+import hashlib
 import json
 import os
 import tempfile
@@ -9,13 +10,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from train.data import demo
-from train.data import speech
+from train.data import conversion, demo
+from train.data.asterisk import ASTERISK_SPEAKERS, NON_SPEECH, asterisk_index
+from train.data.conversion import convert_voice, converted_index
+from train.data.joining import group_parts, pauses
+from train.data.level import SAMPLE_RATE, active_rms, normalise_level, trim
 from train.data.manifest import split_of
-from train.data.speech import (ASTERISK_SPEAKERS, NON_SPEECH, SAMPLE_RATE, Utterance,
-                               _asterisk_index, _converted_index, _pauses, _synthesise, _trim,
-                               active_rms, convert_voice, find_utterance, list_utterances,
-                               load_utterance, make_text, normalise_level, utterance_samples)
+from train.data.speech import Utterance, find_utterance, list_utterances, load_utterance, utterance_samples
+from train.data.tts import GRAMMAR, make_text, synthesise
 
 # Shared by test runs: the first run decodes the it prompt set (~10 s), later runs reuse it.
 CACHE = Path(os.environ.get("STREAMQA_TEST_SPEECH_CACHE",
@@ -46,8 +48,8 @@ def test_normalise_level_hits_target_and_never_clips():
 def test_trim_keeps_margin():
     x = np.zeros(10000, np.float32)
     x[5000:6000] = 0.5
-    assert len(_trim(x)) == 1000 + 2 * 800
-    assert len(_trim(np.zeros(100, np.float32))) == 0
+    assert len(trim(x)) == 1000 + 2 * 800
+    assert len(trim(np.zeros(100, np.float32))) == 0
 
 
 def test_non_speech_prompts_are_recognised():
@@ -64,9 +66,27 @@ def test_text_and_pauses_are_deterministic():
         assert a == make_text(lang, np.random.default_rng(1))
         assert len(a.split()) >= 26
     assert make_text("de", np.random.default_rng(1)) != make_text("de", np.random.default_rng(2))
-    p = _pauses("ast-en-0001", 5)
-    assert p == _pauses("ast-en-0001", 5) and len(p) == 4
+    p = pauses("ast-en-0001", 5)
+    assert p == pauses("ast-en-0001", 5) and len(p) == 4
     assert all(0.2 * SAMPLE_RATE <= s <= 0.5 * SAMPLE_RATE for s in p)
+
+
+def test_generated_text_pauses_and_grouping_are_pinned():
+    """Byte for byte what the seeds gave before the sources were split into modules and the
+    grammar into grammar.json: the cached TTS audio, the prompt groups and every label built
+    on them depend on it. A change here is a new data set, not a refactoring."""
+    langs = ("en", "en-us", "de", "nl", "sv", "pl", "pt", "es", "it", "ca", "cs", "fi")
+    assert set(GRAMMAR) == {lang.split("-")[0] for lang in langs}
+    texts = [make_text(lang, np.random.default_rng(seed), words)
+             for lang in langs for seed in range(20) for words in (26, 10)]
+    gaps = [pauses(f"ast-en-{i:04d}", 6) for i in range(20)]
+    rng = np.random.default_rng(7)
+    groups = group_parts("it", {f"p{i:03d}": int(rng.integers(3000, 300000)) for i in range(120)})
+    assert make_text("de", np.random.default_rng(1), 10) == \
+        "Der alte Bauer reparierte das Küchenfenster während des Sturms 81, 9490."
+    assert pauses("ast-en-0001", 3) == [4019, 3577] and groups[0] == ["p012"]
+    blob = json.dumps([texts, gaps, groups], ensure_ascii=False).encode()
+    assert hashlib.sha256(blob).hexdigest() == "826f69326d3f5d5bb454eaa330e3a64be29d957a7267481546f1643c06a31852"
 
 
 def test_unknown_ids_and_languages_are_clear_errors(tmp_path):
@@ -118,7 +138,7 @@ def test_asterisk_listing_builds_long_single_speaker_utterances():
 def test_tts_engines_render_16k_speech(engine, voice, lang):
     rng = np.random.default_rng(0)
     text = make_text(lang, rng, 8)
-    audio = _synthesise(engine, voice, text, rng)
+    audio = synthesise(engine, voice, text, rng)
     assert audio.dtype == np.float32
     assert 1.5 * SAMPLE_RATE < len(audio) < 12 * SAMPLE_RATE
     assert active_rms(audio) > 0.01
@@ -149,16 +169,16 @@ def test_voice_conversion_moves_the_pitch_and_keeps_the_duration():
 @pytest.mark.slow
 def test_converted_voices_are_indexed_loaded_and_held_out_with_their_source(
         monkeypatch, tmp_path):
-    sources = _asterisk_index("it", CACHE, None)[:2]
-    monkeypatch.setattr(speech, "VOICE_CONVERSIONS", (("m200", 0.95, 200.0),))
+    sources = asterisk_index("it", CACHE, None)[:2]
+    monkeypatch.setattr(conversion, "VOICE_CONVERSIONS", (("m200", 0.95, 200.0),))
     cache = tmp_path / "speech"
     (cache / "asterisk").mkdir(parents=True)
     (cache / "asterisk" / "it").symlink_to(CACHE / "asterisk" / "it")
-    rows = _converted_index(cache, sources, None)
+    rows = converted_index(cache, sources, None)
     assert [r["id"] for r in rows] == [f"vc-m200-{s['id']}" for s in sources]
     index = cache / "index" / "converted.json"
     stamp = index.stat().st_mtime_ns
-    assert _converted_index(cache, sources, None) == rows and index.stat().st_mtime_ns == stamp
+    assert converted_index(cache, sources, None) == rows and index.stat().st_mtime_ns == stamp
     u = find_utterance(rows[0]["id"], cache)
     assert (u.speaker, u.kind, u.parts[0]) == ("asterisk-carlo@m200", "converted", sources[0]["id"])
     audio = load_utterance(u, cache)

@@ -10,7 +10,8 @@ import pytest
 from train.data.manifest import DEFAULT_TEST_SPEAKERS, DEFAULT_VAL_SPEAKERS, split_of
 from train.data.noises import MUSIC_SPLITS, load_noise, noise_files, sources_of, spoken_effect
 from train.data.packages import PackageMissing, package_dir, package_files
-from train.data.speech import SAMPLE_RATE, find_utterance, load_utterance
+from train.data.level import SAMPLE_RATE
+from train.data.speech import find_utterance, load_utterance
 from train.data.voices import RESERVED, TUXPAINT, kde_lang, voice_index, voice_sources
 
 pytestmark = pytest.mark.integration

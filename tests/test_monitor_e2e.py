@@ -80,7 +80,7 @@ def _need(program: str) -> None:
 def speech_clip(tmp_path_factory) -> Path:
     """Six seconds of real speech, 16 kHz mono WAV, decoded from an asterisk prompt."""
     _need("ffmpeg")
-    from train.data.speech import asterisk_dir
+    from train.data.asterisk import asterisk_dir
 
     clip_source = asterisk_dir("it") / CLIP_PROMPT
     out = tmp_path_factory.mktemp("clip") / "speech.wav"

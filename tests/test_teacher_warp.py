@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from benchmarks.teacher_warp import frequency_scale, main
-from train.data.speech import SAMPLE_RATE as RATE
+from train.data.level import SAMPLE_RATE as RATE
 
 
 def _peak_hz(x: np.ndarray) -> float:

@@ -18,7 +18,7 @@ import numpy as np
 import soxr
 
 from train.data.noises import load_noise
-from train.data.speech import SAMPLE_RATE, active_rms
+from train.data.level import SAMPLE_RATE, active_rms
 
 BabblePool = Callable[[np.random.Generator], np.ndarray]
 

@@ -23,8 +23,8 @@ import numpy as np
 import soundfile as sf
 
 from train.data.degrade import coloured_noise
-from train.data.speech import (SAMPLE_RATE, TARGET_LEVEL_DBFS, list_utterances,
-                               normalise_level)
+from train.data.level import SAMPLE_RATE, TARGET_LEVEL_DBFS, normalise_level
+from train.data.speech import list_utterances
 
 DURATION_S = 60.0
 NOISE_SNR_DB = 5.0

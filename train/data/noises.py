@@ -18,7 +18,7 @@ import soundfile as sf
 import soxr
 
 from train.data.packages import package_dir, package_files
-from train.data.speech import SAMPLE_RATE
+from train.data.level import SAMPLE_RATE
 
 SFX_PACKAGE = "tuxpaint-stamps-default"
 MUSIC_PACKAGE = "asterisk-moh-opsound-wav"

@@ -32,10 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
+from train.data.asterisk import NON_SPEECH
+from train.data.joining import decode_files, group_parts, joined_rows
+from train.data.level import SAMPLE_RATE
 from train.data.packages import PackageMissing, package_dir, package_files
-from train.data.speech import (INDEX_VERSION, NON_SPEECH, SAMPLE_RATE, Progress, _cached_index,
-                               _read_wav, _write_atomic_json, decode_files, group_parts,
-                               joined_rows)
+from train.data.speech_cache import INDEX_VERSION, Progress, cached_index, read_wav, write_atomic_json
 
 TUXPAINT = "tuxpaint-stamps-default"
 KDE_PACKAGES = ("ktuberling-data", "klettres-data")
@@ -138,7 +139,7 @@ def voice_index(source: VoiceSource, cache_dir: Path,
     ``info`` (packages, language, files, seconds of speech, median pitch)."""
     path = Path(cache_dir) / "index" / f"voice-{source.voice}.json"
     key = {"packages": list(source.packages), "n_files": len(source.files)}
-    if _cached_index(path, key) is not None:
+    if cached_index(path, key) is not None:
         return json.loads(path.read_text())
     out_dir = voice_dir(cache_dir, source.voice)
     lengths = decode_files(list(source.files), out_dir, source.input_format, progress,
@@ -149,12 +150,12 @@ def voice_index(source: VoiceSource, cache_dir: Path,
     for name in sorted(lengths):
         if sum(map(len, sample)) >= PITCH_SECONDS * SAMPLE_RATE:
             break
-        sample.append(_read_wav(out_dir / f"{name}.wav"))
+        sample.append(read_wav(out_dir / f"{name}.wav"))
     info = {"voice": source.voice, "packages": list(source.packages), "lang": source.lang,
             "files": len(lengths), "seconds": round(sum(lengths.values()) / SAMPLE_RATE, 1),
             "pitch_hz": median_pitch(np.concatenate(sample)) if sample else None}
     index = {"version": INDEX_VERSION, "key": key, "info": info, "utterances": rows}
-    _write_atomic_json(path, index)
+    write_atomic_json(path, index)
     return index
 
 
