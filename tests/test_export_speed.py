@@ -1,0 +1,88 @@
+"""The exported graph's speed work (train.export) leaves the shipped student's outputs alone.
+
+``tests/data/streamqa-s.demo.npz`` holds what the shipped ``streamqa-s`` ONNX gave before
+that work (sha256 in the file), stepping the bundled demo call (real speech: both parties, as
+one batch of 2) at the live 1 s hop: every hop's scores and the final value of every state
+output. The shipped file must reproduce them within 1e-4. When a retrained student ships, its
+own outputs become the reference: ``python -m tests.test_export_speed`` rewrites the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streamqa.model import Model, load_model
+
+REFERENCE = Path(__file__).parent / "data" / "streamqa-s.demo.npz"
+TOLERANCE = 1e-4
+
+
+def demo_outputs(model: Model) -> dict[str, np.ndarray]:
+    """Scores of every 1 s hop ``[hops, 2, K]`` and the final ``next_*`` states of the demo
+    call's two parties stepped as one batch."""
+    import soundfile as sf
+
+    from streamqa.democall import DEMO_DIR
+
+    parties = [sf.read(str(DEMO_DIR / f"{p}.flac"), dtype="float32")[0] for p in ("caller", "callee")]
+    audio = np.stack([p[: min(map(len, parties))] for p in parties])
+    hop = model.info.hop_samples
+    state = model.init_state(2)
+    scores = []
+    for start in range(0, audio.shape[1] - hop + 1, hop):
+        out, state = model.step(audio[:, start : start + hop], state)
+        scores.append(out)
+    return {"scores": np.stack(scores), **{f"next_{k}": v for k, v in state.items()}}
+
+
+def test_shipped_model_gives_the_reference_outputs():
+    reference = np.load(REFERENCE)
+    model = load_model("streamqa-s")
+    outputs = demo_outputs(model)
+    assert set(outputs) == set(reference.files) - {"sha256"}
+    for name, value in outputs.items():
+        diff = float(np.max(np.abs(value - reference[name])))
+        assert diff <= TOLERANCE, f"{name}: max abs diff {diff:.2e} against {reference['sha256']}"
+
+
+def test_flushing_subnormals_changes_no_output(tmp_path):
+    """The Gabor weights as train.students computes them (with their subnormal taps) put
+    back into the shipped graph give the same outputs: flushing them changed nothing."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import numpy_helper
+
+    from train.export import flush_subnormals
+    from train.students import gabor_filterbank
+
+    shipped = load_model("streamqa-s")
+    proto = onnx.load(str(shipped.info.path))
+    original = gabor_filterbank(40)
+    kept = original.copy()
+    kept[np.abs(kept) < np.finfo(np.float32).tiny] = 0.0
+    tensors = list(proto.graph.initializer) + [n.attribute[0].t for n in proto.graph.node if n.op_type == "Constant"]
+    gabor = [t for t in tensors if numpy_helper.to_array(t).shape == kept.shape]
+    assert len(gabor) == 1 and np.array_equal(numpy_helper.to_array(gabor[0]), kept)
+    gabor[0].CopyFrom(numpy_helper.from_array(original, gabor[0].name))
+    unflushed = tmp_path / "unflushed.onnx"
+    onnx.save(proto, str(unflushed))
+    a, b = demo_outputs(shipped), demo_outputs(Model(unflushed))
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])
+    assert flush_subnormals(proto) == int(np.count_nonzero(original != kept)) > 0
+
+
+def write_reference(path: Path = REFERENCE) -> None:
+    """Record the shipped model's outputs as the reference (after shipping a new student)."""
+    model = load_model("streamqa-s")
+    digest = hashlib.sha256(model.info.path.read_bytes()).hexdigest()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, sha256=np.array(digest), **demo_outputs(model))
+
+
+if __name__ == "__main__":
+    write_reference()
+    print(REFERENCE)
