@@ -65,3 +65,116 @@ def test_presence_joins_the_loss_as_cross_entropy_and_masks_quality_labels_of_no
     bce = torch.nn.functional.binary_cross_entropy_with_logits(torch.tensor([-2.0, 2.0]), torch.tensor([0.0, 1.0]))
     assert distill_loss(pred, target, outputs).item() == pytest.approx(bce.item(), abs=1e-6)
     assert distill_loss(pred[:, :2], target[:, :2], outputs[:2]).item() == 0.0
+
+
+def _labelled(n: int, seed: int, *, human: bool = False):
+    """A synthetic training set for the ``xxs`` student: log energies and every label (or only
+    ``mos``, as human ratings are)."""
+    from train.distill import LabelledSet
+    from train.students import FAMILY
+
+    cfg = FAMILY["xxs"]
+    g = torch.Generator().manual_seed(seed)
+    targets = torch.rand(n, len(cfg.outputs), generator=g) * 4 + 1
+    targets[:, cfg.outputs.index("speech")] = (targets[:, 0] > 3).float()
+    if human:
+        targets[:, 1:] = math.nan
+    feats = torch.randn(n, cfg.n_bands, 64, generator=g) - 6
+    return LabelledSet([f"c{i}" for i in range(n)], ["s"] * n, feats, targets)
+
+
+def _fit(batch: int, device: str, out=None) -> dict:
+    """Four epochs of the ``xxs`` student on 32 synthetic clips with every augmentation on;
+    the weights after training (written to ``out`` by rank 0 under torch.distributed).
+    Dropout is off: its masks come from each process's own torch generator."""
+    import dataclasses
+
+    from train.distill import init_feature_norm, train
+    from train.students import FAMILY, Student
+
+    torch.manual_seed(0)
+    student = Student(dataclasses.replace(FAMILY["xxs"], dropout=0.0))
+    data = _labelled(32, 1)
+    init_feature_norm(student, data.feats)
+    train(student, data, None, epochs=4, batch=batch, lr=3e-3, seed=5, human=_labelled(10, 2, human=True),
+          human_ratio=0.25, gain_db=6.0, warp=0.1, device=device, log=lambda *_: None)
+    weights = {k: v.detach().cpu().clone() for k, v in student.state_dict().items()}
+    if out is not None and torch.distributed.get_rank() == 0:
+        torch.save(weights, out)
+    return weights
+
+
+class _FirstForward(Exception):
+    pass
+
+
+def test_every_batch_target_and_parameter_is_on_the_chosen_device(monkeypatch):
+    """On "meta", a device every torch build has, anything left on the CPU shows."""
+    from train.distill import Augment, epoch_batches, train
+    from train.students import FAMILY, Student
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    meta = torch.device("meta")
+    aug = Augment(_labelled(10, 2, human=True), 0.25, 6.0, 0.1)
+    gen = torch.Generator().manual_seed(0)
+    batches = list(epoch_batches(_labelled(32, 1), aug, batch=8, steps=4, gen=gen, device=meta))
+    assert len(batches) == 4
+    for x, y in batches:
+        assert x.device == meta and y.device == meta
+        assert x.shape[0] == y.shape[0] == 8
+    seen = []
+
+    def record(module, args):
+        if isinstance(module, Student):
+            return
+        seen.append((args[0].device, {p.device for p in module.parameters()}))
+        raise _FirstForward
+
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(record)
+    try:
+        with pytest.raises(_FirstForward):
+            train(Student(FAMILY["xxs"]), _labelled(32, 1), None, epochs=3, batch=8, lr=1e-3, seed=0,
+                  human=aug.human, warp=0.1, device="meta")
+    finally:
+        hook.remove()
+    assert seen == [(meta, {meta})]
+
+
+def _rank(rank: int, port: int, out: str) -> None:
+    import os
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    try:
+        _fit(4, "cpu", out)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_two_gloo_ranks_train_as_one_process_with_the_global_batch(tmp_path, monkeypatch):
+    """DDP averages the two ranks' gradients, each of a half batch (same label count), which
+    is the gradient of the whole batch; the draws are shared out so that each clip gets the
+    same augmentation, hence the same weights up to float rounding."""
+    import socket
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "ranks.pt"
+    torch.multiprocessing.spawn(_rank, args=(port, str(out)), nprocs=2)
+    ranks = torch.load(out, weights_only=True)
+    torch.set_num_threads(1)
+    single = _fit(8, "cpu")
+    half = _fit(4, "cpu")
+
+    def gap(a: dict, b: dict) -> dict[str, float]:
+        # The attention-logit bias (proj.bias[-1]) cancels in the softmax: its gradient is
+        # float noise, which Adam scales up to full steps, and it changes no output.
+        a, b = dict(a), dict(b)
+        a["proj.bias"], b["proj.bias"] = a["proj.bias"][:-1], b["proj.bias"][:-1]
+        return {k: (a[k] - b[k]).abs().max().item() for k in a}
+
+    assert max(gap(ranks, single).values()) < 1e-4, gap(ranks, single)
+    assert max(gap(half, single).values()) > 1e-2, "the comparison can tell a different batch apart"

@@ -13,8 +13,16 @@ exactly (``log(E * g^2 + eps)``), because Distill-MOS peak-normalises and a stud
 read quality from loudness. ``--warp`` adds vocal-tract-length perturbation on the same cached
 energies: each clip's spectrum is scaled in frequency by a random factor, which makes new
 "speakers" out of the few real voices there are to train on. The clip keeps its teacher label;
-``benchmarks/teacher_warp.py`` shows Distill-MOS agrees within about x0.9-1.1 and not beyond. Under ``torchrun`` (WORLD_SIZE
-set) it trains with DDP on gloo or NCCL; each rank takes a disjoint shard of every epoch.
+``benchmarks/teacher_warp.py`` shows Distill-MOS agrees within about x0.9-1.1 and not beyond.
+
+Training runs on ``--device`` (default: cuda when available, else cpu): the student, every
+batch, its targets and the loss live there, while the cached features stay in host memory and
+move one batch at a time. Under ``torchrun`` (WORLD_SIZE set) it trains with DDP, on NCCL
+when the device is cuda (each rank on ``cuda:LOCAL_RANK``) and on gloo otherwise
+(``train.device``). Each rank takes a disjoint shard of every epoch, and every random draw
+(shuffle, human clips, gains, warps) is made for the whole global batch, of which a rank keeps
+its share: W ranks at ``--batch B`` train as one process at ``--batch W*B`` would, up to float
+rounding, when the human share of B is a whole number of clips.
 """
 
 from __future__ import annotations
@@ -23,9 +31,9 @@ import argparse
 import csv
 import dataclasses
 import math
-import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +43,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.nn import functional as F
 
+from train.device import default_device, init_ranks
 from train.export import save_checkpoint
 from train.students import (FAMILY, FRAME_SAMPLES, PRESENCE, Student, StudentConfig, band_edges, count_params,
                             macs_per_second)
@@ -143,7 +152,7 @@ def warp_bands(logmel: Tensor, factors: Tensor) -> Tensor:
     pos = np.stack([np.interp(centres / float(f), centres, index) for f in factors])  # [B, bands]
     lo = np.floor(pos).astype(np.int64).clip(max=len(centres) - 2)
     frac = torch.from_numpy(pos - lo).to(logmel)[:, :, None]
-    lo_t = torch.from_numpy(lo)[:, :, None].expand(-1, -1, logmel.shape[2])
+    lo_t = torch.from_numpy(lo).to(logmel.device)[:, :, None].expand(-1, -1, logmel.shape[2])
     return torch.gather(logmel, 1, lo_t) * (1 - frac) + torch.gather(logmel, 1, lo_t + 1) * frac
 
 
@@ -179,9 +188,11 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 @torch.no_grad()
 def evaluate(student: Student, data: LabelledSet, batch: int = 128) -> dict[str, float]:
-    """PCC/SRCC/RMSE per output against the teacher labels."""
+    """PCC/SRCC/RMSE per output against the teacher labels (on the student's device)."""
     student.eval()
-    preds = torch.cat([student.forward_features(data.feats[i : i + batch]) for i in range(0, len(data.ids), batch)])
+    dev = next(student.parameters()).device
+    preds = torch.cat([student.forward_features(data.feats[i : i + batch].to(dev)).cpu()
+                       for i in range(0, len(data.ids), batch)])
     preds = student.presence_probability(preds)
     result: dict[str, float] = {}
     for k, name in enumerate(student.cfg.outputs):
@@ -218,12 +229,42 @@ class _FeatureModel(torch.nn.Module):
         return self.student.forward_features(logmel)
 
 
-def _ddp() -> tuple[int, int]:
-    if "WORLD_SIZE" not in os.environ:
-        return 0, 1
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), dist.get_world_size()
+@dataclass
+class Augment:
+    """What is mixed into and done to every training batch (see the module docstring)."""
+
+    human: LabelledSet | None = None
+    human_ratio: float = 0.2
+    gain_db: float = 10.0
+    warp: float = 0.0
+
+
+def epoch_batches(data: LabelledSet, aug: Augment, *, batch: int, steps: int, gen: torch.Generator,
+                  device: torch.device, rank: int = 0, world: int = 1) -> Iterator[tuple[Tensor, Tensor]]:
+    """One epoch of this rank's (features, targets) batches, augmented, on ``device``.
+
+    ``gen`` is seeded alike on every rank; each draw is made for all ``world`` ranks and a
+    rank keeps every ``world``-th value from its ``rank``, the same positions its shard takes
+    of the shuffle, so a sample gets the gain, warp and human partner it would get in one
+    process with the whole global batch.
+    """
+    n_human = int(round(batch * aug.human_ratio)) if aug.human is not None else 0
+    order = torch.randperm(len(data.ids), generator=gen)[rank::world]
+    for s in range(steps):
+        idx = order[s * (batch - n_human) : (s + 1) * (batch - n_human)]
+        if len(idx) == 0:
+            return
+        x, y = data.feats[idx].to(device), data.targets[idx].to(device)
+        if n_human:
+            h = torch.randint(len(aug.human.ids), (world * n_human,), generator=gen)[rank::world]
+            x = torch.cat([x, aug.human.feats[h].to(device)])
+            y = torch.cat([y, aug.human.targets[h].to(device)])
+        gains = (torch.rand(world * len(x), generator=gen)[rank::world] * 2 - 1) * aug.gain_db
+        x = regain(x, gains.to(device))
+        if aug.warp > 0:
+            u = torch.rand(world * len(x), generator=gen)[rank::world]
+            x = warp_bands(x, torch.exp((u * 2 - 1) * math.log1p(aug.warp)))
+        yield x, y
 
 
 def train(
@@ -239,36 +280,28 @@ def train(
     human_ratio: float = 0.2,
     gain_db: float = 10.0,
     warp: float = 0.0,
+    device: str | torch.device | None = None,
     log=print,
 ) -> dict[str, float]:
-    """Train in place; returns the final validation metrics (empty without a val set)."""
-    rank, world = _ddp()
+    """Train in place on ``device`` (default: cuda when available), where the student stays;
+    returns the final validation metrics (empty without a val set). ``batch`` is per rank."""
+    rank, world, dev = init_ranks(device if device is not None else default_device())
+    student.to(dev)
     model: torch.nn.Module = _FeatureModel(student)
     if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(model)
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev] if dev.type == "cuda" else None)
     opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=1e-4)
     steps_per_epoch = max(1, len(train_set.ids) // (batch * world))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.1)
     gen = torch.Generator().manual_seed(seed)
-    n_human = int(round(batch * human_ratio)) if human is not None else 0
+    aug = Augment(human, human_ratio, gain_db, warp)
     metrics: dict[str, float] = {}
     t0 = time.time()
     for epoch in range(epochs):
         student.train()
-        order = torch.randperm(len(train_set.ids), generator=gen)[rank::world]
         total = 0.0
-        for s in range(steps_per_epoch):
-            idx = order[s * (batch - n_human) : (s + 1) * (batch - n_human)]
-            if len(idx) == 0:
-                break
-            x, y = train_set.feats[idx], train_set.targets[idx]
-            if n_human:
-                h = torch.randint(len(human.ids), (n_human,), generator=gen)
-                x = torch.cat([x, human.feats[h]])
-                y = torch.cat([y, human.targets[h]])
-            x = regain(x, (torch.rand(len(x), generator=gen) * 2 - 1) * gain_db)
-            if warp > 0:
-                x = warp_bands(x, torch.exp((torch.rand(len(x), generator=gen) * 2 - 1) * math.log1p(warp)))
+        for x, y in epoch_batches(train_set, aug, batch=batch, steps=steps_per_epoch, gen=gen, device=dev,
+                                  rank=rank, world=world):
             loss = distill_loss(model(x), y, student.cfg.outputs)
             opt.zero_grad()
             loss.backward()
@@ -301,6 +334,9 @@ def main(argv: list[str] | None = None) -> None:
                     "(overrides the student config's; 0 = off)")
     ap.add_argument("--human-ratio", type=float, default=0.2, help="share of each batch from --human")
     ap.add_argument("--teacher", default="distillmos+dnsmos", help="recorded in the checkpoint and model card")
+    ap.add_argument("--device", default=default_device(),
+                    help="torch device to train on (default: cuda when available, else cpu); under torchrun "
+                    "cuda means cuda:LOCAL_RANK with NCCL, anything else gloo")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -334,9 +370,10 @@ def main(argv: list[str] | None = None) -> None:
     init_feature_norm(student, train_set.feats)
     metrics = train(
         student, train_set, val_set, epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed,
-        human=human, human_ratio=args.human_ratio, warp=args.warp,
+        human=human, human_ratio=args.human_ratio, warp=args.warp, device=args.device,
     )
-    rank, _ = _ddp()
+    rank, _, _ = init_ranks(args.device)
+    student.cpu()  # checkpoints hold CPU tensors whatever the training device
     if rank == 0:
         meta = {
             "teacher": args.teacher,

@@ -1,0 +1,37 @@
+"""Where a training process runs: its torch device and, under ``torchrun``, its process group.
+
+Shared by the training entry points so that each picks the DDP backend the same way: NCCL
+only moves CUDA tensors and needs one GPU per rank, gloo is the CPU backend. A rank's CUDA
+device is ``cuda:LOCAL_RANK`` (torchrun sets it), so ranks on one host never share a GPU.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def default_device() -> str:
+    """``cuda`` when a GPU is visible, else ``cpu``: the default of every ``--device`` flag."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def init_ranks(device: str | torch.device) -> tuple[int, int, torch.device]:
+    """(rank, world size, this rank's device); joins the process group when launched by
+    ``torchrun`` (``WORLD_SIZE`` set), else (0, 1, device).
+
+    ``cuda`` without an index becomes ``cuda:LOCAL_RANK`` and is made the current device
+    before NCCL starts, which is what NCCL expects of a rank; any other device uses gloo.
+    """
+    dev = torch.device(device)
+    if "WORLD_SIZE" not in os.environ:
+        return 0, 1, dev
+    if dev.type == "cuda":
+        if dev.index is None:
+            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(dev)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size(), dev
