@@ -62,7 +62,6 @@ def draw(streams: list[tuple[str, StreamResult]]):
     starts = [r.start for _, r in streams if r.start is not None]
     origin = min(starts) if starts else 0.0
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    labels = []
     for i, (file, result) in enumerate(streams):
         colour = colours[i % len(colours)]
         offset = (result.start - origin) if result.start is not None else 0.0
@@ -70,7 +69,6 @@ def draw(streams: list[tuple[str, StreamResult]]):
         t = [offset + r["t"] for r in rows_]
         mos = [float("nan") if r["mos"] is None else r["mos"] for r in rows_]
         label = stream_label(file, result)
-        labels.append(label)
         ax_mos.plot(t, mos, color=colour, marker=".", markersize=3, linewidth=1.4, label=label)
         hop = (t[1] - t[0]) if len(t) > 1 else 1.0
         spans = [(x - hop, hop) for x, r in zip(t, rows_) if r["speech"]]
@@ -81,6 +79,15 @@ def draw(streams: list[tuple[str, StreamResult]]):
             axes[2].fill_between(t, loss, step="pre", color=colour, alpha=0.35)
             axes[2].plot(t, loss, drawstyle="steps-pre", color=colour, linewidth=1.0, label=label)
             axes[3].plot(t, jitter, color=colour, linewidth=1.0, label=label)
+    _label_axes(axes, len(streams), capture_clock=bool(starts))
+    fig.tight_layout()
+    return fig
+
+
+def _label_axes(axes, n_streams: int, *, capture_clock: bool) -> None:
+    """Thresholds, limits, labels and legend of :func:`draw`'s axes once the data is drawn
+    (the loss axis's limit depends on what was drawn)."""
+    ax_mos, ax_speech = axes[0], axes[1]
     for value in THRESHOLDS:
         ax_mos.axhline(value, color=_THRESHOLD_COLOURS[value], linestyle="--", linewidth=1.0, gid=f"threshold {value}")
     ax_mos.set_ylim(1.0, 5.0)
@@ -89,19 +96,17 @@ def draw(streams: list[tuple[str, StreamResult]]):
     ax_mos.grid(alpha=0.3)
     ax_mos.legend(loc="lower left", fontsize=8)
     ax_speech.set_ylabel("speech")
-    ax_speech.set_yticks(range(len(streams)))
-    ax_speech.set_yticklabels([str(i + 1) for i in range(len(streams))], fontsize=7)
-    ax_speech.set_ylim(-0.6, len(streams) - 0.4)
-    if network:
+    ax_speech.set_yticks(range(n_streams))
+    ax_speech.set_yticklabels([str(i + 1) for i in range(n_streams)], fontsize=7)
+    ax_speech.set_ylim(-0.6, n_streams - 0.4)
+    if len(axes) > 2:
         axes[2].set_ylabel("loss (%)")
         axes[2].set_ylim(0.0, max(5.0, axes[2].get_ylim()[1]))  # clean calls: a flat line at 0
         axes[2].grid(alpha=0.3)
         axes[3].set_ylabel("jitter (ms)")
         axes[3].set_ylim(bottom=0.0)
         axes[3].grid(alpha=0.3)
-    axes[-1].set_xlabel("capture time (s)" if starts else "stream time (s)")
-    fig.tight_layout()
-    return fig
+    axes[-1].set_xlabel("capture time (s)" if capture_clock else "stream time (s)")
 
 
 def plot_streams(streams: list[tuple[str, StreamResult]], path: Path) -> None:
