@@ -22,6 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -30,25 +31,15 @@ import torch
 from torch import nn
 
 from benchmarks import write_json
-from train.compress_common import (
-    SEGMENT_SAMPLES,
-    cached_predict,
-    count_nonzero,
-    count_params,
-    finetune,
-    load_clips,
-    load_reference_net,
-    macs_per_second_of,
-    make_crops,
-    predict,
-    read_jsonl,
-    synthetic_clips,
-    tiny_distillmos_net,
-    write_jsonl,
-)
+from train.compress.checkpoint import load_pruned
+from train.compress.clips import load_clips, make_crops
+from train.compress.cost import count_nonzero, count_params, macs_per_second_of
+from train.compress.finetune import cached_predict, finetune, predict
+from train.compress.magnitude import apply_masks, magnitude_masks
+from train.compress.nets import SAMPLE_RATE, load_reference_net
+from train.compress.structured import head_prune, structured_prune
 from train.distill import init_feature_norm, pearson, spearman
 from train.lowrank import lowrank
-from train.prune import apply_masks, head_prune, magnitude_masks, structured_prune
 from train.students import FAMILY, Student, StudentConfig
 from train.students import macs_per_second as student_macs
 
@@ -246,7 +237,8 @@ def plot(rows: list[dict], outdir: Path) -> list[Path]:
     return paths
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The study's options: outputs, methods and their ratios, the shared budget, the data."""
     ap = argparse.ArgumentParser(prog="python -m benchmarks.compression", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", type=Path, required=True, help="output JSON: config, rows, summary")
@@ -281,56 +273,70 @@ def main(argv: list[str] | None = None) -> int:
                     help="models saved by python -m train.prune (for example --method iterative, which has its own "
                          "stated budget) to measure as extra rows, named by their method; the reference's ORT time "
                          "is measured again next to each")
-    ap.add_argument("--mini", action="store_true",
-                    help="miniature run for tests: a tiny random Distill-MOS-shaped reference, synthetic 1 s clips, "
-                         "one ratio per method, 2 steps")
-    args = ap.parse_args(argv)
+    return ap
 
-    torch.set_num_threads(1)
-    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+
+@dataclass(frozen=True)
+class StudyInputs:
+    """What the study compresses and measures on: the unpruned ``reference``, its ``name`` in
+    the rows, a ``label`` keying the row and reference-output caches (``full`` for Distill-MOS
+    on the generated splits), clips of held-out speakers to measure on and training clips to
+    crop. Tests pass a toy reference and synthetic clips."""
+
+    reference: nn.Module
+    name: str
+    label: str
+    eval_clips: np.ndarray
+    train_clips: np.ndarray
+
+
+def load_inputs(args: argparse.Namespace, log: Callable[[str], None]) -> StudyInputs:
+    """The shipped Distill-MOS, ``--eval-clips`` clips of the test split (speakers never trained
+    on) and ``--train-clips`` clips of the train split."""
+    eval_clips, _ = load_clips("test", args.eval_clips, cache_dir=args.cache, seed=args.seed, log=log)
+    train_clips, _ = load_clips("train", args.train_clips, cache_dir=args.cache, seed=args.seed, log=log)
+    return StudyInputs(load_reference_net(), "distill-mos-v7", "full", eval_clips, train_clips)
+
+
+def _append_row(path: Path, row: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def _read_rows(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_study(args: argparse.Namespace, inputs: StudyInputs, log: Callable[[str], None]) -> dict:
+    """Build and measure every row ``args`` asks for (skipping rows ``--rows`` already holds
+    from a run with the same data and budget), then write ``--json`` and, if asked, the
+    markdown and the plots; returns the result written to ``--json``."""
     methods = [m for m in args.methods.split(",") if m]
-    if unknown := set(methods) - set(METHODS):
-        ap.error(f"unknown methods {sorted(unknown)}")
-    if args.mini:
-        samples = 16000
-        ref_net = tiny_distillmos_net(args.seed)
-        eval_clips = synthetic_clips(8, samples, args.seed + 1)
-        crops = synthetic_clips(8, 6400, args.seed)
-        settings = {"structured": [0.5], "heads": [0.5], "magnitude": [0.5], "lowrank": [0.5], "distill": ["xxs"],
-                    "iterative": []}
-        steps, args.repeats = min(args.steps, 2), min(args.repeats, 2)
-        ref_name = "tiny-random-distillmos"
-    else:
-        samples = SEGMENT_SAMPLES
-        ref_net = load_reference_net()
-        eval_clips, _ = load_clips("test", args.eval_clips, cache_dir=args.cache, seed=args.seed, log=log)
-        train_clips, _ = load_clips("train", args.train_clips, cache_dir=args.cache, seed=args.seed, log=log)
-        crops = make_crops(train_clips, int(args.crop_seconds * 16000), args.crops_per_clip, seed=args.seed)
-        settings = {"structured": _floats(args.structured_keep), "heads": _floats(args.heads_keep),
-                    "magnitude": _floats(args.sparsity), "lowrank": _floats(args.lowrank_keep),
-                    "distill": [s for s in args.students.split(",") if s], "iterative": []}
-        steps = args.steps
-        ref_name = "distill-mos-v7"
-    saved = {}
-    for path in args.pruned:
-        blob = torch.load(path, map_location="cpu", weights_only=False)
-        saved[str(path)] = blob
-    if bad := [s for s in settings["distill"] if s not in STUDENTS]:
-        ap.error(f"unknown students {bad}")
+    ref_net, ref_name, eval_clips = inputs.reference, inputs.name, inputs.eval_clips
+    samples = eval_clips.shape[1]
+    crops = make_crops(inputs.train_clips, int(args.crop_seconds * SAMPLE_RATE), args.crops_per_clip, seed=args.seed)
+    settings = {"structured": _floats(args.structured_keep), "heads": _floats(args.heads_keep),
+                "magnitude": _floats(args.sparsity), "lowrank": _floats(args.lowrank_keep),
+                "distill": [s for s in args.students.split(",") if s], "iterative": []}
+    steps = args.steps
+    saved = {str(path): load_pruned(path) for path in args.pruned}
     # Rows are reused only from a run with the same data and budget.
-    tag = (f"{'mini' if args.mini else 'full'}-steps{steps}-batch{args.batch}-crop{crops.shape[1]}-n{len(crops)}"
+    tag = (f"{inputs.label}-steps{steps}-batch{args.batch}-crop{crops.shape[1]}-n{len(crops)}"
            f"-lr{args.lr}-slr{args.student_lr}-eval{len(eval_clips)}-seed{args.seed}")
     log("reference outputs on eval clips and training crops")
-    ref_eval = cached_predict(ref_net, eval_clips, args.cache / f"ref_eval_{'mini' if args.mini else 'full'}_{eval_clips.shape}_{args.seed}.npy")
-    targets = cached_predict(ref_net, crops, args.cache / f"ref_crops_{'mini' if args.mini else 'full'}_{crops.shape}_{args.seed}.npy").astype(np.float32)
+    ref_eval = cached_predict(ref_net, eval_clips, args.cache / f"ref_eval_{inputs.label}_{eval_clips.shape}_{args.seed}.npy")
+    targets = cached_predict(ref_net, crops, args.cache / f"ref_crops_{inputs.label}_{crops.shape}_{args.seed}.npy").astype(np.float32)
     ref_params = count_params(ref_net)
     timing_clip = eval_clips[0]
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     config["pruned"] = [str(p) for p in args.pruned]
-    config.update(steps=steps, eval_clip_samples=samples, eval_clips=len(eval_clips), train_crops=len(crops),
-                  crop_samples=int(crops.shape[1]), threads=1, torch=torch.__version__)
+    config.update(reference=ref_name, steps=steps, eval_clip_samples=samples, eval_clips=len(eval_clips),
+                  train_crops=len(crops), crop_samples=int(crops.shape[1]), threads=1, torch=torch.__version__)
 
-    done = {(r["method"], str(r["setting"])): r for r in read_jsonl(args.rows) if r.get("run") == tag}
+    done = {(r["method"], str(r["setting"])): r for r in _read_rows(args.rows) if r.get("run") == tag}
 
     def measure(model: nn.Module, method: str, setting, model_name: str, extra: dict,
                 macs: int | None = None) -> dict:
@@ -355,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         model, name, extra, macs = build()
         row = measure(model, method, setting, name, extra, macs)
         row["seconds"] = round(time.time() - t0, 1)
-        write_jsonl(args.rows, row)
+        _append_row(args.rows, row)
         done[(method, str(setting))] = row
         log(f"[{method} {setting}] params={row['params']} pcc={row['pcc_teacher']:.3f} "
             f"rtf_ort={row['rtf_ort_1t']:.4f} ({row['seconds']}s)")
@@ -403,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         return m, f"student-{member}", extra, student_macs(student.cfg, samples // 640)
 
     def b_saved(path: str):
-        model, meta = saved[path]["model"].eval(), saved[path]["meta"]
+        model, meta = saved[path]
         with tempfile.TemporaryDirectory() as tmp:
             ref_time = time_ort(ref_net, timing_clip, args.repeats, Path(tmp))
         return (model, f"{ref_name}-{Path(path).stem}",
@@ -414,9 +420,9 @@ def main(argv: list[str] | None = None) -> int:
     for method in methods:
         for setting in settings[method]:
             run_row(method, setting, lambda b=builders[method], s=setting: b(s))
-    for path, blob in saved.items():
-        run_row(blob["meta"]["method"], path, lambda p=path: b_saved(p))
-    methods += [blob["meta"]["method"] for blob in saved.values()]
+    for path, (_, meta) in saved.items():
+        run_row(meta["method"], path, lambda p=path: b_saved(p))
+    methods += [meta["method"] for _, meta in saved.values()]
 
     rows = [done[k] for k in done if k[0] == "reference" or k[0] in methods]
     rows.sort(key=lambda r: (["reference", *METHODS].index(r["method"]), -r["ratio"]))
@@ -430,6 +436,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.plots:
         for p in plot(rows, args.plots):
             log(f"wrote {p}")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    if unknown := {m for m in args.methods.split(",") if m} - set(METHODS):
+        ap.error(f"unknown methods {sorted(unknown)}")
+    if bad := [s for s in args.students.split(",") if s and s not in STUDENTS]:
+        ap.error(f"unknown students {bad}")
+    torch.set_num_threads(1)
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    run_study(args, load_inputs(args, log), log)
     return 0
 
 

@@ -16,12 +16,17 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
+from torch import nn
 
 from benchmarks import write_json
-from train.compress_common import cached_predict, load_clips, load_reference_net, predict
+from train.compress.checkpoint import load_pruned
+from train.compress.clips import load_clips
+from train.compress.finetune import cached_predict, predict
+from train.compress.nets import load_reference_net
 from train.distill import pearson, spearman
 
 
@@ -38,8 +43,10 @@ def fit(pred: np.ndarray, ref: np.ndarray) -> dict[str, float]:
             "rmse": float(np.sqrt(np.mean((pred - ref) ** 2)))}
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    """The models to measure, the clip counts and the cache."""
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.pruned_fit", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pruned", type=Path, nargs="+", required=True,
                     help="models saved by python -m train.prune (torch.save of {'model', 'meta'})")
     ap.add_argument("--json", type=Path, required=True, help="output JSON: one row per model")
@@ -49,32 +56,42 @@ def main(argv: list[str] | None = None) -> None:
                     help="clip and reference-output cache directory (default cache/compression)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the clip draws, as in train.prune (default 0)")
-    args = ap.parse_args(argv)
+    return ap
 
-    torch.set_num_threads(args.threads)
-    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
-    ref = load_reference_net()
+
+def measure(args: argparse.Namespace, ref: nn.Module, ref_name: str, log: Callable[[str], None]) -> dict:
+    """Fit of every ``--pruned`` model to ``ref`` on its seen clips and on the validation clips,
+    written to ``--json`` and returned. Tests pass a toy ``ref``."""
     val, _ = load_clips("val", args.val_clips, cache_dir=args.cache, seed=args.seed, log=log)
     val_ref = cached_predict(ref, val, args.cache / f"ref_val_{val.shape[0]}_{args.seed}.npy")
     seen_sets: dict[tuple[int, Path | None], tuple[np.ndarray, np.ndarray]] = {}
     rows = []
     for path in args.pruned:
-        saved = torch.load(path, map_location="cpu", weights_only=False)
-        n, labels = last_training_set(saved["meta"])
+        model, meta = load_pruned(path)
+        n, labels = last_training_set(meta)
         if (n, labels) not in seen_sets:  # a training set can be gigabytes: load it once per run
             seen = load_clips("train", n, labels_csv=labels, cache_dir=args.cache, seed=args.seed, log=log)[0]
             seen = seen[: args.clips].copy()
             tag = f"{n}_{args.seed}" + (f"_{labels.stem}" if labels else "")
             seen_sets[n, labels] = seen, cached_predict(ref, seen, args.cache / f"ref_seen_{len(seen)}_{tag}.npy")
         seen, seen_ref = seen_sets[n, labels]
-        row = {"model": str(path), "params": saved["meta"]["params"], "steps": saved["meta"]["steps"],
+        row = {"model": str(path), "params": meta["params"], "steps": meta["steps"],
                "seen_set": {"train_clips": n, "train_labels": str(labels) if labels else None},
-               "seen": fit(predict(saved["model"], seen), seen_ref),
-               "val": fit(predict(saved["model"], val), val_ref)}
+               "seen": fit(predict(model, seen), seen_ref),
+               "val": fit(predict(model, val), val_ref)}
         row["gap_pcc"] = row["seen"]["pcc"] - row["val"]["pcc"]
         log(f"{path}: seen PCC {row['seen']['pcc']:.3f}, val PCC {row['val']['pcc']:.3f}")
         rows.append(row)
-    write_json(args.json, {"reference": "distill-mos-v7", "val_clips": int(len(val)), "rows": rows})
+    result = {"reference": ref_name, "val_clips": int(len(val)), "rows": rows}
+    write_json(args.json, result)
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    measure(args, load_reference_net(), "distill-mos-v7", log)
 
 
 if __name__ == "__main__":

@@ -18,13 +18,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from train.compress_common import (
-    SEGMENT_SAMPLES,
-    count_params,
-    load_reference_net,
-    predict,
-    synthetic_clips,
-)
+from tests.compress_fixtures import synthetic_clips
+from train.compress.cost import count_params
+from train.compress.finetune import predict
+from train.compress.nets import SEGMENT_SAMPLES, load_reference_net
 from train.export_pruned import (
     export_pruned,
     live_macs_per_second,
@@ -33,7 +30,7 @@ from train.export_pruned import (
     verify_export,
     window_scores_torch,
 )
-from train.prune import structured_prune
+from train.compress.structured import structured_prune
 from train.prune_recipe import RECIPE, clip_list, rebuild
 
 torch.set_num_threads(1)

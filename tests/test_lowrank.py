@@ -7,7 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from train.compress_common import count_params, predict, synthetic_clips, tiny_distillmos_net
+from tests.compress_fixtures import synthetic_clips, tiny_distillmos_net
+from train.compress.cost import count_params
+from train.compress.finetune import predict
 from train.lowrank import factorise, lowrank, rank_for
 
 torch.set_num_threads(1)

@@ -13,30 +13,15 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from train.compress_common import (
-    count_macs,
-    count_params,
-    distil_layers,
-    finetune,
-    load_clips,
-    predict,
-    random_crops,
-    SEGMENT_SAMPLES,
-    synthetic_clips,
-    tiny_distillmos_net,
-)
-from train.prune import (
-    apply_masks,
-    distillmos_groups,
-    extend_distillation,
-    head_prune,
-    iterative_prune,
-    magnitude_masks,
-    structured_prune,
-    taylor_importance,
-    tiny_xlsr_net,
-    XlsrSqaNet,
-)
+from tests.compress_fixtures import synthetic_clips, tiny_distillmos_net, tiny_xlsr_net
+from train.compress.clips import load_clips, random_crops
+from train.compress.cost import count_macs, count_params
+from train.compress.finetune import distil_layers, finetune, predict
+from train.compress.groups import distillmos_groups
+from train.compress.importance import taylor_importance
+from train.compress.magnitude import apply_masks, magnitude_masks
+from train.compress.nets import SEGMENT_SAMPLES, XlsrSqaNet
+from train.compress.structured import extend_distillation, head_prune, iterative_prune, structured_prune
 
 torch.set_num_threads(1)
 
@@ -49,7 +34,7 @@ def data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def test_compressible_net_equals_shipped_distillmos() -> None:
-    from train.compress_common import from_reference
+    from train.compress.nets import from_reference
     from train.teachers.distillmos import load_distillmos_model
 
     ref = load_distillmos_model()
@@ -142,10 +127,10 @@ def test_xlsr_sqa_net_matches_teacher_and_prunes(tmp_path) -> None:
 
 def test_prune_help_documents_every_option() -> None:
     out = subprocess.run([sys.executable, "-m", "train.prune", "--help"], capture_output=True, text=True, check=True).stdout
-    for opt in ("--method", "--keep", "--model", "--kinds", "--cost", "--rounds", "--stages", "--hidden-weight", "--extend", "--importance",
+    for opt in ("--method", "--keep", "--kinds", "--cost", "--rounds", "--stages", "--hidden-weight", "--extend", "--importance",
                 "--importance-batches", "--steps", "--speed-perturb",
                 "--batch", "--lr", "--crop-seconds", "--train-clips", "--train-labels", "--crops-per-clip", "--cache", "--threads",
-                "--seed", "--out"):
+                "--device", "--seed", "--out"):
         assert opt in out
     assert "Taylor" in out
 
@@ -298,3 +283,55 @@ def test_speed_perturb_option_rejects_a_malformed_range(tmp_path: Path) -> None:
         out = subprocess.run([sys.executable, "-m", "train.prune", "--speed-perturb", *bad, "--out",
                               str(tmp_path / "x.pt")], capture_output=True, text=True)
         assert out.returncode == 2 and "--speed-perturb" in out.stderr
+
+
+def test_device_option_defaults_to_cuda_when_there_is_one(tmp_path: Path) -> None:
+    from train.compress.device import pick_device
+    from train.prune import build_parser
+
+    args = build_parser().parse_args(["--out", str(tmp_path / "x.pt")])
+    assert args.device == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert build_parser().parse_args(["--device", "cpu", "--out", "x.pt"]).device == torch.device("cpu")
+    with pytest.raises(ValueError, match="unknown device"):
+        pick_device("abacus")
+    if not torch.cuda.is_available():
+        out = subprocess.run([sys.executable, "-m", "train.prune", "--device", "cuda", "--out", str(tmp_path / "x.pt")],
+                             capture_output=True, text=True)
+        assert out.returncode == 2 and "--device" in out.stderr and "no CUDA device" in out.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["iterative", "structured"])
+def test_every_parameter_and_batch_is_on_the_chosen_device(tmp_path: Path, method: str) -> None:
+    """Every module the run calls (pruned model and unpruned teacher) sees its parameters,
+    buffers and inputs on --device, and the checkpoint is written on the CPU. A forward
+    hook on every module records what each call saw."""
+    from torch.nn.modules.module import register_module_forward_pre_hook
+
+    from train.compress.checkpoint import load_pruned
+    from train.compress.clips import clip_cache_path
+    from train.prune import main
+
+    device = torch.device("cpu")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    np.savez(clip_cache_path(cache, "train", 2, 0), audio=synthetic_clips(2, SEGMENT_SAMPLES, seed=8),
+             speakers=np.array(["a", "b"]))
+    seen: set[torch.device] = set()
+    calls = []
+
+    def record(module: torch.nn.Module, inputs: tuple) -> None:
+        calls.append(type(module).__name__)
+        seen.update(t.device for t in (*module.parameters(recurse=False), *module.buffers(recurse=False), *inputs)
+                    if isinstance(t, torch.Tensor))
+
+    handle = register_module_forward_pre_hook(record)
+    try:
+        main(["--method", method, "--keep", "0.8", "--stages", "1", "--rounds", "1", "--importance-batches", "1",
+              "--steps", "1", "--batch", "2", "--crop-seconds", "0.2", "--train-clips", "2", "--crops-per-clip", "1",
+              "--cache", str(cache), "--device", str(device), "--out", str(tmp_path / "p.pt")])
+    finally:
+        handle.remove()
+    assert {"DistillMosNet", "Attention", "Conv2d", "Linear"} <= set(calls) and seen == {device}
+    model, meta = load_pruned(tmp_path / "p.pt")
+    assert {p.device for p in model.parameters()} == {torch.device("cpu")} and meta["params"] < meta["reference_params"]

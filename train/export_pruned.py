@@ -46,7 +46,9 @@ import onnx
 import torch
 from torch import Tensor, nn
 
-from train.compress_common import SEGMENT_SAMPLES, count_macs, count_params, macs_per_second_of
+from train.compress.checkpoint import load_pruned
+from train.compress.cost import count_macs, count_params, macs_per_second_of
+from train.compress.nets import SEGMENT_SAMPLES
 from train.export import DEFAULT_HOP_SAMPLES, DEFAULT_WINDOW_S, FORMAT_VERSION, sha256_file
 from train.students import FRAME_SAMPLES, SAMPLE_RATE
 
@@ -269,8 +271,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--audio-dir", type=Path, default=Path("cache/audio"), help="the labeller's audio cache")
     ap.add_argument("--command", default="make streamqa-l", help="how the card says to reproduce the model")
     args = ap.parse_args(argv)
-    from train.prune import load_pruned
-
     torch.set_num_threads(1)
     net, meta = load_pruned(args.checkpoint)
     out = export_pruned(net, args.out, meta, name=args.name)

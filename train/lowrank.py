@@ -20,15 +20,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from train.compress_common import (
-    add_finetune_args,
-    cached_predict,
-    count_params,
-    finetune,
-    load_clips,
-    load_reference_net,
-    make_crops,
-)
+from train.compress.checkpoint import save_pruned
+from train.compress.clips import load_clips, make_crops
+from train.compress.cost import count_params
+from train.compress.finetune import add_finetune_args, cached_predict, finetune
+from train.compress.nets import SAMPLE_RATE, load_reference_net
 
 
 def rank_for(out_dim: int, fan_in: int, keep: float) -> int:
@@ -99,21 +95,18 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads)
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
-    model = load_reference_net()
+    model = load_reference_net().to(args.device)
     ref_params = count_params(model)
     clips, _ = load_clips("train", args.train_clips, labels_csv=args.train_labels, cache_dir=args.cache,
                           seed=args.seed, log=log)
-    crops = make_crops(clips, int(args.crop_seconds * 16000), args.crops_per_clip, seed=args.seed)
+    crops = make_crops(clips, int(args.crop_seconds * SAMPLE_RATE), args.crops_per_clip, seed=args.seed)
     targets = cached_predict(model, crops, args.cache / f"targets_distillmos_{crops.shape}_{args.seed}.npy")
     names = lowrank(model, args.keep)
     log(f"factorised {len(names)} layers: {count_params(model)} of {ref_params} params")
     finetune(model, crops, targets.astype(np.float32), steps=args.steps, batch=args.batch, lr=args.lr,
              seed=args.seed, log=log)
-    meta = {"method": "lowrank", "keep": args.keep, "params": count_params(model), "reference_params": ref_params,
-            "steps": args.steps, "factorised": names}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": model, "meta": meta}, args.out)
-    log(f"saved {args.out}")
+    save_pruned(model, {"method": "lowrank", "keep": args.keep, "reference_params": ref_params, "steps": args.steps,
+                        "factorised": names}, args.out, log)
 
 
 if __name__ == "__main__":
