@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -86,6 +87,7 @@ async def run(args: argparse.Namespace, wav: Path, profile: Path) -> dict[str, A
     ws_port, webrtc_port = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_STREAM)
     proc = start_monitor(ws_port, webrtc_port, args.hop, [], profile.parent / "monitor.log")
     received: list[tuple[float, dict]] = []
+    load = {"start": os.getloadavg()}  # a loaded machine shows in the tail: report it beside it
     try:
         await wait_port(ws_port, proc)
         async with connect(f"ws://127.0.0.1:{ws_port}/ws?token={TOKEN}", ping_interval=None) as ws:
@@ -104,6 +106,7 @@ async def run(args: argparse.Namespace, wav: Path, profile: Path) -> dict[str, A
                     raise SystemExit(f"the page never published: {await page.evaluate('JSON.stringify(window.streamqaCheck)')}")
                 await asyncio.sleep(args.seconds)
                 sent = await page.evaluate("window.streamqaCheck.sent")
+            load["end"] = os.getloadavg()
             listener.cancel()
     finally:
         stop_monitor(proc)
@@ -124,6 +127,7 @@ async def run(args: argparse.Namespace, wav: Path, profile: Path) -> dict[str, A
                        "min": round(1000 * float(latency.min()), 1), "n": int(latency.size),
                        "over_threshold": int(np.sum(latency * 1000 >= THRESHOLD_P99_MS))},
         "threshold_p99_ms": THRESHOLD_P99_MS,
+        "load_average_1m": {k: round(v[0], 2) for k, v in load.items()}, "cpus": os.cpu_count(),
         "passed": bool(np.percentile(latency, 99) * 1000 < THRESHOLD_P99_MS),
     }
 

@@ -45,6 +45,7 @@ WEB_DIR = Path(__file__).parent / "web"
 MAX_HEAD_BYTES = 8 * 1024
 MAX_OFFER_BYTES = 64 * 1024  # a browser's audio offer is 3-6 KB
 REQUEST_TIMEOUT_S = 10.0  # to send the whole request (a slow client holds no slot longer)
+HANDSHAKE_TIMEOUT_S = 60.0  # for ICE and DTLS after the answer (then the first frame has 15 s)
 STREAM_HEADER = "Streamqa-Stream"  # the stream ids of a new peer's tracks (the /check page)
 CORS_EXPOSE = f"Location, {STREAM_HEADER}"
 _numbers = itertools.count(1)
@@ -155,6 +156,27 @@ def own_origins(hosts: list[str], port: int) -> list[str]:
     return out
 
 
+async def connected(pc: Any, timeout: float) -> bool:
+    """Whether ICE and DTLS of ``pc`` complete within ``timeout`` seconds. They need round
+    trips with the publisher, which a loaded machine (or 20 peers starting at once) slows
+    down on either side, so they get a deadline of their own, apart from the first frame's."""
+    done = asyncio.Event()
+
+    def check() -> None:
+        if pc.connectionState in ("connected", "failed", "closed"):
+            done.set()
+
+    pc.on("connectionstatechange", check)
+    check()
+    try:
+        await asyncio.wait_for(done.wait(), timeout)
+    except asyncio.TimeoutError:
+        return False
+    finally:
+        pc.remove_listener("connectionstatechange", check)
+    return pc.connectionState == "connected"
+
+
 def negotiated_codecs(sdp: str) -> dict[str, tuple[str, int]]:
     """mid -> (codec name, clock rate) of the first codec of each audio section of an
     answer: the one the publisher sends with."""
@@ -170,7 +192,8 @@ class WhipServer:
     ``token``, ``origins`` and ``allow_hosts`` are the monitor's (streamqa.access);
     ``max_peers`` bounds concurrent sessions (503 beyond); a track with no frame for
     ``idle_timeout`` seconds ends its stream, and a peer whose tracks have all ended is
-    closed. ``ice_servers`` (STUN/TURN URLs) are none by default: aiortc would otherwise
+    closed. A peer whose ICE and DTLS have not completed HANDSHAKE_TIMEOUT_S after the
+    answer is closed without a stream. ``ice_servers`` (STUN/TURN URLs) are none by default: aiortc would otherwise
     ask a public STUN server, and a monitor reachable by its clients needs none.
     """
 
@@ -339,7 +362,9 @@ class WhipServer:
                       **cors)
 
     async def _run_track(self, rid: str, source: TrackSource) -> None:
-        await source.run()
+        session = self.peers.get(rid)
+        if session is not None and await connected(session.pc, HANDSHAKE_TIMEOUT_S):
+            await source.run()
         session = self.peers.get(rid)
         if session is not None and all(t.done() or t is asyncio.current_task() for t in session.tasks):
             await self._end_peer(rid)

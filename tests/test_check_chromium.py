@@ -3,6 +3,14 @@ it publishes over WHIP on loopback to a real monitor, and the websocket must tel
 held-out utterance from the same utterance under 5 dB babble by at least 0.8 MOS; the page's
 screenshot shows the stream's overlay card.
 
+Only windows whose audio arrived whole are compared. On a starved machine (a fresh clone's
+`make test` beside a training job) chromium's sender and the monitor's receiver fall behind:
+packets are lost or never sent, and aiortc conceals nothing, so the monitor hears silence
+in their place (streamqa.sources.webrtc). In a starved run such windows scored the clean
+prompt 2.9-3.6, where the prompt itself (scored from the file, any starting point) reads
+3.8-4.0 and under the babble 1.9-2.0: gapped windows say nothing about the microphone path,
+and the `net` figures of the scores tell them apart.
+
 Set STREAMQA_UPDATE_DOCS=1 to also refresh docs/check.png (the README's screenshot)."""
 
 from __future__ import annotations
@@ -27,7 +35,9 @@ from tests.test_whip import TOKEN, held_out_wav, monitor  # noqa: E402
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 SNR_DB = 5.0
-SCORED_S = 12.0  # seconds of windows wholly inside the utterance, per condition
+SCORED_S = 12.0  # seconds of whole windows wholly inside the utterance, per condition
+FRAME_S = 0.02  # chromium sends a packet per 20 ms of audio
+WHOLE = 0.95  # share of a window's packets that must have arrived for it to count as whole
 MIN_DIFFERENCE = 0.8
 DOCS_PNG = Path(__file__).resolve().parents[1] / "docs" / "check.png"
 
@@ -45,10 +55,26 @@ def conditions(tmp_path: Path) -> dict[str, Path]:
     return out
 
 
+def whole_windows(scores: list[dict], window_s: float) -> list[dict]:
+    """The scores of windows that lie wholly in the utterance and arrived whole: between the
+    `net` report of the score one window earlier and their own, no packet was lost and the
+    packets kept coming at chromium's rate (a starved sender sends fewer)."""
+    with_net = [s for s in scores if "net" in s]
+    out = []
+    for score in with_net:
+        before = [s for s in with_net if s["t"] <= score["t"] - window_s]
+        if score["t"] < window_s or not before:
+            continue
+        net, net0 = score["net"], before[-1]["net"]
+        if net["lost"] == net0["lost"] and net["packets"] - net0["packets"] >= WHOLE * (score["t"] - before[-1]["t"]) / FRAME_S:
+            out.append(score)
+    return out
+
+
 async def publish_from_chromium(base: str, overlay: str, wav: Path, profile: Path, sub, window_s: float,
-                                png: Path | None) -> tuple[str, list[dict]]:
+                                hop_s: float, png: Path | None) -> tuple[str, list[dict]]:
     """Open /check with ``wav`` as the microphone; return its stream id and the scores of
-    windows that lie wholly in the utterance, once SCORED_S seconds of them have come."""
+    whole windows in the utterance (whole_windows), once SCORED_S seconds of them have come."""
     async with Browser(f"{base}/check?token={TOKEN}", wav, profile) as page:
         deadline = time.monotonic() + 240
         stream = None
@@ -56,64 +82,64 @@ async def publish_from_chromium(base: str, overlay: str, wav: Path, profile: Pat
             assert time.monotonic() < deadline, await page.evaluate("JSON.stringify(window.streamqaCheck)")
             stream = await page.evaluate("window.streamqaCheck && window.streamqaCheck.stream")
             await asyncio.sleep(0.5)
-        inside = lambda: [s for s in sub.of(stream, "score") if s["t"] >= window_s]  # noqa: E731
-        await sub.wait(lambda: inside() and inside()[-1]["t"] >= window_s + SCORED_S, 300)
+        inside = lambda: whole_windows(sub.of(stream, "score"), window_s)  # noqa: E731
+        try:
+            await sub.wait(lambda: len(inside()) * hop_s >= SCORED_S, 420)
+        except AssertionError:
+            scores = [s for s in sub.of(stream, "score") if "net" in s]
+            rate = (scores[-1]["net"]["packets"] - scores[0]["net"]["packets"]) / (scores[-1]["t"] - scores[0]["t"]) \
+                if len(scores) > 1 else 0.0
+            raise AssertionError(
+                f"{wav.name}: {len(inside())} whole windows of {len(scores)} scored in 420 s; packets arrived at "
+                f"{rate * FRAME_S:.0%} of chromium's rate, {scores[-1]['net']['lost'] if scores else 0} lost: "
+                "the machine did not carry the audio in real time") from None
         if png is not None:
             card = None
             while not (card and "band-none" not in card):
-                assert time.monotonic() < deadline + 300, card
+                assert time.monotonic() < deadline + 420, card
                 card = await page.evaluate_in_frame(overlay, "(document.querySelector('.card') || {}).className")
                 await asyncio.sleep(0.5)
             await page.screenshot(png)
         return stream, inside()
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
-def _clean_and_babble(tmp_path, wavs, png):
-    """One publishing of each condition from chromium: their mean MOS over SCORED_S."""
+def clean_and_babble(tmp_path: Path, wavs: dict[str, Path], png: Path) -> dict[str, float]:
+    """One publishing of each condition from chromium: their mean MOS over SCORED_S of
+    whole windows."""
 
     async def scenario():
         async with monitor(hop_s=None, idle_timeout=10.0) as (info, sub):
             base = "http://127.0.0.1:%d" % info["webrtc"][1]
-            window_s = info["engine"].window_s
+            engine = info["engine"]
             runs = {}
             for name, wav in wavs.items():
                 runs[name] = await publish_from_chromium(base, "http://127.0.0.1:%d/" % info["ws"][1], wav,
-                                                         tmp_path / f"profile-{name}", sub, window_s,
-                                                         png if name == "clean" else None)
-            return info, sub, runs
+                                                         tmp_path / f"profile-{name}", sub, engine.window_s,
+                                                         engine.hop_s, png if name == "clean" else None)
+            return sub, runs
 
-    info, sub, runs = asyncio.run(scenario())
+    sub, runs = asyncio.run(scenario())
     means = {}
     for name, (stream, scores) in runs.items():
         start = sub.of(stream, "stream")[0]
         assert start["source"] == "webrtc" and start["info"]["codec"] == "opus"
         mos = [s["mos"] for s in scores if s["mos"] is not None]
-        assert len(mos) >= SCORED_S / info["engine"].hop_s / 2, (name, scores)
+        assert len(mos) >= len(scores) / 2, (name, scores)
         means[name] = float(np.mean(mos))
     return means
 
 
-
-# Issue 22 is open: in fresh clones the clean prompt read 3.33 (difference 0.75 < 0.8) in two
-# of three runs, while it reads 3.6-4.0 on a warm machine. Until the cause is found the test
-# runs and reports (XPASS when it holds) but does not fail the suite.
-@pytest.mark.xfail(reason="issue 22: clean/babble gap from chromium's fake microphone falls short in fresh clones",
-                   strict=False)
+# Issue 22 stays open on this: beside a training job at nice -10, chromium and the monitor
+# at nice 19 did not bring 12 s of whole windows in 420 s, so the fix is not shown yet; the
+# test runs and reports (XPASS when it holds).
+@pytest.mark.xfail(reason="issue 22: a starved machine carries chromium's audio with gaps", strict=False)
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
 def test_check_page_tells_clean_from_babble(tmp_path):
     wavs = conditions(tmp_path)
     png = tmp_path / "check.png"
-    # Chromium's fake microphone runs in real time: on a starved machine its audio can glitch
-    # (a fresh-clone run once read the clean prompt at 3.33 where it reads 3.9-4.0), so one
-    # retry of the whole comparison; both attempts are reported if both fall short.
-    attempts = []
-    for attempt in range(2):
-        means = _clean_and_babble(tmp_path / f"attempt{attempt}", wavs, png)
-        print(f"mean MOS over {SCORED_S:g} s of windows: {means}")
-        attempts.append(means)
-        if means["clean"] - means["babble"] >= MIN_DIFFERENCE:
-            break
-    assert means["clean"] - means["babble"] >= MIN_DIFFERENCE, attempts
+    means = clean_and_babble(tmp_path, wavs, png)
+    print(f"mean MOS over {SCORED_S:g} s of whole windows: {means}")
+    assert means["clean"] - means["babble"] >= MIN_DIFFERENCE, means
     header = png.read_bytes()[:24]
     assert header[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", header[16:24]) == (1000, 720)
     if os.environ.get("STREAMQA_UPDATE_DOCS") == "1":

@@ -34,8 +34,8 @@ from . import AudioSink, StreamInfo
 
 NET_INTERVAL = 1.0  # seconds between sink.net reports, as for RTP streams
 CLIP_LEVEL = 0.99  # |sample| at or above this counts as clipped (int16 full scale, decoded)
-# ICE and DTLS before the first frame take longer than a silence should, above all on a busy
-# machine; after the first frame the monitor's idle timeout applies.
+# From the end of ICE and DTLS (streamqa.whip waits for them) to the first decoded frame:
+# the publisher's sender starts and aiortc's jitter buffer fills; then the idle timeout applies.
 FIRST_FRAME_TIMEOUT = 15.0
 _S16 = 1.0 / 32768.0
 
