@@ -106,7 +106,7 @@ def random_crops(clips: np.ndarray, crop_samples: int, n: int, rng: np.random.Ge
     a factor f takes ``crop_samples * f`` source samples. Why: the held-out splits are held out
     by voice, and a slowed-down voice is a new, lower one that costs no labelling when the
     teacher scores the same perturbed crop on the fly. Measured on the pruned Distill-MOS, it
-    lowered validation PCC (docs/compression.md), so it is off by default.
+    lowered validation PCC (docs/experiments/2026-11-compression-study.md), so it is off by default.
     """
     idx = rng.choice(len(clips), size=min(n, len(clips)), replace=False)
     if speed is None:
