@@ -45,7 +45,8 @@ def speech(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
     assert prompt.is_file(), f"{PROMPT_PACKAGE} is installed but has no {PROMPT}"
     wav = tmp_path_factory.mktemp("speech") / "prompt.wav"
     subprocess.run(
-        [str(ffmpeg), "-loglevel", "error", "-y", "-f", "g722", "-i", str(prompt), "-ar", "16000", "-ac", "1", str(wav)],
+        [str(ffmpeg), "-loglevel", "error", "-y", "-f", "g722", "-i", str(prompt),
+         "-ar", "16000", "-ac", "1", str(wav)],
         check=True,
     )
     audio, rate = sf.read(wav, dtype="float32")
