@@ -113,10 +113,10 @@ def run(n: int, seed: int) -> dict:
         except Exception as exc:  # noqa: BLE001
             unexpected[f"source:{type(exc).__name__}"] += 1
         if i % _SOURCE_LIFETIME == _SOURCE_LIFETIME - 1:
-            source.close()
+            source.stop()
             counters.update(source.counters)
             source = RtpSource(sink, idle_timeout=1e9)
-    source.close()
+    source.stop()
     counters.update(source.counters)
     seconds = time.perf_counter() - start
     cpu_seconds = time.process_time() - cpu_start

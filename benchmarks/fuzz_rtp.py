@@ -137,10 +137,10 @@ def run(n: int, seed: int) -> dict:
         if i % _SOURCE_LIFETIME == _SOURCE_LIFETIME - 1:
             # a fresh source now and then: random SSRCs would otherwise hold every slot
             # and starve the decoders; closing also exercises flush and end
-            source.close()
+            source.stop()
             counters.update(source.counters)
             source = RtpSource(sink, idle_timeout=1e9, max_streams=64)
-    source.close()
+    source.stop()
     counters.update(source.counters)
     seconds = time.perf_counter() - start
     cpu_seconds = time.process_time() - cpu_start

@@ -117,9 +117,15 @@ def scrape(port: int, path: str) -> str:
 
 
 def packet_counters(metrics_text: str) -> dict[str, int]:
+    """The sources' counts in /metrics by their own names (streamqa.sources.series): packet
+    outcomes, stream events and source errors."""
+    from streamqa.sources import STREAM_EVENTS
+
+    names = {("event", v): k for k, v in STREAM_EVENTS.items()}
     out = {}
-    for m in re.finditer(r'^streamqa_packets_total\{reason="([^"]+)"\} (\S+)$', metrics_text, re.MULTILINE):
-        out[m.group(1)] = int(float(m.group(2)))
+    pattern = r'^streamqa_(?:packets|stream_events|source_errors)_total\{(reason|event|kind)="([^"]+)"\} (\S+)$'
+    for m in re.finditer(pattern, metrics_text, re.MULTILINE):
+        out[names.get((m.group(1), m.group(2)), m.group(2))] = int(float(m.group(3)))
     return out
 
 

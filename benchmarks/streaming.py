@@ -7,7 +7,7 @@ One trial: N PCMU streams (20 ms packets, pre-encoded speech) from real sender p
 over loopback, each stream on its own socket (its own 4-tuple) and starting at its own
 phase of the hop, as independent calls would; the monitor (``streamqa.workers``: scoring
 shards on one SO_REUSEPORT port behind one websocket) in its own process tree; M websocket
-subscribers here. Latency is ARCHITECTURE section 5's: from the moment the packet holding
+subscribers here. Latency as docs/architecture.md (section 3) defines it: from the moment the packet holding
 a window's last sample was due to be sent to the moment a subscriber holds the score, on
 CLOCK_MONOTONIC, which every process on the host shares. A trial *holds real time* when no
 packet or message is dropped, every stream gets every hop on every subscriber, the p99
@@ -133,7 +133,7 @@ def _sender(streams: list[tuple[int, float]], addr: tuple[str, int], seconds: fl
 
 # --- monitor process ---------------------------------------------------------------------
 def _monitor(cfg: TrialConfig, q: mp.Queue) -> None:
-    from streamqa.workers import ShardOptions, run_sharded
+    from streamqa.monitor import MonitorOptions, run_monitor
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -141,15 +141,16 @@ def _monitor(cfg: TrialConfig, q: mp.Queue) -> None:
 
         def announce(f: asyncio.Future) -> None:
             r = f.result()
-            q.put(("ready", {"rtp": list(r["rtp"]), "ws": list(r["ws"]), "pids": [os.getpid(), *r["pids"]]}))
+            q.put(("ready", {"rtp": list(r["rtp"][0]), "ws": list(r["ws"]), "pids": [os.getpid(), *r["pids"]]}))
 
         ready.add_done_callback(announce)
-        opts = ShardOptions(model=cfg.model, rtp=("127.0.0.1", 0), hop_s=cfg.hop_s, idle_timeout=3.0,
-                            max_streams=max(1000, cfg.streams + 10))
-        await run_sharded(opts, cfg.workers, ws=("127.0.0.1", 0), quiet=True, ready=ready)
-        r = ready.result()
-        q.put(("done", {"totals": r["shards"].totals(),
-                        "ws_dropped": r["metrics"].value("streamqa_ws_dropped_total") or 0}))
+        opts = MonitorOptions(model=cfg.model, rtp=[("127.0.0.1", 0)], ws=("127.0.0.1", 0), hop_s=cfg.hop_s,
+                              idle_timeout=3.0, max_streams=max(1000, cfg.streams + 10), quiet=True,
+                              workers=cfg.workers)
+        await run_monitor(None, opts, ready=ready)
+        metrics = ready.result()["metrics"]
+        totals = {name: int(metrics.value(f"streamqa_{name}_total") or 0) for name in ("hops_scored", "hops_dropped")}
+        q.put(("done", {"totals": totals, "ws_dropped": metrics.value("streamqa_ws_dropped_total") or 0}))
 
     asyncio.run(main())
 

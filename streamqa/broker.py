@@ -29,7 +29,6 @@ import logging
 import os
 import socket
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -38,7 +37,10 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from .server import Hub, encode
+from .dropqueue import DropOldest
+from .rolling import lost_summary
+from .scorer import end_message
+from .server import Hub, Outgoing, encode, outgoing
 
 log = logging.getLogger(__name__)
 
@@ -137,11 +139,13 @@ class BrokerPublisher:
         self.max_buffer = max_buffer
         self.close_timeout = close_timeout
         self.counters: dict[str, int] = {"published": 0, "dropped": 0, "errors": 0}
-        self._buffer: deque[tuple[str, str | None, str]] = deque()  # (kind, stream, text)
+        # (kind, stream, text); only scores are dropped while stream events fit
+        self._buffer: DropOldest[tuple[str, str | None, str]] = DropOldest(max_buffer)
         self._wakeup = asyncio.Event()
         self._client: aioredis.Redis | None = None
         self._tasks: list[asyncio.Task] = []
         self._key = self.url.streams_prefix + self.monitor_id
+        self._tag_text = ',"monitor":' + json.dumps(self.monitor_id) + "}"  # closes the message's object
         self._inflight = False  # a batch is out of the buffer and on its way to Redis
 
     async def start(self) -> None:
@@ -149,26 +153,25 @@ class BrokerPublisher:
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._ship()), loop.create_task(self._heartbeat())]
 
-    def publish(self, msg: Mapping[str, Any]) -> None:
-        """Queue one protocol message (adds ``"monitor"``); drops the oldest score when full."""
-        kind = msg.get("type")
-        if kind not in ("stream", "score"):
-            raise ValueError(f"publish takes 'stream' or 'score' messages, got {kind!r}")
-        stream = msg.get("stream")
-        tag = f"{kind}:{msg.get('event')}" if kind == "stream" else "score"
-        self._queue(tag, stream, encode({**msg, "monitor": self.monitor_id}))
+    def publish(self, msg: Mapping[str, Any] | Outgoing) -> None:
+        """Queue one protocol message (adds ``"monitor"`` to its encoded text, which is
+        otherwise passed on as is); drops the oldest score when full."""
+        if not isinstance(msg, Outgoing):
+            msg = outgoing(msg)
+        tag = f"stream:{msg.event}" if msg.kind == "stream" else "score"
+        self._queue(tag, msg.stream, msg.text[:-1] + self._tag_text)
 
     def _queue(self, tag: str, stream: str | None, text: str) -> None:
-        self._buffer.append((tag, stream, text))
-        self._trim()
+        self._add((tag, stream, text))
         self._wakeup.set()
 
-    def _trim(self) -> None:
+    def _add(self, item: tuple[str, str | None, str]) -> None:
         """Keep the buffer bounded: the oldest score goes first, then the oldest anything."""
-        while len(self._buffer) > self.max_buffer:
-            victim = next((i for i, (t, _, _) in enumerate(self._buffer) if t == "score"), 0)
-            del self._buffer[victim]
+        self.counters["dropped"] += self._buffer.make_room()
+        if not self._buffer.fits():
+            self._buffer.popleft()
             self.counters["dropped"] += 1
+        self._buffer.append(item, droppable=item[0] == "score")
 
     def _heartbeat_text(self) -> str:
         return encode({
@@ -187,14 +190,16 @@ class BrokerPublisher:
             while not self._buffer:
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            batch = list(self._buffer)
+            batch = [item for _, item in self._buffer]
             self._buffer.clear()
             self._inflight = True
             try:
                 await self._send(batch)
             except (RedisError, OSError) as exc:
-                self._buffer.extendleft(reversed(batch))  # retry them first, in order
-                self._trim()
+                later = [item for _, item in self._buffer]
+                self._buffer.clear()
+                for item in batch + later:  # retry them first, in order
+                    self._add(item)
                 self.counters["errors"] += 1
                 if self.counters["errors"] == 1 or self.counters["errors"] % 100 == 0:
                     log.warning("broker %s unavailable (%s); buffering", self.url.where, exc)
@@ -395,13 +400,6 @@ class GatewayFeed:
             return
         for sid, entry in mon.streams.items():
             start = entry["start"]
-            self.hub.publish({
-                "type": "stream", "event": "end", "stream": sid, "source": start.get("source", "rtp"),
-                "info": start.get("info", {}), "monitor": name,
-                "summary": {
-                    "duration_s": entry["t"], "hops": entry["hops"], "scored": None,
-                    "speech_fraction": None, "mean": None, "min": None, "max": None,
-                    "p5": None, "p50": None, "p95": None, "worst_t": None, "outputs": {},
-                    "lost": "monitor stopped publishing",
-                },
-            })
+            summary = lost_summary("monitor stopped publishing", duration_s=entry["t"], hops=entry["hops"])
+            self.hub.publish(end_message(sid, start.get("source", "rtp"), start.get("info", {}), summary,
+                                         monitor=name))

@@ -306,7 +306,7 @@ class CaptureAnalysis:
     def finish(self) -> list[StreamResult]:
         """End every stream still open (end of capture) and score what is left."""
         for source in self._sources.values():
-            source.close()
+            source.stop()
             self.counters.update(source.counters)
         self.engine.score_pending()
         self.engine.close()

@@ -1,6 +1,7 @@
 """The ``streamqa`` command: score files, monitor live streams, list bundled models.
 
-Contract: ARCHITECTURE section 3, mirrored in docs/protocol.md and the README.
+Contract: the README's "Use" (commands, outputs, exit codes) and docs/protocol.md (what
+the monitor publishes); where it sits: docs/architecture.md, section 1.
 """
 
 from __future__ import annotations
@@ -288,16 +289,10 @@ def _host_port(spec: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
 
 
 def _monitor_options(args: argparse.Namespace) -> MonitorOptions:
+    """The monitor's options from its command line; refuses what cannot run (ValueError)."""
     from streamqa.monitor import MonitorOptions
-    from streamqa.rtp.codecs import parse_rtp_map
 
-    if not (args.rtp or args.mic is not None or args.file or args.demo or args.webrtc):
-        raise UsageError("give at least one source: --rtp, --mic, --file, --demo or --webrtc")
-    for spec in args.rtp_map:
-        parse_rtp_map(spec)  # ValueError names what is wrong with the spec
-    if args.workers and (args.mic is not None or args.file or args.demo or args.webrtc or len(args.rtp) != 1):
-        raise UsageError("--workers shards one --rtp socket; it cannot be combined with --mic, --file, --demo or --webrtc")
-    return MonitorOptions(
+    opts = MonitorOptions(
         rtp=[_host_port(s) for s in args.rtp],
         rtp_map=args.rtp_map,
         mic=args.mic,
@@ -319,7 +314,12 @@ def _monitor_options(args: argparse.Namespace) -> MonitorOptions:
         broker=args.broker,
         monitor_id=args.monitor_id,
         webrtc=_host_port(args.webrtc) if args.webrtc else None,
+        model=args.model,
+        threads=args.threads,
+        workers=args.workers,
     )
+    opts.check()
+    return opts
 
 
 def _note_wildcard_bind(command: str, ws_host: str, allow_hosts: list[str] | None) -> None:
@@ -366,23 +366,13 @@ def _serve(command: str, job: Callable[[], Coroutine[Any, Any, int]]) -> int:
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
-    """``streamqa monitor``: one process, or ``--workers`` shard processes on one port."""
+    """``streamqa monitor``: one process, or ``--workers`` shard processes on its RTP ports."""
     from streamqa.monitor import run_monitor
 
     def job() -> Coroutine[Any, Any, int]:
         opts = _monitor_options(args)
         _note_wildcard_bind("monitor", opts.ws[0], opts.allow_hosts)
-        if args.workers:
-            from streamqa.workers import ShardOptions, run_sharded
-
-            shard = ShardOptions(model=args.model, rtp=opts.rtp[0], window_s=opts.window_s, hop_s=opts.hop_s,
-                                 idle_timeout=opts.idle_timeout, rtp_map=opts.rtp_map, threads=args.threads,
-                                 max_streams=opts.max_streams, max_streams_per_address=opts.max_streams_per_address,
-                                 new_streams_per_s=opts.new_streams_per_s)
-            return run_sharded(shard, args.workers, ws=opts.ws, token=opts.token, origins=opts.origins,
-                               allow_hosts=opts.allow_hosts, duration=opts.duration,
-                               quiet=opts.quiet, broker=opts.broker, monitor_id=opts.monitor_id)
-        return run_monitor(load_model(args.model, threads=args.threads), opts)
+        return run_monitor(None, opts)
 
     return _serve("monitor", job)
 
@@ -474,7 +464,7 @@ def _add_monitor(sub: argparse._SubParsersAction) -> None:
     mo.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (default: %(default)s)")
     mo.add_argument("--broker", metavar="URL", help=f"also publish to redis://HOST:PORT/CHANNEL for gateways (or ${ENV_BROKER}; needs streamqa[broker])")
     mo.add_argument("--monitor-id", help="this monitor's name on the broker (default: host-pid)")
-    mo.add_argument("--workers", type=int, default=0, metavar="N", help="shard one --rtp port over N processes (default: one process)")
+    mo.add_argument("--workers", type=int, default=0, metavar="N", help="score the --rtp ports in N processes sharing them (default: one process)")
     mo.set_defaults(func=cmd_monitor)
 
 

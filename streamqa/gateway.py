@@ -55,20 +55,16 @@ async def run_gateway(
     try:
         if not quiet:
             print(f"streamqa gateway: waiting for a monitor on {broker}", file=out, flush=True)
-        waiter = loop.create_task(stop.wait())
-        await asyncio.wait([model, waiter, consume], return_when=asyncio.FIRST_COMPLETED)
-        waiter.cancel()
-        if consume.done():  # only a bug ends the consumer: surface it
-            consume.result()
-        if not model.done():
+        info = await _first_model(model, stop, consume)
+        if info is None:
             return 0
-        hub = Hub(model.result(), metrics=metrics)
+        hub = Hub(info, metrics=metrics)
         feed.hub = hub
         server = await serve(hub, host, port, token=token, origins=origins, allow_hosts=allow_hosts,
                              metrics=metrics)
         ws_host, ws_port = server.sockets[0].getsockname()[:2]
         if not quiet:
-            print(f"streamqa gateway: model {model.result().get('name')}  websocket ws://{ws_host}:{ws_port}/", file=out, flush=True)
+            print(f"streamqa gateway: model {info.get('name')}  websocket ws://{ws_host}:{ws_port}/", file=out, flush=True)
         if ready is not None:
             ready.set_result({"ws": (ws_host, ws_port), "hub": hub, "feed": feed})
         await stop.wait()
@@ -79,3 +75,13 @@ async def run_gateway(
             server.close()
             await server.wait_closed()
     return 0
+
+
+async def _first_model(model: asyncio.Future, stop: asyncio.Event, consume: asyncio.Task) -> dict[str, Any] | None:
+    """The first monitor's model (its hello), or None when stopped before one was heard."""
+    waiter = asyncio.get_running_loop().create_task(stop.wait())
+    await asyncio.wait([model, waiter, consume], return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    if consume.done():  # only a bug ends the consumer: surface it
+        consume.result()
+    return model.result() if model.done() else None

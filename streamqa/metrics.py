@@ -1,6 +1,6 @@
 """A small Prometheus text-format registry (exposition format 0.0.4).
 
-Why not prometheus_client: the monitor needs seven series, a lock and a renderer; a
+Why not prometheus_client: the monitor needs ten series, a lock and a renderer; a
 dependency with its own global registry, multiprocess mode and default collectors is more
 than that, and a global registry makes tests that start several servers in one process
 interfere. The scoring worker thread observes latency while the event loop renders, so
@@ -13,6 +13,7 @@ import math
 import re
 import threading
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 __all__ = ["Metrics", "DEFAULT_LATENCY_BUCKETS"]
 
@@ -25,6 +26,9 @@ _NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
 LabelKey = tuple[tuple[str, str], ...]
+# Every counter series and histogram of a registry as plain (picklable) data: counter name ->
+# {label key: value}, histogram name -> (bucket counts, count, sum). See Metrics.counts.
+Counts = dict[str, Any]
 
 
 def _escape(value: str) -> str:
@@ -90,6 +94,16 @@ class Metrics:
         self.gauge("streamqa_streams", "Streams currently being scored.")
         self.counter(
             "streamqa_packets_total", "RTP packets by outcome.", labelnames=("reason",)
+        )
+        self.counter(
+            "streamqa_stream_events_total",
+            "Streams started, ended, evicted (admission caps) and ended by an RTCP BYE.",
+            labelnames=("event",),
+        )
+        self.counter(
+            "streamqa_source_errors_total",
+            "Source failures that are not packets: internal errors, socket errors, input overflows.",
+            labelnames=("kind",),
         )
         self.counter("streamqa_hops_scored_total", "Hops scored across all streams.")
         self.counter("streamqa_hops_dropped_total", "Hops dropped because scoring fell behind.")
@@ -188,6 +202,40 @@ class Metrics:
         with self._lock:
             fam = self._family(name, ("counter", "gauge"))
             return fam.values.get(fam.key(labels))
+
+    # -- merging (streamqa.workers) -------------------------------------------------------
+    def counts(self) -> Counts:
+        """Every counter and histogram as plain data: what a worker process sends its parent,
+        whose registry adds the difference to its own (``add_counts``), so /metrics shows the
+        sum over workers. Gauges are not included: they describe the process that sets them."""
+        with self._lock:
+            out: Counts = {}
+            for fam in self._families.values():
+                if isinstance(fam, _Histogram):
+                    out[fam.name] = (list(fam.counts), fam.count, fam.sum)
+                elif fam.kind == "counter":
+                    out[fam.name] = dict(fam.values)
+            return out
+
+    def add_counts(self, new: Counts, old: Counts | None = None) -> None:
+        """Add ``new - old`` (two ``counts()`` of another registry with the same histogram
+        buckets; ``old`` None: all of ``new``) to this registry's counters and histograms."""
+        old = old or {}
+        with self._lock:
+            for name, value in new.items():
+                fam = self._families[name]
+                before = old.get(name)
+                if isinstance(fam, _Histogram):
+                    counts, count, total = before or ([0] * len(value[0]), 0, 0.0)
+                    for i, n in enumerate(value[0]):
+                        fam.counts[i] += n - counts[i]
+                    fam.count += value[1] - count
+                    fam.sum += value[2] - total
+                    continue
+                before = before or {}
+                for key, v in value.items():
+                    if v != before.get(key, 0.0):
+                        fam.values[key] = fam.values.get(key, 0.0) + v - before.get(key, 0.0)
 
     # -- exposition ------------------------------------------------------------------------
     def render(self) -> str:

@@ -27,9 +27,9 @@ import logging
 import math
 import time
 import weakref
-from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection
@@ -41,12 +41,13 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 
 from .access import AccessPolicy, default_hosts
+from .dropqueue import DropOldest
 from .listen import listen_error
 from .logthrottle import LogThrottle, throttled
 from .metrics import Metrics
 from .ratelimit import TokenBucket
 
-__all__ = ["Hub", "serve", "PROTOCOL_VERSION"]
+__all__ = ["Hub", "Outgoing", "outgoing", "serve", "PROTOCOL_VERSION"]
 
 PROTOCOL_VERSION = 1
 WEB_DIR = Path(__file__).parent / "web"
@@ -93,6 +94,50 @@ def encode(msg: Mapping) -> str:
     return json.dumps(jsonable(msg), separators=(",", ":"), allow_nan=False)
 
 
+class Outgoing(NamedTuple):
+    """A protocol "stream" or "score" message encoded once, with the fields that route it.
+
+    The engine's message is encoded where it is made (``outgoing``); the hub, the console,
+    the broker and a worker's pipe to its parent pass ``text`` on as it is, so a message is
+    never decoded and encoded again on its way to the subscribers."""
+
+    kind: str  # "stream" | "score"
+    stream: str
+    event: str | None  # "start" | "end" for kind "stream"
+    rolling: float | None  # a score's finite mos_rolling (the stream_mos gauge)
+    text: str
+
+
+def outgoing(msg: Mapping) -> Outgoing:
+    """Check and encode one message. Raises ValueError for anything but a "stream" (start or
+    end) or "score" message with a non-empty stream id: an engine bug should be loud, not a
+    silent gap on every screen."""
+    kind = msg.get("type")
+    stream = msg.get("stream")
+    if kind not in ("stream", "score"):
+        raise ValueError(f"publish takes 'stream' or 'score' messages, got {kind!r}")
+    if not isinstance(stream, str) or not stream:
+        raise ValueError(f"message needs a non-empty string 'stream', got {stream!r}")
+    event = rolling = None
+    if kind == "stream":
+        event = msg.get("event")
+        if event not in ("start", "end"):
+            raise ValueError(f"stream event must be 'start' or 'end', got {event!r}")
+    else:
+        value = jsonable(msg.get("mos_rolling"))  # finite number or None now
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            rolling = float(value)
+    return Outgoing(kind, stream, event, rolling, encode(msg))
+
+
+def renamed(msg: Outgoing, stream: str) -> Outgoing:
+    """The same message under another stream id (decoded and encoded again: only for the
+    rare ids that collide, streamqa.workers)."""
+    body = json.loads(msg.text)
+    body["stream"] = stream
+    return outgoing(body)
+
+
 class _Client:
     """One websocket subscriber: a bounded queue of encoded messages and its filter."""
 
@@ -102,7 +147,6 @@ class _Client:
         self.conn = conn
         self.queue_size = queue_size
         self.max_bytes = max_bytes  # text bytes queued, must-deliver messages included
-        self.bytes = 0
         # Set while the queue has room to take replies: the connection handler reads the
         # client's next message only then.
         self.room = asyncio.Event()
@@ -113,8 +157,8 @@ class _Client:
         # healthy client can read, and must not disconnect every subscriber.
         self.event_backlog = max(queue_size, event_backlog or queue_size)
         self.stall_timeout_s = stall_timeout_s
-        # (droppable, text): droppable is True for score messages only.
-        self.queue: deque[tuple[bool, str]] = deque()
+        # Encoded messages; droppable: score messages only.
+        self.queue: DropOldest[str] = DropOldest(queue_size, max_bytes)
         self.wakeup = asyncio.Event()
         self.streams: frozenset[str] | None = None  # None = every stream
         self.dropped = 0
@@ -138,24 +182,20 @@ class _Client:
         """
         dropped = 0
         size = len(text)
-        while len(self.queue) >= self.queue_size or self.bytes + size > self.max_bytes:
+        queue = self.queue
+        if not queue.fits(size):
             if self.full_since is None:
                 self.full_since = now
             elif now - self.full_since > self.stall_timeout_s:
                 return 0, f"client too slow: queue full for over {self.stall_timeout_s:g} s"
-            victim = next((i for i, (d, _) in enumerate(self.queue) if d), None)
-            if victim is None:
+            dropped = queue.make_room(size)
+            if not queue.fits(size):  # only must-deliver messages are queued
                 if droppable:
                     return dropped + 1, None
-                if len(self.queue) >= self.event_backlog or self.bytes + size > self.max_bytes:
+                if len(queue) >= self.event_backlog or queue.bytes + size > self.max_bytes:
                     return dropped, "client too slow: queue full of undelivered messages"
-                break
-            self.bytes -= len(self.queue[victim][1])
-            del self.queue[victim]
-            dropped += 1
-        self.queue.append((droppable, text))
-        self.bytes += size
-        if self.bytes >= READ_PAUSE_BYTES or len(self.queue) >= self.queue_size:
+        queue.append(text, droppable=droppable, size=size)
+        if queue.bytes >= READ_PAUSE_BYTES or len(queue) >= self.queue_size:
             self.room.clear()
         self.peak = max(self.peak, len(self.queue))
         self.wakeup.set()
@@ -173,11 +213,10 @@ class _Client:
             while not self.queue:
                 self.wakeup.clear()
                 await self.wakeup.wait()
-            _, text = self.queue.popleft()
-            self.bytes -= len(text)
-            if len(self.queue) <= self.queue_size // 2 and self.bytes <= self.max_bytes // 2:
+            text = self.queue.popleft()
+            if len(self.queue) <= self.queue_size // 2 and self.queue.bytes <= self.max_bytes // 2:
                 self.full_since = None
-            if self.bytes < READ_PAUSE_BYTES // 2 and len(self.queue) < self.queue_size // 2:
+            if self.queue.bytes < READ_PAUSE_BYTES // 2 and len(self.queue) < self.queue_size // 2:
                 self.room.set()
             await self.conn.send(text)
 
@@ -211,43 +250,32 @@ class Hub:
     def clients(self) -> list[_Client]:
         return list(self._clients.values())
 
-    def publish(self, msg: Mapping) -> None:
-        """Send a protocol "stream" or "score" message to every subscribed client.
-
-        Raises ValueError for a message that is not one of those two (an engine bug
-        should be loud, not a silent gap on every screen).
-        """
-        kind = msg.get("type")
-        stream = msg.get("stream")
-        if kind not in ("stream", "score"):
-            raise ValueError(f"publish takes 'stream' or 'score' messages, got {kind!r}")
-        if not isinstance(stream, str) or not stream:
-            raise ValueError(f"message needs a non-empty string 'stream', got {stream!r}")
-        text = encode(msg)
-        if kind == "stream":
-            event = msg.get("event")
-            if event == "start":
+    def publish(self, msg: Mapping | Outgoing) -> None:
+        """Send a protocol "stream" or "score" message (or its ``Outgoing``, passed on as
+        encoded) to every subscribed client. Raises ValueError as ``outgoing`` does."""
+        if not isinstance(msg, Outgoing):
+            msg = outgoing(msg)
+        stream, text = msg.stream, msg.text
+        if msg.kind == "stream":
+            if msg.event == "start":
                 self._active[stream] = text
                 self._latest.pop(stream, None)
-            elif event == "end":
+            else:
                 self._active.pop(stream, None)
                 self._latest.pop(stream, None)
-            else:
-                raise ValueError(f"stream event must be 'start' or 'end', got {event!r}")
             if self.metrics is not None:
                 self.metrics.set("streamqa_streams", len(self._active))
-                if event == "end":
+                if msg.event == "end":
                     self.metrics.remove("streamqa_stream_mos", stream=stream)
         else:
             if stream in self._active:
                 self._latest[stream] = text
             if self.metrics is not None:
-                rolling = jsonable(msg.get("mos_rolling"))  # finite number or None now
-                if isinstance(rolling, (int, float)) and not isinstance(rolling, bool):
-                    self.metrics.set("streamqa_stream_mos", rolling, stream=stream)
+                if msg.rolling is not None:
+                    self.metrics.set("streamqa_stream_mos", msg.rolling, stream=stream)
                 else:
                     self.metrics.remove("streamqa_stream_mos", stream=stream)
-        self._fan_out(text, stream, droppable=(kind == "score"))
+        self._fan_out(text, stream, droppable=(msg.kind == "score"))
 
     def _fan_out(self, text: str, stream: str, droppable: bool) -> None:
         now = time.monotonic()
@@ -282,7 +310,6 @@ class Hub:
             return
         client.closing = True
         client.queue.clear()
-        client.bytes = 0
         client.room.set()
         log.warning("disconnecting websocket client %s: %s", client.conn.remote_address, reason)
         task = asyncio.get_running_loop().create_task(_disconnect(client.conn, reason))
@@ -493,6 +520,33 @@ async def serve(
     texts are shared by all clients: the cost is a small tuple per message per client).
     Close the server with ``server.close(); await server.wait_closed()``.
     """
+    _check_limits(queue_size, event_backlog, max_clients, max_message_bytes, max_queue_bytes)
+    policy = AccessPolicy(token=token, origins=origins,
+                          hosts=list(allow_hosts) if allow_hosts else default_hosts(host))
+    if metrics is None:
+        metrics = hub.metrics
+    elif hub.metrics is None:
+        hub.metrics = metrics
+    endpoint = _Endpoint(hub, policy, metrics, max_clients, dict(
+        queue_size=queue_size, stall_s=stall_timeout_s, event_backlog=event_backlog,
+        max_bytes=max_queue_bytes, messages_per_s=messages_per_s))
+    try:
+        server = await ws_serve(endpoint.handler, host, port, process_request=endpoint.process_request,
+                                max_size=max_message_bytes, close_timeout=close_timeout, create_connection=_Connection,
+                                # Per-connection deflate costs CPU per client for ~300-byte messages
+                                # that barely compress; fan-out to hundreds of overlays matters more.
+                                compression=None, logger=throttled(logging.getLogger("websockets.server"), _throttle))
+    except OSError as exc:
+        raise listen_error("websocket", host, port, exc) from exc
+    policy.port = server.sockets[0].getsockname()[1]
+    sweeper = asyncio.get_running_loop().create_task(_sweep(hub, server, stall_timeout_s))
+    hub._closing.add(sweeper)
+    sweeper.add_done_callback(hub._closing.discard)
+    return server
+
+
+def _check_limits(queue_size: int, event_backlog: int, max_clients: int, max_message_bytes: int,
+                  max_queue_bytes: int) -> None:
     if queue_size < 2:
         raise ValueError(f"queue_size must be >= 2, got {queue_size}")
     if event_backlog < queue_size:
@@ -501,30 +555,33 @@ async def serve(
         raise ValueError("max_clients must be >= 1 and max_message_bytes >= 64")
     if max_queue_bytes < 2 * max_message_bytes:
         raise ValueError(f"max_queue_bytes must be >= 2 * max_message_bytes, got {max_queue_bytes}")
-    policy = AccessPolicy(token=token, origins=origins,
-                          hosts=list(allow_hosts) if allow_hosts else default_hosts(host))
-    if metrics is None:
-        metrics = hub.metrics
-    elif hub.metrics is None:
-        hub.metrics = metrics
-    static = {
-        path: ((WEB_DIR / name).read_bytes(), ctype)
-        for path, (name, ctype) in STATIC_FILES.items()
-    }
-    admitted: weakref.WeakSet[ServerConnection] = weakref.WeakSet()
 
-    def process_request(conn: ServerConnection, request: Request) -> Response | None:
+
+class _Endpoint:
+    """The HTTP and websocket handlers of one served port: every request passes the access
+    policy, GETs are answered from the static files, /healthz and /metrics, and each
+    admitted websocket becomes one of the hub's clients (``limits``: its queue settings)."""
+
+    def __init__(self, hub: Hub, policy: AccessPolicy, metrics: Metrics | None, max_clients: int,
+                 limits: dict[str, float]) -> None:
+        self.hub, self.policy, self.metrics = hub, policy, metrics
+        self.max_clients = max_clients
+        self.limits = limits
+        self.static = {path: ((WEB_DIR / name).read_bytes(), ctype) for path, (name, ctype) in STATIC_FILES.items()}
+        self.admitted: weakref.WeakSet[ServerConnection] = weakref.WeakSet()
+
+    def process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         if getattr(conn, "early_bytes", 0):
             return _text(400, "unexpected bytes after the request")
         url = urlsplit(request.path)
         query = parse_qs(url.query)
         upgrade = "websocket" in request.headers.get("Upgrade", "").lower()
-        refused = policy.refuse(request, query)
+        refused = self.policy.refuse(request, query)
         if refused is not None:
             status, reason = refused
             return _text(status, reason, **({"Allow": "GET, HEAD"} if status == 405 else {}))
         if not upgrade:
-            response = http_get(url.path, query, request)
+            response = self.http_get(url.path, query, request)
             if request.method == "HEAD":  # the GET's headers, Content-Length included, no body
                 response = Response(response.status_code, response.reason_phrase, response.headers, b"")
             return response
@@ -532,36 +589,37 @@ async def serve(
             return _text(405, "a websocket upgrade is a GET", Allow="GET, HEAD")
         if url.path not in WS_PATHS:
             return _text(404, "websocket endpoint is / or /ws")
-        if not policy.token_ok(request, query.get("token", [])):
+        if not self.policy.token_ok(request, query.get("token", [])):
             return _text(401, "missing or wrong token", WWW_Authenticate="Bearer")
-        if not policy.origin_ok(request.headers.get("Origin")):
+        if not self.policy.origin_ok(request.headers.get("Origin")):
             return _text(403, "origin not allowed")
-        live = sum(1 for c in admitted if c.state is not State.CLOSED)
-        if live >= max_clients:
-            return _text(503, f"too many clients (limit {max_clients})", Retry_After="5")
-        admitted.add(conn)
+        live = sum(1 for c in self.admitted if c.state is not State.CLOSED)
+        if live >= self.max_clients:
+            return _text(503, f"too many clients (limit {self.max_clients})", Retry_After="5")
+        self.admitted.add(conn)
         return None
 
-    def http_get(path: str, query: dict[str, list[str]], request: Request) -> Response:
-        if path in static:
-            body, ctype = static[path]
+    def http_get(self, path: str, query: dict[str, list[str]], request: Request) -> Response:
+        if path in self.static:
+            body, ctype = self.static[path]
             return _response(200, body, ctype)
         if path == "/healthz":
             return _response(200, encode({
-                "status": "ok", "clients": len(hub.clients),
-                "streams": len(hub.active_streams),
+                "status": "ok", "clients": len(self.hub.clients),
+                "streams": len(self.hub.active_streams),
             }), "application/json")
         if path == "/metrics":
-            if metrics is None:
+            if self.metrics is None:
                 return _text(404, "metrics are not enabled")
-            if not policy.token_ok(request, query.get("token", [])):
+            if not self.policy.token_ok(request, query.get("token", [])):
                 return _text(401, "token required", WWW_Authenticate="Bearer")
-            return _response(200, metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
+            return _response(200, self.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
         return _text(404, "not found")
 
-    async def handler(conn: ServerConnection) -> None:
-        client = hub._register(conn, queue_size, stall_timeout_s, event_backlog,
-                               max_bytes=max_queue_bytes, messages_per_s=messages_per_s)
+    async def handler(self, conn: ServerConnection) -> None:
+        hub, limits = self.hub, self.limits
+        client = hub._register(conn, limits["queue_size"], limits["stall_s"], limits["event_backlog"],
+                               max_bytes=limits["max_bytes"], messages_per_s=limits["messages_per_s"])
         pump = asyncio.create_task(client.pump())
         try:
             while True:
@@ -583,28 +641,6 @@ async def serve(
                 await pump
             except (asyncio.CancelledError, ConnectionClosed):
                 pass
-
-    try:
-        server = await ws_serve(
-            handler,
-            host,
-            port,
-            process_request=process_request,
-            max_size=max_message_bytes,
-            # Per-connection deflate costs CPU per client for ~300-byte messages that barely
-            # compress; fan-out to hundreds of overlays matters more.
-            compression=None,
-            close_timeout=close_timeout,
-            create_connection=_Connection,
-            logger=throttled(logging.getLogger("websockets.server"), _throttle),
-        )
-    except OSError as exc:
-        raise listen_error("websocket", host, port, exc) from exc
-    policy.port = server.sockets[0].getsockname()[1]
-    sweeper = asyncio.get_running_loop().create_task(_sweep(hub, server, stall_timeout_s))
-    hub._closing.add(sweeper)
-    sweeper.add_done_callback(hub._closing.discard)
-    return server
 
 
 async def _sweep(hub: Hub, server: Server, stall_timeout_s: float) -> None:

@@ -116,7 +116,7 @@ def test_publisher_buffer_is_bounded_and_keeps_stream_events():
         return pub
 
     pub = asyncio.run(main())
-    kinds = [(tag, json.loads(text).get("t")) for tag, _, text in pub._buffer]
+    kinds = [(tag, json.loads(text).get("t")) for _, (tag, _, text) in pub._buffer]
     assert kinds == [("stream:start", None), ("score", 3.0), ("score", 4.0)]
     assert pub.counters["dropped"] == 3
 
@@ -155,13 +155,14 @@ def redis_url(tmp_path):
 
 def _monitor(model: str, broker: str, name: str, out: "mp.Queue") -> None:
     """A monitor process: one scoring shard on a free UDP port, publishing to the broker."""
-    from streamqa.workers import ShardOptions, run_sharded
+    from streamqa.monitor import MonitorOptions, run_monitor
 
     async def main():
         ready = asyncio.get_running_loop().create_future()
-        ready.add_done_callback(lambda f: out.put((tuple(f.result()["rtp"]), f.result()["pids"])))
-        opts = ShardOptions(model=model, rtp=("127.0.0.1", 0), hop_s=0.5, idle_timeout=2.0)
-        await run_sharded(opts, 1, ws=("127.0.0.1", 0), quiet=True, ready=ready, broker=broker, monitor_id=name)
+        ready.add_done_callback(lambda f: out.put((tuple(f.result()["rtp"][0]), f.result()["pids"])))
+        opts = MonitorOptions(model=model, rtp=[("127.0.0.1", 0)], ws=("127.0.0.1", 0), hop_s=0.5, idle_timeout=2.0,
+                              quiet=True, broker=broker, monitor_id=name, workers=1)
+        await run_monitor(None, opts, ready=ready)
 
     asyncio.run(main())
 

@@ -27,11 +27,12 @@ from websockets.asyncio.client import connect
 
 from streamqa.model import Model
 from streamqa.monitor import MonitorOptions, run_monitor
+from streamqa.sources import series
 from streamqa.rtp.packet import build
 
 TIMEOUT = 5.0  # every wait scales with this
 TRAFFIC_S = 7.0
-RUN_S = TRAFFIC_S + 5.0  # traffic, idle eviction (1 s), one counter-mirror period, margin
+RUN_S = TRAFFIC_S + 5.0  # traffic, idle eviction (1 s), margin
 HOP_S = 0.48
 L16 = 96  # dynamic payload type mapped to L16/8000 below
 MAX_STREAMS = 1000  # RtpSource's default cap, which run_monitor uses
@@ -193,8 +194,8 @@ def test_monitor_survives_hostile_rtp_and_accounts_for_every_datagram(tiny_onnx)
         while len(hub.clients) > 1 or up["engine"].streams:  # victim gone, every call idle-ended
             assert time.monotonic() < deadline, (len(hub.clients), list(up["engine"].streams))
             await asyncio.sleep(0.05)
-        await asyncio.sleep(1.2)  # one more /metrics mirror period
-        counters = {r: int(metrics.value("streamqa_packets_total", reason=r) or 0)
+        await asyncio.sleep(1.2)  # the last ends land before /metrics is read
+        counters = {r: int(metrics.value(series(r)[0], **series(r)[1]) or 0)  # each in its own series
                     for r in (*PARSER_REASONS, "probation", "unknown_payload_type", "internal_error",
                               "socket_error", "decode_error", "non_finite", "streams_started", "streams_ended",
                               "streams_evicted")}

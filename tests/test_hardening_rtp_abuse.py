@@ -57,7 +57,7 @@ def test_timestamp_jump_ahead_of_the_clock_conceals_nothing():
         for k in range(1, 21):
             sock.sendto(build(0, 2 + 100 * k, 320 + 20 * RATE * k, 0xA1, PAYLOAD), addr)
         await wait_for(lambda: sink.ended)
-        source.close()
+        source.stop()
         sock.close()
         return seconds(sink, 0xA1)
 
@@ -82,7 +82,7 @@ def test_concealment_is_capped_per_wall_clock_second():
             await asyncio.sleep(0.001)
         elapsed = time.monotonic() - t0
         await wait_for(lambda: sink.ended)
-        source.close()
+        source.stop()
         sock.close()
         return seconds(sink, 0xA2), elapsed
 
@@ -106,7 +106,7 @@ def test_one_packet_ssrcs_never_become_streams():
         await establish(call, addr, 0xCA11, n=10)
         await wait_for(lambda: any(i.info["ssrc"] == 0xCA11 for i in sink.started.values()))
         first = time.monotonic() - t0
-        source.close()
+        source.stop()
         flood.close()
         call.close()
         return sink, first, dict(source.counters)
@@ -139,7 +139,7 @@ def test_fake_streams_cannot_lock_a_real_call_out():
         sid = next((s for s, i in sink.started.items() if i.info["ssrc"] == 0xCA11), None)
         first = sink.arrivals[sid][0] - t0 if sid and sink.arrivals[sid] else None
         ended_early = sid in sink.ended
-        source.close()
+        source.stop()
         fakes.close()
         call.close()
         return got, first, ended_early, dict(source.counters)
@@ -166,7 +166,7 @@ def test_one_address_holds_at_most_its_share_of_the_table():
                        - sum(1 for s in sink.ended if sink.started[s].info["remote"].startswith("127.0.0.1:")))
         call_sid = next(s for s, i in sink.started.items() if i.info["ssrc"] == 0xCA11)
         ended_while_open = list(sink.ended)
-        source.close()
+        source.stop()
         flood.close()
         call.close()
         return peak, call_sid, ended_while_open
@@ -190,7 +190,7 @@ def test_new_streams_are_rate_limited():
         await asyncio.sleep(0.2)
         elapsed = time.monotonic() - t0
         opened = len(sink.started)
-        source.close()
+        source.stop()
         flood.close()
         return opened, elapsed
 

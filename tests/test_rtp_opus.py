@@ -56,7 +56,7 @@ def test_emodel_of_a_stream_follows_its_decoders_concealment() -> None:
                 continue  # 10 % loss
             header = struct.pack("!BBHII", 0x80, pt, seq, seq * size, ssrc)
             source.handle_datagram(header + bytes(size), ("127.0.0.1", 4000 + ssrc), seq * 0.02)
-    source.close()
+    source.stop()
     pcmu, g722 = reports["PCMU"], reports["G722"]
     assert pcmu["loss_total"] == g722["loss_total"] > 0.05
     assert pcmu["emodel_mos"] == pytest.approx(emodel_mos("PCMU", 100 * pcmu["loss"], pcmu["burst_ratio"]))

@@ -149,4 +149,4 @@ def test_cname_labels_streams_and_bye_ends_them_at_once() -> None:
     assert sink.ended == [by_ssrc[0xA]] and source.counters["rtcp_bye"] == 1
     source.handle_rtcp(b"\x80\xc9\x00\x09", B, 1.2)
     assert source.counters["rtcp_length"] == 1 and source.counters["internal_error"] == 0
-    source.close()
+    source.stop()

@@ -14,7 +14,7 @@ import soxr
 
 from streamqa.rtp.packet import build
 from streamqa.sources import StreamInfo
-from streamqa.sources import rtp as rtp_source
+from streamqa.rtp import stream as rtp_stream
 from streamqa.sources.rtp import RtpSource
 
 SCALE = float(os.environ.get("STREAMQA_TEST_TIMEOUT_SCALE", "1"))  # slow machines: raise it
@@ -79,7 +79,7 @@ def test_stream_start_audio_loss_and_idle_end():
         for p in packets:
             sender.sendto(p, addr)
         await wait_for(lambda: sink.ended)
-        source.close()
+        source.stop()
         sender.close()
         return sink, source
 
@@ -120,7 +120,7 @@ def test_busy_socket_is_read_in_batches_quiet_one_at_once():
             sender.sendto(p, addr)
             await asyncio.sleep(0.005)
         await wait_for(lambda: sink.audio_of(next(iter(sink.pcm))).size == 11 * 160)
-        source.close()
+        source.stop()
         sender.close()
         return sink, prompt
 
@@ -133,7 +133,7 @@ def test_busy_socket_is_read_in_batches_quiet_one_at_once():
 
 
 def test_net_reports_about_once_per_interval(monkeypatch):
-    monkeypatch.setattr(rtp_source, "NET_INTERVAL", 0.05)
+    monkeypatch.setattr(rtp_stream, "NET_INTERVAL", 0.05)
 
     async def main():
         sink = RecordingSink()
@@ -143,7 +143,7 @@ def test_net_reports_about_once_per_interval(monkeypatch):
                 sender.sendto(p, addr)
             await asyncio.sleep(0.01)
         await wait_for(lambda: sum(len(v) for v in sink.nets.values()) >= 3)
-        source.close()
+        source.stop()
         sender.close()
         return sink
 
@@ -170,7 +170,7 @@ def test_hostile_datagrams_are_counted_not_raised():
         sender.sendto(build(0, 1, 160, 0, b"\xff" * 160), addr)  # SSRC 0 in sequence: a stream
         sender.sendto(build(8, 2, 320, 0, b"\xff" * 160), addr)  # PT change inside stream 0
         await wait_for(lambda: source.counters["payload_type_changed"] >= 1)
-        source.close()
+        source.stop()
         sender.close()
         return sink, dict(source.counters)
 
@@ -205,7 +205,7 @@ def test_failing_sink_on_end_still_ends_every_stream():
     source = RtpSource(sink, min_sequential=1)  # one-packet streams: about the sink, not admission
     for ssrc in (1, 2, 3):
         source.handle_datagram(build(0, 0, 0, ssrc, b"\xff" * 160), ("10.0.0.1", 5004), 0.0)
-    source.close()
+    source.stop()
     assert len(sink.ended) == 3 and source.streams == 0
     assert source.counters["internal_error"] == 3
 
@@ -219,7 +219,7 @@ def test_same_ssrc_from_two_addresses_are_two_streams():
     assert len(sink.started) == 2 and source.streams == 2
     source.handle_datagram(pcmu_packets(1, ssrc=6)[0], ("::1", 5004, 0, 0), 0.0)
     assert [i.info["remote"] for i in sink.started.values()][-1] == "[::1]:5004"
-    source.close()
+    source.stop()
     assert source.streams == 0 and len(sink.ended) == 3
 
 
@@ -231,7 +231,7 @@ def test_g722_loss_is_concealed_at_the_audio_rate():
     for i in range(10):
         if i != 4:
             source.handle_datagram(build(9, i, i * 160, 9, bytes(160)), ("10.0.0.1", 5004), i * 0.02)
-    source.close()
+    source.stop()
     (sid,) = sink.started
     assert sink.started[sid].sample_rate == 16000
     assert sink.audio_of(sid).size == 10 * 320
@@ -249,7 +249,7 @@ def test_loss_next_to_odd_sized_packets_is_concealed_exactly():
         for i, (n, ts) in enumerate(zip(sizes, starts)):
             if i not in lost:
                 source.handle_datagram(build(0, i, int(ts), 3, b"\xff" * n), ("10.0.0.1", 5004), i * 0.02)
-        source.close()
+        source.stop()
         (sid,) = sink.started
         assert sink.audio_of(sid).size == sum(sizes), lost
 
@@ -282,7 +282,7 @@ def test_g711_payloads_are_held_until_the_sink_wants_them(lost):
             if not lost:  # 5 packets per hop: one delivery per hop, at its last packet
                 assert list(sizes) == list(range(800, 60 * 160 + 1, 800))
                 assert sink.arrivals[sid] == pytest.approx([0.02 * (5 * k + 4) for k in range(12)])
-        source.close()
+        source.stop()
         outputs.append(sink.audio_of(next(iter(sink.started))))
     np.testing.assert_array_equal(outputs[0], outputs[1])
     assert outputs[1].size == 60 * 160 - (160 if 59 in lost else 0)
@@ -310,7 +310,7 @@ def test_dtmf_in_the_sequence_space_is_not_loss():
     for i in range(6):
         pt = 101 if i == 3 else 0  # an RFC 4733 event between audio packets
         source.handle_datagram(build(pt, i, i * 160, 4, b"\xff" * 160), ("10.0.0.1", 5004), i * 0.02)
-    source.close()
+    source.stop()
     (sid,) = sink.started
     assert sink.nets[sid][-1]["lost"] == 0
     assert sink.audio_of(sid).size == 5 * 160
@@ -376,7 +376,7 @@ def test_ffmpeg_rtp_streams_for_every_codec(tmp_path):
         assert all(p.returncode == 0 for p in procs), errors
         await wait_for(lambda: len(sink.ended) == len(FFMPEG_STREAMS), timeout=5.0)
         counters = dict(source.counters)
-        source.close()
+        source.stop()
         return sink, counters
 
     sink, counters = asyncio.run(main())

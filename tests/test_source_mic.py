@@ -260,7 +260,7 @@ def test_blocks_reach_the_sink_on_the_loop_thread(monkeypatch: pytest.MonkeyPatc
     assert sink.kinds[-1] == "end"
     expected = signal.astype(np.float64).mean(axis=1) / 32768
     np.testing.assert_allclose(np.concatenate(sink.blocks), expected, atol=1e-6)
-    assert mic.overflows == 2
+    assert mic.counters["input_overflow"] == 2
 
 
 # ---------------------------------------------------------------- real PortAudio + ALSA
@@ -303,7 +303,7 @@ _CHILD = textwrap.dedent(
         np.save(spec["out"], np.concatenate(sink.blocks))
         return {"kinds": sorted(set(sink.kinds)), "first": sink.kinds[0], "last": sink.kinds[-1],
                 "rate": sink.info.sample_rate, "info": sink.info.info,
-                "overflows": mic.overflows,
+                "overflows": mic.counters["input_overflow"],
                 "devices": [d["name"] for d in list_input_devices()]}
 
     print(json.dumps(asyncio.run(main())))

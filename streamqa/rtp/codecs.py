@@ -275,6 +275,12 @@ def parse_rtp_map(spec: str) -> tuple[int, str, int, int]:
     return pt, name, rate, channels
 
 
+def parse_rtp_maps(specs: list[str]) -> dict[int, tuple[str, int, int]]:
+    """Every ``--rtp-map`` spec as ``{payload_type: (codec, rate, channels)}``, the form
+    ``RtpSource(rtp_map=...)`` takes (the later of two specs for one type wins)."""
+    return {pt: (codec, rate, ch) for pt, codec, rate, ch in map(parse_rtp_map, specs)}
+
+
 def safe_decode(decoder: Decoder, payload: bytes, fallback_samples: int) -> tuple[np.ndarray, str | None]:
     """Decode without ever raising: ``(pcm, None)`` on success, else concealment and a
     reason (``decode_error`` for an exception, ``non_finite`` for NaN/Inf output). Output

@@ -83,40 +83,34 @@ def parse(data: bytes) -> RtpPacket:
     if offset > size:
         raise MalformedPacket("csrc_overflow", f"{csrc_count} CSRCs in {size} octets")
     csrcs = struct.unpack_from(f"!{csrc_count}I", data, HEADER_SIZE) if csrc_count else ()
-
-    extension_profile = None
-    extension_data = b""
+    extension_profile, extension_data = None, b""
     if has_extension:
-        if offset + 4 > size:
-            raise MalformedPacket("extension_overflow", "no room for the extension header")
-        extension_profile, words = _EXT_HEADER.unpack_from(data, offset)
-        start = offset + 4
-        offset = start + 4 * words
-        if offset > size:
-            raise MalformedPacket("extension_overflow", f"{words} words in {size} octets")
-        extension_data = bytes(data[start:offset])
+        extension_profile, extension_data, offset = _extension(data, offset)
+    end = _payload_end(data, offset) if has_padding else size
+    return RtpPacket(version, has_padding, has_extension, bool(b1 & 0x80), b1 & 0x7F, sequence, timestamp, ssrc,
+                     tuple(csrcs), extension_profile, extension_data, bytes(data[offset:end]))
 
-    end = size
-    if has_padding:
-        pad = data[-1]
-        if pad == 0 or pad > size - offset:
-            raise MalformedPacket("padding", f"{pad} padding octets, {size - offset} available")
-        end = size - pad
 
-    return RtpPacket(
-        version=version,
-        padding=has_padding,
-        extension=has_extension,
-        marker=bool(b1 & 0x80),
-        payload_type=b1 & 0x7F,
-        sequence=sequence,
-        timestamp=timestamp,
-        ssrc=ssrc,
-        csrcs=tuple(csrcs),
-        extension_profile=extension_profile,
-        extension_data=extension_data,
-        payload=bytes(data[offset:end]),
-    )
+def _extension(data: bytes, offset: int) -> tuple[int, bytes, int]:
+    """The header extension at ``offset``: (profile, data, offset of what follows)."""
+    size = len(data)
+    if offset + 4 > size:
+        raise MalformedPacket("extension_overflow", "no room for the extension header")
+    profile, words = _EXT_HEADER.unpack_from(data, offset)
+    start = offset + 4
+    end = start + 4 * words
+    if end > size:
+        raise MalformedPacket("extension_overflow", f"{words} words in {size} octets")
+    return profile, bytes(data[start:end]), end
+
+
+def _payload_end(data: bytes, offset: int) -> int:
+    """Where a padded packet's payload ends (its last octet counts the padding)."""
+    size = len(data)
+    pad = data[-1]
+    if pad == 0 or pad > size - offset:
+        raise MalformedPacket("padding", f"{pad} padding octets, {size - offset} available")
+    return size - pad
 
 
 def build(

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from . import AudioSink, StreamInfo
+from ..metrics import Metrics
+from . import AudioSink, SourceCounters, StreamInfo
 
 
 class FileSourceError(ValueError):
@@ -52,8 +53,11 @@ class FileSource:
     the block that ends at sample ``n`` is released at ``start + n / rate``, the moment its
     last sample would have arrived from a live source. Each deadline is computed from the
     start, never from the previous wake-up, so late wake-ups do not accumulate into drift.
-    With ``loop_forever`` the file restarts seamlessly and the stream never ends on its own
-    (cancelling :meth:`run` ends it).
+    With ``loop_forever`` the file restarts seamlessly and the stream never ends on its own.
+
+    A :class:`~streamqa.sources.Source`: the constructor opens the file (once; it fails
+    before any stream starts), ``run()`` replays it, ``close()`` (or cancelling ``run``)
+    stops the replay and ends the stream.
     """
 
     def __init__(
@@ -65,19 +69,24 @@ class FileSource:
         block_seconds: float = 0.02,
         stream_id: str | None = None,
         loop_forever: bool = False,
+        metrics: Metrics | None = None,
     ) -> None:
         if block_seconds <= 0:
             raise ValueError(f"block_seconds must be > 0, got {block_seconds}")
         self.path = Path(path)
-        with _open(self.path) as f:
-            self.sample_rate = int(f.samplerate)
-            self.channels = int(f.channels)
-            self.frames = int(f.frames)
-            if self.sample_rate <= 0 or self.channels <= 0:
-                raise FileSourceError(
-                    f"{self.path}: invalid header ({self.sample_rate} Hz, "
-                    f"{self.channels} channels)"
-                )
+        self._file = f = _open(self.path)
+        self.sample_rate = int(f.samplerate)
+        self.channels = int(f.channels)
+        self.frames = int(f.frames)
+        if self.sample_rate <= 0 or self.channels <= 0:
+            f.close()
+            raise FileSourceError(
+                f"{self.path}: invalid header ({self.sample_rate} Hz, "
+                f"{self.channels} channels)"
+            )
+        self.counters = SourceCounters(metrics)
+        self._closing = False
+        self._running = False
         self._sink = sink
         self._realtime = realtime
         self._block = max(1, int(round(block_seconds * self.sample_rate)))
@@ -105,12 +114,15 @@ class FileSource:
         :class:`FileSourceError`.
         """
         loop = asyncio.get_running_loop()
-        f = _open(self.path)
+        f = self._file
+        if f.closed:
+            return  # closed before it ran: no stream
+        self._running = True
         self._sink.start(self.info)
         try:
             start = loop.time()
             released = 0  # samples handed to the sink since start
-            while True:
+            while not self._closing:
                 try:
                     block = f.read(self._block, dtype="float32", always_2d=True)
                 except (RuntimeError, OSError) as exc:
@@ -131,3 +143,9 @@ class FileSource:
         finally:
             f.close()
             self._sink.end(self.stream_id)
+
+    async def close(self) -> None:
+        """Stop the replay: ``run()`` ends the stream at its next block (or never starts it)."""
+        self._closing = True
+        if not self._file.closed and not self._running:
+            self._file.close()

@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from . import AudioSink, StreamInfo
+from ..metrics import Metrics
+from . import AudioSink, SourceCounters, StreamInfo
 
 # int16 capture: every PortAudio host API supports it, and ALSA's raw "file" plugin (our
 # sound-card-free test device) passes its bytes through in exactly the requested format.
@@ -126,8 +127,10 @@ class MicSource:
 
     ``channels`` is how many channels to capture before the mono mixdown; the default of 1
     lets the OS audio layer (ALSA plug, PulseAudio, CoreAudio) do the downmix. Blocks come
-    from the device every ``block_seconds``; ``overflows`` counts blocks PortAudio flagged
-    with an input overflow (samples lost because the capture thread fell behind).
+    from the device every ``block_seconds``; ``counters["input_overflow"]`` counts blocks
+    PortAudio flagged with an input overflow (samples lost because the capture thread fell
+    behind). A :class:`~streamqa.sources.Source`: ``start()`` opens the device (and fails
+    before any stream starts), ``run()`` returns when the device stops or ``close()``.
     """
 
     def __init__(
@@ -139,6 +142,7 @@ class MicSource:
         block_seconds: float = 0.1,
         stream_id: str = "mic-0",
         channels: int = 1,
+        metrics: Metrics | None = None,
     ) -> None:
         if block_seconds <= 0:
             raise ValueError(f"block_seconds must be > 0, got {block_seconds}")
@@ -152,7 +156,8 @@ class MicSource:
         self._block_seconds = block_seconds
         self._channels = channels
         self.stream_id = stream_id
-        self.overflows = 0
+        self.counters = SourceCounters(metrics)
+        self._ended = asyncio.Event()
         self.sample_rate: int | None = None  # known once start() has opened the device
         self._stream: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -225,7 +230,7 @@ class MicSource:
 
     def _deliver(self, pcm: np.ndarray, arrival: float, overflow: bool) -> None:
         if overflow:
-            self.overflows += 1
+            self.counters.add("input_overflow")
         if self._live:
             self._sink.audio(self.stream_id, pcm, arrival)
 
@@ -241,11 +246,18 @@ class MicSource:
         if self._live:
             self._live = False
             self._sink.end(self.stream_id)
+        self._ended.set()
+
+    async def run(self) -> None:
+        """Capture (PortAudio's thread runs from ``start``) until the device stops or
+        ``close()``."""
+        await self._ended.wait()
 
     async def close(self) -> None:
         """Stop capturing and end the stream; blocks already captured still reach the sink."""
         stream, self._stream = self._stream, None
         if stream is None:
+            self._ended.set()
             return
         # stop() waits for the last callback; its deliveries are queued on the loop before
         # this coroutine resumes, so they arrive at the sink before sink.end.

@@ -32,24 +32,22 @@ import time
 from collections import defaultdict
 from typing import Any
 
-import numpy as np
-
 try:  # FIONREAD tells the idle check about a socket backlog; absent on Windows
     import fcntl
     import termios
 except ImportError:  # pragma: no cover - the check is then skipped
     fcntl = termios = None
 
-from ..rtp.codecs import STATIC_PAYLOAD_TYPES, Decoder, make_decoder, safe_decode
-from ..rtp.emodel import emodel_mos
 from ..listen import listen_error
 from ..logthrottle import LogThrottle, throttled
+from ..metrics import Metrics
 from ..ratelimit import TokenBucket
-from ..rtp.jitter import JitterBuffer, Lost, Received, burst_ratio
+from ..rtp.codecs import STATIC_PAYLOAD_TYPES, make_decoder
 from ..rtp.packet import MalformedPacket, RtpPacket, parse
 from ..rtp.probation import MIN_SEQUENTIAL, Probation
 from ..rtp.rtcp import MalformedRtcp, RtcpState
-from . import AudioSink, StreamInfo, samples_wanted
+from ..rtp.stream import RtpStream
+from . import AudioSink, SourceCounters, StreamInfo, samples_wanted
 
 log = logging.getLogger(__name__)
 # "Payload type not mapped" warnings: one per (SSRC, payload type), at most 5 at once then
@@ -57,7 +55,6 @@ log = logging.getLogger(__name__)
 _pt_log = throttled(logging.getLogger(f"{__name__}.payload_type"), LogThrottle(per_s=1.0, burst=5))
 MAX_UNMAPPED_WARNED = 4096  # (SSRC, payload type) pairs remembered as warned; then it starts over
 
-NET_INTERVAL = 1.0  # seconds between sink.net reports of one stream
 _RCVBUF = 4 * 1024 * 1024  # room for bursts of many streams between loop iterations
 # Longest the idle check waits for a socket backlog to drain before it ends streams anyway.
 MAX_REAP_DEFERRAL = 10.0
@@ -73,38 +70,6 @@ _MAX_DATAGRAM = 65536
 _STREAM_NUMBERS = itertools.count(1)
 
 
-class _Stream:
-    """Per-stream state of the shell: the sans-I/O parts plus bookkeeping for reports."""
-
-    __slots__ = (
-        "stream_id", "codec", "payload_type", "decoder", "jitter", "last_seen",
-        "last_arrival", "fallback", "last_units", "next_net", "net_mark", "held",
-        "held_samples", "wanted", "host", "received_s", "cname", "rtt",
-    )
-
-    def __init__(self, stream_id: str, codec: str, payload_type: int, decoder: Decoder,
-                 jitter: JitterBuffer, now: float, host: str) -> None:
-        self.stream_id = stream_id
-        self.host = host  # source address without the port: the unit of the per-address cap
-        self.cname = ""  # RTCP CNAME, once its sender's SDES has been seen
-        self.rtt = 0.0  # round-trip time (s) from RTCP SR/RR pairs; 0: not measured
-        self.received_s = 0.0  # seconds of received (not concealed) audio delivered
-        self.codec = codec
-        self.payload_type = payload_type
-        self.decoder = decoder
-        self.jitter = jitter
-        self.last_seen = now
-        self.last_arrival = now
-        self.fallback = decoder.sample_rate // 50  # conceal 20 ms if a first payload fails
-        self.last_units = 0  # RTP clock units the last decoded packet lasted (0: unknown)
-        self.next_net = now + NET_INTERVAL
-        self.net_mark = (0, 0, 0)  # (expected, lost, bursts) at the previous report
-        # Payloads held for one decode_many call (decoders that have it), else None.
-        self.held: list[bytes] | None = [] if hasattr(decoder, "decode_many") else None
-        self.held_samples = 0
-        self.wanted = 0  # samples the sink needs before its next hop (0: deliver at once)
-
-
 class RtpSource:
     """Receives RTP on one UDP socket and feeds every stream on it to ``sink``.
 
@@ -113,7 +78,11 @@ class RtpSource:
     Admission (module docstring): ``min_sequential`` in-order packets of probation, at most
     ``max_streams`` at once and ``max_streams_per_address`` per source IP (the stream that
     delivered least audio is evicted to make room), ``new_streams_per_s`` openings per
-    second (a burst of as many is allowed).
+    second (a burst of as many is allowed). ``counters`` go to ``metrics`` as they happen.
+
+    A :class:`~streamqa.sources.Source`: ``start(host, port)`` binds, ``run()`` returns
+    once ``close()`` has ended every stream. Without a socket, ``handle_datagram`` and
+    ``handle_rtcp`` take datagrams with their own arrival times (streamqa.capture, tests).
     """
 
     def __init__(
@@ -128,6 +97,7 @@ class RtpSource:
         min_sequential: int = MIN_SEQUENTIAL,
         jitter_depth: int = 3,
         coalesce_s: float = COALESCE_S,
+        metrics: Metrics | None = None,
     ) -> None:
         if max_streams < 1 or max_streams_per_address < 1 or new_streams_per_s <= 0:
             raise ValueError("max_streams, max_streams_per_address and new_streams_per_s must be positive")
@@ -145,15 +115,16 @@ class RtpSource:
         self._by_host: dict[str, set[tuple[int, Any]]] = defaultdict(set)
         self.jitter_depth = jitter_depth
         self.coalesce_s = coalesce_s
-        self.counters: dict[str, int] = defaultdict(int)
+        self.counters = SourceCounters(metrics)
         self._unmapped_warned: set[tuple[int, int]] = set()
-        self._streams: dict[tuple[int, Any], _Stream] = {}
+        self._streams: dict[tuple[int, Any], RtpStream] = {}
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_read = 0.0  # monotonic time of the last read
         self._drained = False  # that read emptied the socket
         self._paused: asyncio.TimerHandle | None = None  # reader detached until this fires
         self._reaper: asyncio.Task | None = None
+        self._closed = asyncio.Event()
 
     async def start(self, host: str, port: int, *, reuse_port: bool = False) -> tuple[str, int]:
         """Bind (``port`` 0 picks a free one) and return the bound ``(host, port)``.
@@ -214,16 +185,26 @@ class RtpSource:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
-                self.counters["socket_error"] += 1
+                self.counters.add("socket_error")
                 return
             try:
                 self.handle_rtcp(data, addr, time.monotonic())
             except Exception:  # noqa: BLE001 - as handle_datagram: count, never stop the socket
-                self.counters["internal_error"] += 1
+                self.counters.add("internal_error")
                 log.exception("RTCP datagram handling failed")
 
-    def close(self) -> None:
-        """Stop receiving and end every open stream (flushing its jitter buffer)."""
+    async def run(self) -> None:
+        """Receive (the socket's reader runs from ``start``) until ``close()``."""
+        await self._closed.wait()
+
+    async def close(self) -> None:
+        """Stop receiving and end every open stream; ``run()`` returns."""
+        self.stop()
+        self._closed.set()
+
+    def stop(self) -> None:
+        """Stop receiving and end every open stream (flushing its jitter buffer), without a
+        loop: what ``close()`` does, for captures, fuzzers and tests."""
         if self._reaper is not None:
             self._reaper.cancel()
             self._reaper = None
@@ -268,7 +249,7 @@ class RtpSource:
                 self._drained = True
                 return
             except OSError:  # e.g. ICMP errors reported on the socket; keep reading
-                self.counters["socket_error"] += 1
+                self.counters.add("socket_error")
                 return
             handle(data, addr, clock())
 
@@ -290,7 +271,7 @@ class RtpSource:
         try:
             self._handle(data, addr, now)
         except Exception:  # noqa: BLE001 - a bug or a sink failure must not stop the socket
-            self.counters["internal_error"] += 1
+            self.counters.add("internal_error")
             if self.counters["internal_error"] == 1:
                 log.exception("RTP datagram handling failed (further failures only counted)")
 
@@ -301,20 +282,19 @@ class RtpSource:
             if exc.reason == "rtcp":  # RFC 5761: RTCP multiplexed on the RTP port
                 self.handle_rtcp(data, addr, now)
             else:
-                self.counters[exc.reason] += 1
+                self.counters.add(exc.reason)
             return
         key = (pkt.ssrc, addr)
         stream = self._streams.get(key)
         if stream is None:
             self._admit(key, pkt, addr, now)
             return
-        stream.last_seen = now
-        frames = stream.jitter.push(pkt, now)
-        if frames:
-            self._deliver(stream, frames)
-        if now >= stream.next_net:
-            stream.next_net = now + NET_INTERVAL
-            self.sink.net(stream.stream_id, self._net_stats(stream))
+        pcm = stream.push(pkt, now)
+        if pcm is not None:
+            self._deliver(stream, pcm)
+        net = stream.net_report(now)
+        if net is not None:
+            self.sink.net(stream.stream_id, net)
 
     def handle_rtcp(self, data: bytes, addr: Any, now: float) -> None:
         """One RTCP datagram received at ``now``: CNAMEs label their streams (through the
@@ -323,11 +303,11 @@ class RtpSource:
         CNAME only touches streams from the RTCP sender's own host: anyone else who knows an
         SSRC could otherwise end or rename a call. Counted as ``rtcp`` (and ``rtcp_<reason>``
         when malformed, ``rtcp_bye`` per stream ended)."""
-        self.counters["rtcp"] += 1
+        self.counters.add("rtcp")
         try:
             events = self._rtcp.update(data, now)
         except MalformedRtcp as exc:
-            self.counters[f"rtcp_{exc.reason}"] += 1
+            self.counters.add(f"rtcp_{exc.reason}")
             return
         if not (events.cnames or events.byes or events.rtts):
             return
@@ -340,7 +320,7 @@ class RtpSource:
             if stream.host != host:
                 continue
             if ssrc in events.byes:
-                self.counters["rtcp_bye"] += 1
+                self.counters.add("rtcp_bye")
                 self._end(key)
                 continue
             cname = events.cnames.get(ssrc)
@@ -353,7 +333,7 @@ class RtpSource:
         """A packet of a key without a stream: probation, then the rate limit, then room
         in the table (evicting if needed); the validating packets replay into the stream."""
         if pkt.payload_type not in self.payload_types:
-            self.counters["unknown_payload_type"] += 1
+            self.counters.add("unknown_payload_type")
             self._warn_unmapped(pkt, addr)
             return
         packets = self._probation.offer(key, pkt, now)
@@ -369,9 +349,9 @@ class RtpSource:
         self._probation.admit(key)
         stream = self._open(key, (packets[0] if packets else pkt).payload_type, pkt.ssrc, addr, now, host)
         for held in packets:
-            frames = stream.jitter.push(held, now)
-            if frames:
-                self._deliver(stream, frames)
+            pcm = stream.push(held, now)
+            if pcm is not None:
+                self._deliver(stream, pcm)
 
     def _warn_unmapped(self, pkt: RtpPacket, addr: Any) -> None:
         """Say once per (SSRC, payload type) that a sender's packets are dropped for want of
@@ -392,22 +372,20 @@ class RtpSource:
         """End the stream among ``keys`` that has delivered the least received audio."""
         streams = self._streams
         victim = min(keys, key=lambda k: streams[k].received_s)
-        self.counters["streams_evicted"] += 1
+        self.counters.add("streams_evicted")
         self._end(victim)
 
     def _count_probation(self) -> None:
-        if self._probation.discarded:
-            self.counters["probation"] = self._probation.discarded
+        self.counters.add("probation", self._probation.discarded - self.counters["probation"])
 
-    def _open(self, key: tuple[int, Any], pt: int, ssrc: int, addr: Any, now: float, host: str) -> _Stream:
+    def _open(self, key: tuple[int, Any], pt: int, ssrc: int, addr: Any, now: float, host: str) -> RtpStream:
         codec, rate, channels = self.payload_types[pt]
-        decoder = make_decoder(codec, rate, channels)
         stream_id = f"rtp-{ssrc:08x}-{next(_STREAM_NUMBERS)}"
-        jitter = JitterBuffer(rate, depth=self.jitter_depth)
-        stream = _Stream(stream_id, codec, pt, decoder, jitter, now, host)
+        stream = RtpStream(stream_id, codec, pt, rate, channels, now, host=host,
+                           jitter_depth=self.jitter_depth, counters=self.counters)
         self._streams[key] = stream
         self._by_host[host].add(key)
-        self.counters["streams_started"] += 1
+        self.counters.add("streams_started")
         if isinstance(addr, tuple):
             host = f"[{addr[0]}]" if ":" in str(addr[0]) else addr[0]  # IPv6 in brackets
             remote = f"{host}:{addr[1]}"
@@ -418,104 +396,17 @@ class RtpSource:
         stream.cname = self._rtcp.cnames.get(ssrc, "")
         if stream.cname:  # its sender's SDES came first (ffmpeg sends one before any RTP)
             info["cname"] = stream.cname
-        self.sink.start(StreamInfo(stream_id, "rtp", decoder.sample_rate, info))
-        if stream.held is not None:
+        self.sink.start(StreamInfo(stream_id, "rtp", stream.decoder.sample_rate, info))
+        if stream.holds:
             stream.wanted = samples_wanted(self.sink, stream_id)
         return stream
 
-    def _deliver(self, stream: _Stream, frames: list) -> None:
-        """Decode or conceal released frames and hand the audio to the sink. Payloads of a
-        decoder with ``decode_many`` are held until the sink wants them (samples_wanted)."""
-        decoder = stream.decoder
-        held = stream.held
-        recover = getattr(decoder, "recover", None)
-        chunks = []
-        arrival = stream.last_arrival
-        for i, frame in enumerate(frames):
-            if type(frame) is Lost:
-                if held:
-                    chunks.append(self._release_held(stream))
-                units = frame.duration
-                if 0 < stream.last_units < frame.span:
-                    units = frame.span - stream.last_units  # exact, whatever the packet sizes
-                n_samples = units * decoder.sample_rate // decoder.clock_rate
-                after = frames[i + 1] if i + 1 < len(frames) else None
-                if (recover is not None and type(after) is Received
-                        and after.packet.payload_type == stream.payload_type):
-                    # the jitter buffer releases a gap together with the packet after it,
-                    # whose in-band FEC (Opus) may rebuild the gap's last frame
-                    pcm = recover(n_samples, after.packet.payload)
-                else:
-                    pcm = decoder.conceal(n_samples)
-            elif frame.packet.payload_type != stream.payload_type:
-                # DTMF events (RFC 4733), comfort noise or a codec switch inside one SSRC:
-                # they share the sequence space (so they pass the jitter buffer and are not
-                # counted as loss) but are not audio for this stream's decoder.
-                self.counters["payload_type_changed"] += 1
-                stream.last_units = 0  # its length is unknown: a gap after it falls back to duration
-                continue
-            elif held is not None:  # G.711: one octet per sample, decoding cannot fail
-                payload = frame.packet.payload
-                held.append(payload)
-                stream.held_samples += len(payload)
-                stream.last_units = len(payload)
-                stream.received_s += len(payload) / decoder.clock_rate
-                arrival = max(arrival, frame.arrival)
-                continue
-            else:
-                pcm, error = safe_decode(decoder, frame.packet.payload, stream.fallback)
-                if error is not None:
-                    self.counters[error] += 1
-                elif pcm.size:
-                    stream.fallback = pcm.size
-                    stream.received_s += pcm.size / decoder.sample_rate
-                stream.last_units = pcm.size * decoder.clock_rate // decoder.sample_rate
-            arrival = max(arrival, frame.arrival)
-            if pcm.size:
-                chunks.append(pcm)
-        stream.last_arrival = arrival
-        if held and (chunks or stream.held_samples >= stream.wanted):
-            chunks.append(self._release_held(stream))
-        if chunks:
-            pcm = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
-            self.sink.audio(stream.stream_id, pcm, arrival)
-            if held is not None:
-                stream.wanted = samples_wanted(self.sink, stream.stream_id)
-
-    @staticmethod
-    def _release_held(stream: _Stream) -> np.ndarray:
-        pcm = stream.decoder.decode_many(stream.held)
-        stream.held.clear()
-        stream.held_samples = 0
-        return pcm
-
-    def _net_stats(self, stream: _Stream) -> dict[str, Any]:
-        """Loss and burstiness over the last report interval (the live picture), jitter as
-        RFC 3550's running estimate, packet counts since the stream started."""
-        st = stream.jitter.stats
-        expected0, lost0, bursts0 = stream.net_mark
-        stream.net_mark = (st.expected, st.lost, st.bursts)
-        expected, lost, bursts = st.expected - expected0, st.lost - lost0, st.bursts - bursts0
-        loss = lost / expected if expected else 0.0
-        burst = burst_ratio(lost, bursts, expected)
-        return {
-            "loss": loss,
-            "jitter_ms": st.jitter_ms,
-            # G.107's delay is mouth to ear; the network's half of the RTCP round trip is the
-            # part a monitor can measure (0 until an SR/report pair has been timed); the loss
-            # term assumes concealment only when this stream's decoder really conceals
-            "emodel_mos": emodel_mos(stream.codec, 100.0 * loss, burst, 500.0 * stream.rtt,
-                                     plc=stream.decoder.plc),
-            "rtt_ms": 1000.0 * stream.rtt if stream.rtt else None,
-            "burst_ratio": burst,
-            "packets": st.received,
-            "lost": st.lost,
-            "loss_total": st.loss_fraction,
-            "duplicates": st.duplicates,
-            "late": st.late,
-            "reordered": st.reordered,
-            "resyncs": st.resyncs,
-        }
+    def _deliver(self, stream: RtpStream, pcm: Any) -> None:
+        """Hand a stream's audio to the sink; a stream that holds audio learns how much the
+        sink wants next."""
+        self.sink.audio(stream.stream_id, pcm, stream.last_arrival)
+        if stream.holds:
+            stream.wanted = samples_wanted(self.sink, stream.stream_id)
 
     def _end(self, key: tuple[int, Any]) -> None:
         """Flush, report and end one stream; a failing sink is counted, never raised, so
@@ -525,21 +416,19 @@ class RtpSource:
         mine.discard(key)
         if not mine:
             del self._by_host[stream.host]
-        self.counters["streams_ended"] += 1
+        self.counters.add("streams_ended")
         try:
-            frames = stream.jitter.flush()
-            if frames:
-                self._deliver(stream, frames)
-            if stream.held:
-                self.sink.audio(stream.stream_id, self._release_held(stream), stream.last_arrival)
-            self.sink.net(stream.stream_id, self._net_stats(stream))
+            pcm = stream.flush()
+            if pcm is not None:
+                self.sink.audio(stream.stream_id, pcm, stream.last_arrival)
+            self.sink.net(stream.stream_id, stream.net_stats())
         except Exception:  # noqa: BLE001
-            self.counters["internal_error"] += 1
+            self.counters.add("internal_error")
             log.exception("flushing RTP stream %s failed", stream.stream_id)
         try:
             self.sink.end(stream.stream_id)
         except Exception:  # noqa: BLE001
-            self.counters["internal_error"] += 1
+            self.counters.add("internal_error")
             log.exception("ending RTP stream %s failed", stream.stream_id)
 
     def _backlogged(self) -> bool:
