@@ -86,9 +86,10 @@ class Page:
 
 class Browser(Page):
     """One chromium process, itself the Page of its first tab; ``async with Browser(url, wav,
-    profile)``; ``new_page(url)`` opens more tabs (all share the fake microphone)."""
+    profile)``; ``new_page(url)`` opens more tabs (all share the fake microphone; ``wav``
+    None: no microphone, as for the overlay page)."""
 
-    def __init__(self, url: str, wav: Path, profile: Path, *, size: tuple[int, int] = (1000, 720)) -> None:
+    def __init__(self, url: str, wav: Path | None, profile: Path, *, size: tuple[int, int] = (1000, 720)) -> None:
         self.url, self.wav, self.profile, self.size = url, wav, Path(profile), size
         super().__init__()
         self.proc: subprocess.Popen | None = None

@@ -88,6 +88,15 @@
     return null;
   }
 
+  // The audio's sample rate (docs/protocol.md, stream start): info.rate for WebRTC and the
+  // Python API; an RTP stream gives its clock_rate, the audio's rate for every codec but
+  // G.722, whose 16 kHz audio has an 8000 Hz RTP clock (RFC 3551).
+  function audioRate(info) {
+    if (typeof info.rate === "number") return info.rate;
+    if (typeof info.clock_rate !== "number") return null;
+    return info.codec === "G722" ? 16000 : info.clock_rate;
+  }
+
   // What each figure means, for a viewer who has not read the docs: the card's tooltips and
   // the page's legend say the same thing.
   const EXPLAIN = {
@@ -125,7 +134,8 @@
       card.removeTimer = null;
       card.el.classList.remove("ended");
       const info = msg.info || {};
-      const codec = [info.codec, info.rate ? info.rate / 1000 + " kHz" : null, msg.source]
+      const rate = audioRate(info);
+      const codec = [info.codec, rate ? rate / 1000 + " kHz" : null, msg.source]
         .filter(Boolean).join(" · ");
       card.codec.textContent = codec;
       nameCard(card, msg.stream, sourceLabel(info));
