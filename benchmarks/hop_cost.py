@@ -1,6 +1,6 @@
 """Cost per hop against window length, through the runtime's own ``Model.step``.
 
-ARCHITECTURE section 2 promises that a hop costs the same whatever the window: the state
+docs/architecture.md (section 2) promises that a hop costs the same whatever the window: the state
 carries frame embeddings, so a longer window only lengthens a ring the pooling reads. This
 measures it where it matters, in ONNX Runtime on one thread, for a single stream and for a
 batch as the engine runs it, and reports the spread between the shortest and the longest

@@ -4,7 +4,7 @@ acceptance 4: median <= 50 ms).
     python -m benchmarks.latency4 --json benchmarks/results/latency4.json [--model streamqa-s]
         [--streams 4] [--seconds 20] [--hop 1] [--codec pcmu|l16]
 
-Latency is ARCHITECTURE section 5's: from the arrival of a hop's last sample (the moment the
+Latency as docs/architecture.md (section 3) defines it: from the arrival of a hop's last sample (the moment the
 RTP packet holding it was sent over loopback) to the moment a websocket subscriber holds the
 score. The monitor's own ``streamqa_score_latency_seconds`` starts at the arrival of the
 packet that *completed* the hop inside the monitor, which is later whenever the resampler
