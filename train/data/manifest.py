@@ -75,7 +75,7 @@ FIELDS = [f.name for f in fields(ClipRow)]
 def split_of(speaker: str, val_speakers: Iterable[str], test_speakers: Iterable[str]) -> str:
     """The split a speaker belongs to; a speaker matching both val and test is an error.
 
-    A converted voice ``SOURCE@NAME`` (``train.data.speech.VOICE_CONVERSIONS``) is matched as
+    A converted voice ``SOURCE@NAME`` (``train.data.conversion.VOICE_CONVERSIONS``) is matched as
     itself and as its source, so a held-out voice's copies are held out with it.
     """
     names = {speaker, speaker.split("@")[0]}
