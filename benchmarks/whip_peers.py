@@ -95,8 +95,9 @@ class OpusPacketTrack(MediaStreamTrack):
         now = time.monotonic()
         if self.started is None:
             self.started, self._due = time.time(), now
-        elif self._due > now:
-            await asyncio.sleep(self._due - now)
+        # Even when late: aiortc's sender does not yield between packets, so a late track
+        # would send its whole backlog while the other 19 and every timer wait.
+        await asyncio.sleep(max(0.0, self._due - now))
         packet = av.Packet(self.packets[self.sent % len(self.packets)])
         packet.pts, packet.time_base = self.sent * FRAME_SAMPLES, fractions.Fraction(1, OPUS_RATE)
         self.sent += 1
@@ -163,7 +164,7 @@ async def run(args: argparse.Namespace, wav: Path, tmp: Path) -> dict[str, Any]:
             listener.cancel()
     finally:
         stop_monitor(proc)
-    hello = next(m for _, m in received if m["type"] == "hello")
+    window_s = next(m for _, m in received if m["type"] == "hello")["model"]["window_s"]
     per_stream, lags = [], []
     for peer in sent:
         if "stream" not in peer:
@@ -178,7 +179,7 @@ async def run(args: argparse.Namespace, wav: Path, tmp: Path) -> dict[str, Any]:
         per_stream.append({
             "stream": stream, "audio_s": round(audio_s, 2), "scores": len(scores),
             # hops that audio_s of audio holds: the first once a window is full, then one per hop
-            "hops_sent": int((audio_s - hello["window_s"]) // args.hop) + 1,
+            "hops_sent": int((audio_s - window_s) // args.hop) + 1,
             "gaps": int(np.sum(~np.isclose(np.diff(ts), args.hop, atol=0.03))) if len(ts) > 1 else None,
             "summary_hops": ends[0]["summary"]["hops"] if ends else None,
             "ended_by": ends[0]["info"].get("ended_by") if ends else None,
@@ -197,7 +198,7 @@ async def run(args: argparse.Namespace, wav: Path, tmp: Path) -> dict[str, Any]:
     failed = [p["error"] for p in sent if "error" in p]
     return {
         "peers": args.peers, "published": len(per_stream), "not_published": failed,
-        "seconds": args.seconds, "hop_s": args.hop, "window_s": hello["window_s"],
+        "seconds": args.seconds, "hop_s": args.hop, "window_s": window_s,
         "load_average_1m": {k: round(v[0], 2) for k, v in load.items()}, "cpus": os.cpu_count(),
         "hops_dropped_total": dropped, "hops_scored_total": metric(metrics, "streamqa_hops_scored_total"),
         "every_hop_scored": every_hop,
