@@ -20,10 +20,11 @@ T = TypeVar("T")
 
 
 class DropOldest(Generic[T]):
-    """A FIFO bounded in items (``max_items``) and in total size (``max_bytes``, each item's
-    ``size`` as given to ``append``). Iterating yields ``(droppable, item)`` oldest first."""
+    """A FIFO bounded in items (``max_items``; ``math.inf``: unbounded) and in total size
+    (``max_bytes``, each item's ``size`` as given to ``append``). Iterating yields
+    ``(droppable, item)`` oldest first."""
 
-    def __init__(self, max_items: int, max_bytes: float = math.inf) -> None:
+    def __init__(self, max_items: float, max_bytes: float = math.inf) -> None:
         if max_items < 1:
             raise ValueError(f"max_items must be >= 1, got {max_items}")
         self.max_items = max_items

@@ -20,6 +20,7 @@ monitor's and no hop is ever dropped for overload.
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from collections import deque
@@ -28,6 +29,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from streamqa.dropqueue import DropOldest
 from streamqa.metrics import Metrics
 from streamqa.model import Model
 from streamqa.scorer import Scored, StreamScorer, framing, model_hello, step_batch
@@ -42,7 +44,7 @@ class _Stream:
     """A scorer and its queue of hops waiting for the worker."""
 
     scorer: StreamScorer
-    queue: deque = field(default_factory=deque)  # Hop | _END, shared under the engine lock
+    queue: DropOldest  # Hop | _END (never dropped), shared under the engine lock
     # Offline mode: the net statistics as they were when each queued hop was cut (a live
     # hop is published within milliseconds, so it simply takes the scorer's ``net`` then).
     nets: deque = field(default_factory=deque)
@@ -106,7 +108,10 @@ class Engine:
         if info.stream_id in self.streams:
             return
         scorer = StreamScorer(self.model, info, self.framing, rolling_horizon_s=self.rolling_horizon_s)
-        self.streams[info.stream_id] = _Stream(scorer)
+        # live: at most max_pending_hops queued (overload drops the oldest hop, the least
+        # useful); offline nothing is dropped
+        bound = self.max_pending_hops if self._worker is not None else math.inf
+        self.streams[info.stream_id] = _Stream(scorer, DropOldest(bound))
         self.publish(scorer.start_message())
 
     def audio(self, stream_id: str, pcm: np.ndarray, arrival: float) -> None:
@@ -143,12 +148,14 @@ class Engine:
     def _enqueue(self, stream_id: str, st: _Stream, items: list) -> None:
         with self._lock:
             was_idle = not st.queue
-            st.queue.extend(items)
-            while self._worker is not None and len(st.queue) > self.max_pending_hops and st.queue[0] is not _END:
-                st.queue.popleft()  # overload: the oldest hop is the least useful
-                self.counters["hops_dropped"] += 1
+            dropped = 0
+            for item in items:
+                dropped += st.queue.make_room()
+                st.queue.append(item, droppable=item is not _END)
+            if dropped:
+                self.counters["hops_dropped"] += dropped
                 if self.metrics is not None:
-                    self.metrics.inc("streamqa_hops_dropped_total")
+                    self.metrics.inc("streamqa_hops_dropped_total", dropped)
             if was_idle:
                 self._ready.append(stream_id)
             self._lock.notify()
