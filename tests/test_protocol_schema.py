@@ -142,6 +142,21 @@ def test_schema_accepts_the_unbroken_messages() -> None:
     assert_valid([_rtp_start(), _score()], "stream:start", "score")
 
 
+def test_lost_stream_ends_validate() -> None:
+    """The end a relay publishes for a stream whose scorer is gone: a dead --workers process
+    (streamqa.workers) and a monitor a gateway stopped hearing (streamqa.broker), built by
+    the same calls they make."""
+    from streamqa.rolling import lost_summary
+    from streamqa.scorer import end_message
+
+    start = _rtp_start()
+    worker = end_message(start["stream"], "rtp", start["info"], lost_summary("worker process died"))
+    gateway = end_message(f"host-1/{start['stream']}", "rtp", start["info"],
+                          lost_summary("monitor stopped publishing", duration_s=12.0, hops=12), monitor="host-1")
+    assert_valid([worker, gateway], "stream:end")
+    assert problems([end_message(start["stream"], "rtp", start["info"], lost_summary("who knows"))])
+
+
 # ------------------------------------------------------------------- the Python API
 
 
