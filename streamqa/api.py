@@ -1,7 +1,7 @@
 """The Python API: score an array or a file, or score a live stream chunk by chunk.
 
 Embedding services call the same code as the command line, and both drive the one scoring
-path, :class:`streamqa.scorer.StreamScorer` (docs/architecture.md), so a number from the API
+path, :class:`streamqa.scorer.StreamScorer` (docs/architecture.md, section 2), so a number from the API
 is the number ``streamqa score`` or ``streamqa monitor`` would print for the same audio:
 
 - :func:`score` and :func:`score_file` are ``streamqa score``: the recording is fed at its

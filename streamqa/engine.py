@@ -1,7 +1,7 @@
 """Scoring engine: the AudioSink that batches many streams' scorers on one model.
 
 Each stream is a :class:`streamqa.scorer.StreamScorer`, the one scoring path (framing, model
-state, speech rule, rolling MOS, summary and messages; docs/architecture.md). The engine adds
+state, speech rule, rolling MOS, summary and messages; docs/architecture.md, sections 2-4). The engine adds
 only what many streams at once need. Threading model: sources call the sink on the event
 loop; the loop only buffers and cuts hops (cheap). One worker thread owns every scorer's
 model state and speech judge, and scores the hops of *all* streams that are ready in one

@@ -1,6 +1,6 @@
 """Load an ONNX student, check it against the model contract, and run step().
 
-The contract (docs/architecture.md): one graph ``(audio[B, H], state_*) -> (scores[B, K],
+The contract (docs/architecture.md, section 2): one graph ``(audio[B, H], state_*) -> (scores[B, K],
 next_*)`` whose ``metadata_props`` give the framing and meaning. Everything the runtime needs
 (sample rate, hop, window, output names) is read from the file, so a retrained or user-made
 student drops in without code changes; a file that breaks the contract is refused with a

@@ -8,7 +8,7 @@ that lets every stream publish its end summary. The scoring side is either
 ``streamqa.workers.ShardedScoring`` (worker processes that each run a ``LocalScoring`` of
 the RTP ports); both hand the same encoded messages (``streamqa.server.Outgoing``) to one
 ``publish``, and both put their counters in this process's /metrics
-(docs/architecture.md, docs/scaling.md).
+(docs/architecture.md, section 3; docs/scaling.md).
 """
 
 from __future__ import annotations

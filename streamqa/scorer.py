@@ -5,7 +5,7 @@ Every number streamqa publishes comes from here, whoever drives it: ``streamqa s
 (:class:`streamqa.api.StreamScorer`), ``train.evaluate`` and the benchmarks, and the live
 monitor, whose :class:`streamqa.engine.Engine` only batches the model calls of many scorers
 on one thread. A file scored offline and the same file replayed through the monitor
-therefore give the same per-hop numbers and the same end summary (docs/architecture.md).
+therefore give the same per-hop numbers and the same end summary (docs/architecture.md, section 2).
 
 Per hop, in order (docs/protocol.md describes the messages):
 
