@@ -58,6 +58,13 @@ def metric(text: str, name: str) -> float:
                if line.startswith(name + " ") or line.startswith(name + "{"))
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used (Linux /proc): what the monitor needed,
+    whatever share of the machine it was given."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def opus_packets(wav: Path) -> list[bytes]:
     """The WAV as 20 ms Opus packets at 48 kHz, by aiortc's own encoder (what a file track
     would go through), encoded once for every publisher."""
@@ -150,6 +157,7 @@ async def run(args: argparse.Namespace, wav: Path, tmp: Path) -> dict[str, Any]:
             out = tmp / "publishers.json"
             publishers = multiprocessing.get_context("spawn").Process(target=publisher_process, args=(
                 f"http://127.0.0.1:{webrtc_port}/whip", wav, args.peers, args.seconds, out))
+            cpu0 = cpu_seconds(proc.pid)
             publishers.start()
             await asyncio.to_thread(publishers.join)
             load["end"] = os.getloadavg()
@@ -159,6 +167,7 @@ async def run(args: argparse.Namespace, wav: Path, tmp: Path) -> dict[str, Any]:
             while time.monotonic() < deadline and sum(
                     1 for _, m in received if m["type"] == "stream" and m["event"] == "end") < len(streams):
                 await asyncio.sleep(0.5)
+            monitor_cpu = cpu_seconds(proc.pid) - cpu0  # the streams have ended: their audio is done
             metrics = await asyncio.to_thread(lambda: urllib.request.urlopen(
                 f"http://127.0.0.1:{ws_port}/metrics?token={TOKEN}").read().decode())
             listener.cancel()
@@ -200,6 +209,9 @@ async def run(args: argparse.Namespace, wav: Path, tmp: Path) -> dict[str, Any]:
         "peers": args.peers, "published": len(per_stream), "not_published": failed,
         "seconds": args.seconds, "hop_s": args.hop, "window_s": window_s,
         "load_average_1m": {k: round(v[0], 2) for k, v in load.items()}, "cpus": os.cpu_count(),
+        # the monitor's CPU per second of audio published: what real time needs of a core
+        "monitor_cpu_s": round(monitor_cpu, 1),
+        "monitor_cpu_per_audio_s": round(monitor_cpu / max(1e-9, sum(s["audio_s"] for s in per_stream)), 4),
         "hops_dropped_total": dropped, "hops_scored_total": metric(metrics, "streamqa_hops_scored_total"),
         "every_hop_scored": every_hop,
         "lag_ms": {"p50": round(1000 * float(np.percentile(all_lag, 50)), 1),
