@@ -54,10 +54,13 @@ class Score:
 
     ``mos`` and ``outputs`` (sig, bak, ovrl for the bundled students) are the monitor's end
     summary for the recording: means over the hop windows (one per ``hop_s``, each the last
-    ``window_s`` of audio) judged speech, clamped to 1-5 per window; all None when no window
-    was (``reason`` then says "no speech"). ``speech_fraction`` is the share of windows
-    judged speech. ``raw`` holds the unclamped means when some window was outside 1-5,
-    else None."""
+    ``window_s`` of audio; the last hop may be shorter, so the end is judged too) judged
+    speech, clamped to 1-5 per window; all None when no window was (``reason`` then says
+    "no speech"). Offline, ``hop_s`` defaults to ``window_s``: consecutive whole windows,
+    each judged once, which is what the model was trained and evaluated on and a fraction of
+    the live hop's cost; ``streamqa monitor --file F --hop H`` gives the same numbers for the
+    same ``hop_s``. ``speech_fraction`` is the share of windows judged speech. ``raw`` holds
+    the unclamped means when some window was outside 1-5, else None."""
 
     mos: float | None
     outputs: dict[str, float | None]
@@ -121,6 +124,8 @@ def _score_stream(model: Model, audio: np.ndarray, sample_rate: int, info: Strea
     if duration < MIN_SCORE_SECONDS:
         raise AudioFileError(f"too short to judge: {duration:.2f} s (need at least {MIN_SCORE_SECONDS:.2f} s)")
     info = info or StreamInfo("api-0", "api", int(sample_rate), {"rate": int(sample_rate)})
+    if hop_s is None:  # offline: consecutive whole windows (see Score)
+        hop_s = window_s if window_s is not None else model.info.window_seconds
     messages = core.StreamScorer(model, info, core.framing(model, window_s, hop_s)).run(mono)
     return _result(messages, model.info.scores, duration), messages
 
@@ -132,7 +137,7 @@ def score(audio: np.ndarray, sample_rate: int, *, model: str | Path | Model | No
     ``audio`` is ``[frames]`` or ``[frames, channels]`` (soundfile's layout), float in
     [-1, 1] or integer PCM, at any ``sample_rate``: channels are averaged and the stream
     resampled to the model's rate, exactly as ``streamqa score`` treats a file. ``window_s``
-    and ``hop_s`` default to the model's. Raises :class:`AudioFileError` for audio it
+    defaults to the model's, ``hop_s`` to ``window_s`` (see :class:`Score`). Raises :class:`AudioFileError` for audio it
     refuses (NaN/Inf, shorter than 1 s)."""
     return _score_stream(_model(model), audio, int(sample_rate), window_s=window_s, hop_s=hop_s)[0]
 

@@ -103,7 +103,8 @@ class StreamScorer:
         self.model = model
         self.info = info
         self.framing = frame if frame is not None else framing(model)
-        self.windower = Windower(info.sample_rate, model.info.sample_rate, self.framing.hop_samples)
+        self.windower = Windower(info.sample_rate, model.info.sample_rate, self.framing.hop_samples,
+                                 tail_multiple=model.info.frame_samples)
         self.rolling = RollingMos(horizon_s=rolling_horizon_s)
         self.summary = StreamSummary()
         self.net: dict[str, Any] | None = None  # the RTP source's latest statistics
@@ -125,7 +126,8 @@ class StreamScorer:
         return self.windower.feed(pcm, arrival)
 
     def flush(self, arrival: float) -> list[Hop]:
-        """End of input: the hops the resampler still held (a partial hop is dropped)."""
+        """End of input: the hops the resampler still held, the last one partial (whole
+        frames) so that the end of a recording is judged too."""
         return self.windower.flush(arrival)
 
     def reset_state(self) -> None:
@@ -194,15 +196,22 @@ def step_batch(model: Model, batch: list[tuple[StreamScorer, Hop]]) -> list[Scor
             scorer.reset_state()
             f = scorer.framing
             scorer.presence = StreamPresence(model.info, f.window_frames, f.hop_frames)
-    audio = np.stack([hop.audio for _, hop in batch])
-    try:
-        scores, state = model.step(audio, stack_states([s.state for s, _ in batch]))
-        states: list[State | None] = list(split_state(state, len(batch)))
-    except Exception:  # onnxruntime raises several unrelated types
-        scores, states = None, [None] * len(batch)
+    rows: list[np.ndarray | None] = [None] * len(batch)
+    states: list[State | None] = [None] * len(batch)
+    by_length: dict[int, list[int]] = {}  # a stream's last hop may be shorter: one call per length
+    for i, (_, hop) in enumerate(batch):
+        by_length.setdefault(len(hop.audio), []).append(i)
+    for group in by_length.values():
+        try:
+            scores, state = model.step(np.stack([batch[i][1].audio for i in group]),
+                                       stack_states([batch[i][0].state for i in group]))
+        except Exception:  # onnxruntime raises several unrelated types
+            continue
+        for i, row, st in zip(group, scores, split_state(state, len(group))):
+            rows[i], states[i] = row, st
     out = []
     for i, (scorer, hop) in enumerate(batch):
-        row = None if scores is None else scores[i]
+        row = rows[i]
         if row is not None and not np.isfinite(row).all():
             row, states[i] = None, None
         if states[i] is None:

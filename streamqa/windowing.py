@@ -26,7 +26,7 @@ import soxr
 class Hop:
     """One hop of model-rate audio ready for step()."""
 
-    audio: np.ndarray  # float32 [hop_samples]
+    audio: np.ndarray  # float32 [hop_samples]; fewer (whole frames) for a stream's last partial hop
     t: float  # stream time in seconds at the hop's last sample
     arrival: float  # monotonic time at which that sample arrived
     finite: bool  # False when the hop held NaN/Inf input (replaced by silence)
@@ -89,10 +89,15 @@ class Upsample2:
 class Windower:
     """Per-stream buffer that resamples and cuts hops."""
 
-    def __init__(self, in_rate: int, out_rate: int, hop_samples: int):
-        if in_rate <= 0 or out_rate <= 0 or hop_samples <= 0:
+    def __init__(self, in_rate: int, out_rate: int, hop_samples: int, *, tail_multiple: int = 0):
+        """``tail_multiple`` > 0: at the end of the stream, a last partial hop of at least that
+        many samples is cut too, shortened to a multiple of it (the model's frame). Why: a
+        recording whose length is not a whole number of hops would lose its end, and one
+        shorter than a hop would get no window at all; 0 drops the partial hop."""
+        if in_rate <= 0 or out_rate <= 0 or hop_samples <= 0 or tail_multiple < 0:
             raise ValueError("rates and hop must be positive")
         self.in_rate, self.out_rate, self.hop = in_rate, out_rate, hop_samples
+        self.tail_multiple = tail_multiple
         if in_rate == out_rate:
             self._resampler = None
         elif out_rate == 2 * in_rate:
@@ -133,7 +138,8 @@ class Windower:
         """End of stream: push out what the resampler still holds; return whole hops.
 
         soxr keeps tens of milliseconds of output back; without this a resampled stream
-        would lose its last hop. A partial hop at the very end is dropped (documented).
+        would lose its last hop. A partial hop at the very end is cut only with a
+        ``tail_multiple`` (see the constructor), else dropped.
         """
         if self._flushed:
             return []
@@ -154,23 +160,21 @@ class Windower:
         if len(y):
             self._pending.append(y)
             self._pending_len += len(y)
-        if self._pending_len < self.hop:
+        tail = self.tail_multiple if last else 0
+        if self._pending_len < self.hop and (not tail or self._pending_len < tail):
             return []
         buf = np.concatenate(self._pending)
-        n = len(buf) // self.hop
-        hops = []
-        for i in range(n):
+        sizes = [self.hop] * (len(buf) // self.hop)
+        if tail and len(buf) - sum(sizes) >= tail:
+            sizes.append((len(buf) - sum(sizes)) // tail * tail)
+        hops, at = [], 0
+        for size in sizes:
             start = self._emitted
-            self._emitted += self.hop
-            hops.append(
-                Hop(
-                    audio=buf[i * self.hop : (i + 1) * self.hop],
-                    t=self._emitted / self.out_rate,
-                    arrival=arrival,
-                    finite=start >= self._taint_end,
-                )
-            )
-        rest = buf[n * self.hop :]
+            self._emitted += size
+            hops.append(Hop(audio=buf[at : at + size], t=self._emitted / self.out_rate, arrival=arrival,
+                            finite=start >= self._taint_end))
+            at += size
+        rest = buf[at:]
         self._pending = [rest] if len(rest) else []
         self._pending_len = len(rest)
         return hops

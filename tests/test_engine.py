@@ -62,7 +62,7 @@ def test_scores_every_hop_in_order(tiny_onnx):
         assert mine[0]["type"] == "stream" and mine[0]["event"] == "start"
         assert mine[-1]["type"] == "stream" and mine[-1]["event"] == "end"
         scores = [m for m in mine if m["type"] == "score"]
-        expected = int(len(x) / sr / 0.5 + 1e-9)
+        expected = math.ceil(len(x) / sr / engine.hop_s - 1e-9)  # the last, shorter hop judges the end
         assert expected - 1 <= len(scores) <= expected  # the resampler may hold back a few samples
         assert [m["t"] for m in scores] == sorted(m["t"] for m in scores)
         assert mine[-1]["summary"]["hops"] == len(scores)

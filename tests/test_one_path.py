@@ -72,7 +72,7 @@ def held_out(tmp_path_factory) -> list[Path]:
     return paths
 
 
-def _monitor_summaries(model: Model, files: list[Path]) -> dict[str, dict]:
+def _monitor_summaries(model: Model, files: list[Path], hop_s: float) -> dict[str, dict]:
     """Every file's end message as ``streamqa monitor --file F... --fast`` publishes it."""
     ends: dict[str, dict] = {}
 
@@ -90,19 +90,21 @@ def _monitor_summaries(model: Model, files: list[Path]) -> dict[str, dict]:
     async def main() -> int:
         ready = asyncio.get_running_loop().create_future()
         ready.add_done_callback(tap)
-        opts = MonitorOptions(files=files, fast=True, ws=("127.0.0.1", 0), quiet=True)
+        opts = MonitorOptions(files=files, fast=True, ws=("127.0.0.1", 0), quiet=True, hop_s=hop_s)
         return await run_monitor(model, opts, ready=ready)
 
     assert asyncio.run(main()) == 0
     return ends
 
 
-def test_score_and_monitor_fast_replay_agree_on_held_out_files(held_out):
-    proc = subprocess.run([sys.executable, "-m", "streamqa.cli", "score", "--json", *map(str, held_out)],
-                          capture_output=True, text=True, timeout=600, check=False)
+@pytest.mark.parametrize("hop_s", [1.0, 7.68], ids=["monitor-hop", "score-default-hop"])
+def test_score_and_monitor_fast_replay_agree_on_held_out_files(held_out, hop_s):
+    """At the same hop: the live monitor's default (1 s) and ``score``'s (the 7.68 s window)."""
+    proc = subprocess.run([sys.executable, "-m", "streamqa.cli", "score", "--json", "--hop", str(hop_s),
+                           *map(str, held_out)], capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr
     offline = {r["file"]: r for r in map(json.loads, proc.stdout.splitlines())}
-    live = _monitor_summaries(load_model(), held_out)
+    live = _monitor_summaries(load_model(), held_out, hop_s)
     assert set(offline) == set(live) == set(map(str, held_out))
     pairs = {name: (rec["mos"], live[name]["mean"]) for name, rec in offline.items()}
     for name, rec in offline.items():
@@ -127,8 +129,12 @@ def test_the_core_scores_a_file_without_a_loop_or_a_thread(held_out):
         messages += scorer.feed(data[at : at + 321])
     messages += scorer.close()
     hops = [m for m in messages if m["type"] == "score"]
-    assert len(hops) == int(len(data) / rate)  # one per whole second: the partial hop is dropped
+    seconds = len(data) / rate
+    whole = int(seconds)  # one per whole second, and the rest as a last, shorter hop
+    assert len(hops) == whole + (seconds - whole >= model.info.frame_samples / model.info.sample_rate)
+    assert hops[-1]["t"] == pytest.approx(seconds, abs=0.04)  # the end of the file is judged
     summary = messages[-1]["summary"]
     assert summary["hops"] == len(hops)
     assert summary["mean"] == pytest.approx(np.mean([m["mos"] for m in hops if m["mos"] is not None]))
-    assert score_file(path, model=model).mos == pytest.approx(summary["mean"], abs=1e-6)
+    assert score_file(path, model=model, hop_s=1.0).mos == pytest.approx(summary["mean"], abs=1e-6)
+    assert score_file(path, model=model).mos != pytest.approx(summary["mean"], abs=1e-6)  # offline: whole windows

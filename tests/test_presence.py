@@ -192,7 +192,7 @@ def test_file_score_averages_speech_windows_only(tiny_onnx):
     msgs = _offline(Scripted(tiny_onnx, [0.9, 0.1, 0.7]), audio, hop_s=1.0, window_s=7.68)
     spoken = [m["mos"] for m in msgs if m["type"] == "score" and m["speech"]]
     assert len(spoken) == 5  # the 2nd hop's window is noise
-    got = score(audio, 16000, model=Scripted(tiny_onnx, [0.9, 0.1, 0.7]))
+    got = score(audio, 16000, model=Scripted(tiny_onnx, [0.9, 0.1, 0.7]), hop_s=1.0, window_s=7.68)
     assert got.mos == pytest.approx(float(np.mean(spoken)), abs=1e-6)
     assert set(got.outputs) == {"sig", "bak", "ovrl"} and got.speech_fraction == pytest.approx(5 / 6)
     deaf = score(audio, 16000, model=Scripted(tiny_onnx, [0.1]))

@@ -20,6 +20,19 @@ def test_hops_are_exact_and_timed():
     np.testing.assert_array_equal(np.concatenate([h.audio for h in hops]), (np.repeat(np.arange(37), 320)[:11200] / 100).astype(np.float32))
 
 
+@pytest.mark.parametrize("samples, last", [(4000, 640), (4300, 960), (3500, 0), (1000, 960), (600, 320), (200, 0)])
+def test_the_end_is_a_last_shorter_hop_of_whole_frames(samples, last):
+    """With a frame as ``tail_multiple`` the stream's end is cut too, cut down to whole
+    frames; less than a frame is dropped, as is every partial hop without it."""
+    w = Windower(16000, 16000, 1600, tail_multiple=320)
+    hops = w.feed(np.full(samples, 0.1, np.float32), arrival=0.0) + w.flush(arrival=1.0)
+    sizes = [len(h.audio) for h in hops]
+    assert sizes == [1600] * (samples // 1600) + ([last] if last else [])
+    assert hops[-1].t == pytest.approx(sum(sizes) / 16000) if hops else samples < 320
+    plain = Windower(16000, 16000, 1600)
+    assert [len(h.audio) for h in plain.feed(np.zeros(samples, np.float32), 0.0) + plain.flush(0.0)] == [1600] * (samples // 1600)
+
+
 def test_resampling_has_no_seams():
     sr_in, sr_out = 8000, 16000
     t = np.arange(sr_in * 2) / sr_in
