@@ -286,7 +286,7 @@ def test_speed_perturb_option_rejects_a_malformed_range(tmp_path: Path) -> None:
 
 
 def test_device_option_defaults_to_cuda_when_there_is_one(tmp_path: Path) -> None:
-    from train.compress.device import pick_device
+    from train.device import pick_device
     from train.prune import build_parser
 
     args = build_parser().parse_args(["--out", str(tmp_path / "x.pt")])

@@ -7,6 +7,7 @@ device is ``cuda:LOCAL_RANK`` (torchrun sets it), so ranks on one host never sha
 
 from __future__ import annotations
 
+import argparse
 import os
 
 import torch
@@ -16,6 +17,29 @@ import torch.distributed as dist
 def default_device() -> str:
     """``cuda`` when a GPU is visible, else ``cpu``: the default of every ``--device`` flag."""
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def pick_device(name: str | None = None) -> torch.device:
+    """``name`` as a torch device, by default CUDA when this host has it, else the CPU.
+
+    Raises ValueError for a name torch does not know, or for CUDA on a host without it:
+    torch would otherwise fail later, at the first tensor moved, after minutes of loading
+    clips."""
+    try:
+        device = torch.device(name if name else default_device())
+    except RuntimeError as e:
+        raise ValueError(f"unknown device {name!r}: {e}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but torch sees no CUDA device on this host")
+    return device
+
+
+def device_arg(text: str) -> torch.device:
+    """:func:`pick_device` as an argparse ``type``: a refused device is a usage error."""
+    try:
+        return pick_device(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def init_ranks(device: str | torch.device) -> tuple[int, int, torch.device]:

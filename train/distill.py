@@ -43,7 +43,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.nn import functional as F
 
-from train.device import default_device, init_ranks
+from train.device import default_device, device_arg, init_ranks
 from train.export import save_checkpoint
 from train.students import (FAMILY, FRAME_SAMPLES, PRESENCE, Student, StudentConfig, band_edges, count_params,
                             macs_per_second)
@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> None:
                     "(overrides the student config's; 0 = off)")
     ap.add_argument("--human-ratio", type=float, default=0.2, help="share of each batch from --human")
     ap.add_argument("--teacher", default="distillmos+dnsmos", help="recorded in the checkpoint and model card")
-    ap.add_argument("--device", default=default_device(),
+    ap.add_argument("--device", type=device_arg, default=default_device(),
                     help="torch device to train on (default: cuda when available, else cpu); under torchrun "
                     "cuda means cuda:LOCAL_RANK with NCCL, anything else gloo")
     args = ap.parse_args(argv)

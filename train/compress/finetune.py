@@ -19,7 +19,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from train.compress.clips import random_crops
-from train.compress.device import device_arg, device_of, pick_device
+from train.compress.device import device_of
+from train.device import device_arg, pick_device
 from train.compress.nets import DistillMosNet
 
 
