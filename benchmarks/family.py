@@ -25,8 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import write_json
-from benchmarks.real_voices import clean_offsets, clean_windows, degraded, is_real
-from train.evaluate import select_rows
+from benchmarks.real_voices import add_clip_args, clean_offsets, clean_windows, degraded, labelled, named_models
 
 HOP_SAMPLES = 16000  # the live monitor's default 1 s hop at 16 kHz
 
@@ -75,18 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("models", nargs="+", help="NAME=MODEL.onnx, smallest first; hop times are ratios to the first")
     ap.add_argument("--labels", type=Path, nargs="+",
                     default=[Path("train/labels/test.distillmos.csv"), Path("train/labels/test.real.distillmos.csv")])
-    ap.add_argument("--split", default="test")
-    ap.add_argument("--audio-dir", type=Path, default=Path("cache/audio"))
-    ap.add_argument("--speech-cache", type=Path, default=Path("cache/speech"))
-    ap.add_argument("--clean", type=int, default=24, help="clean windows per held-out real voice")
-    ap.add_argument("--json", type=Path)
+    add_clip_args(ap)
     args = ap.parse_args(argv)
-    models = {k: Path(v) for k, v in (m.split("=", 1) for m in args.models)}
-    rows = [r for r in select_rows(args.labels, args.split) if r.get("mos") not in (None, "")]
-    if not rows:
-        print(f"no labelled {args.split} rows in {args.labels}", file=sys.stderr)
-        return 2
-    voices = sorted({r["speaker"] for r in rows if is_real(r["speaker"])})
+    models = named_models(args.models)
+    rows, voices = labelled(args.labels, args.split)
     clean = clean_offsets(models, clean_windows(voices, args.clean, args.speech_cache))
     hops = {name: hop_ms(path) for name, path in models.items()}
     first = hops[next(iter(models))]

@@ -88,24 +88,40 @@ def degraded(model: Path, rows: list[dict[str, str]], audio_dir: Path) -> dict:
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.real_voices", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("models", nargs="+", help="NAME=MODEL.onnx (or MODEL.onnx, named by its stem)")
-    ap.add_argument("--labels", type=Path, nargs="+", required=True)
+def add_clip_args(ap: argparse.ArgumentParser) -> None:
+    """The options saying which labelled clips and clean utterances a real-voice measurement
+    reads, shared with benchmarks.family so both read the same by default."""
     ap.add_argument("--split", default="test")
     ap.add_argument("--audio-dir", type=Path, default=Path("cache/audio"))
     ap.add_argument("--speech-cache", type=Path, default=Path("cache/speech"))
     ap.add_argument("--clean", type=int, default=24, help="clean windows per held-out real voice")
     ap.add_argument("--json", type=Path)
-    args = ap.parse_args(argv)
-    models = dict(m.split("=", 1) if "=" in m else (Path(m).stem, m) for m in args.models)
-    models = {k: Path(v) for k, v in models.items()}
-    rows = [r for r in select_rows(args.labels, args.split) if r.get("mos") not in (None, "")]
+
+
+def labelled(labels: list[Path], split: str) -> tuple[list[dict[str, str]], list[str]]:
+    """The ``split`` rows of ``labels`` that carry a MOS label, and their real voices (sorted);
+    exits with a usage error when there are none."""
+    rows = [r for r in select_rows(labels, split) if r.get("mos") not in (None, "")]
     if not rows:
-        print(f"no labelled {args.split} rows in {args.labels}", file=sys.stderr)
-        return 2
-    voices = sorted({r["speaker"] for r in rows if is_real(r["speaker"])})
+        raise SystemExit(f"no labelled {split} rows in {', '.join(map(str, labels))}")
+    return rows, sorted({r["speaker"] for r in rows if is_real(r["speaker"])})
+
+
+def named_models(specs: list[str]) -> dict[str, Path]:
+    """``NAME=MODEL.onnx`` (or ``MODEL.onnx``, named by its stem) as an ordered name -> path."""
+    pairs = (m.split("=", 1) if "=" in m else (Path(m).stem, m) for m in specs)
+    return {name: Path(path) for name, path in pairs}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.real_voices", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("models", nargs="+", help="NAME=MODEL.onnx (or MODEL.onnx, named by its stem)")
+    ap.add_argument("--labels", type=Path, nargs="+", required=True)
+    add_clip_args(ap)
+    args = ap.parse_args(argv)
+    models = named_models(args.models)
+    rows, voices = labelled(args.labels, args.split)
     result: dict = {"split": args.split, "clips": len(rows), "real_voices": voices,
                     "models": {name: str(p) for name, p in models.items()},
                     "degraded": {name: degraded(p, rows, args.audio_dir) for name, p in models.items()},
