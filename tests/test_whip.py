@@ -169,7 +169,8 @@ def test_whip_publish_errors_idle_and_cap(tmp_path):
     assert start["source"] == "webrtc" and start["info"]["codec"] == "opus" and start["info"]["rate"] == 48000
     scores = sub.of(stream, "score")
     ts = [s["t"] for s in scores]
-    assert np.allclose(np.diff(ts), info["engine"].hop_s), ts  # no hop lost or repeated
+    gaps = np.diff(ts)  # no hop lost or repeated; the last may be shorter (the stream's end is judged)
+    assert np.allclose(gaps[:-1], info["engine"].hop_s) and 0 < gaps[-1] <= info["engine"].hop_s + 1e-9, ts
     assert any(s["speech"] for s in scores) and any(s["mos"] is not None for s in scores)
     net = scores[-1]["net"]  # jitter on a shared, busy machine says little: only its presence
     assert net["loss"] == 0.0 and net["jitter_ms"] >= 0.0 and net["rtt_ms"] is None
