@@ -12,6 +12,13 @@ is its receipt by a websocket subscriber (same machine, same wall clock) minus t
 it covers encoding, the network, aiortc's jitter buffer and decoder, the engine's hop and
 the websocket, but not the capture buffer before the browser's encoder (about 10 ms).
 Acceptance: p99 < 300 ms.
+
+Where the time goes (``parts_ms``): a score message's ``ts`` is the monitor's wall time
+when it published it, so receipt - ts is the websocket's part; the monitor's own
+``streamqa_score_latency_seconds`` (/metrics) times each hop from the arrival of its last
+decoded frame to that publish (the engine: resampling, the batch, the model); what is left
+of (ts - sent) is before the frame reached the monitor's source: the browser's encoder and
+sender, loopback, aiortc's SRTP, jitter buffer and decoder thread.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +115,8 @@ async def run(args: argparse.Namespace, wav: Path, profile: Path) -> dict[str, A
                 await asyncio.sleep(args.seconds)
                 sent = await page.evaluate("window.streamqaCheck.sent")
             load["end"] = os.getloadavg()
+            metrics = await asyncio.to_thread(lambda: urllib.request.urlopen(
+                f"http://127.0.0.1:{ws_port}/metrics?token={TOKEN}").read().decode())
             listener.cancel()
     finally:
         stop_monitor(proc)
@@ -114,7 +124,11 @@ async def run(args: argparse.Namespace, wav: Path, profile: Path) -> dict[str, A
     scores = [(at, m) for at, m in received if m["type"] == "score" and m["stream"] == stream]
     # Only hops the browser had sent by the last stats sample are timed from its clock.
     last_sent = max(s for _, s in sent)
-    latency = np.array([at - (offset + m["t"]) for at, m in scores if m["t"] <= last_sent])
+    timed = [(at, m) for at, m in scores if m["t"] <= last_sent]
+    latency = np.array([at - (offset + m["t"]) for at, m in timed])
+    published = np.array([m["ts"] - (offset + m["t"]) for _, m in timed])
+    websocket = np.array([at - m["ts"] for at, m in timed])
+    engine = histogram(metrics, "streamqa_score_latency_seconds")
     ts = [m["t"] for _, m in scores]
     return {
         "stream": stream, "hop_s": args.hop, "seconds": args.seconds, "scores": len(scores),
@@ -127,9 +141,34 @@ async def run(args: argparse.Namespace, wav: Path, profile: Path) -> dict[str, A
                        "min": round(1000 * float(latency.min()), 1), "n": int(latency.size),
                        "over_threshold": int(np.sum(latency * 1000 >= THRESHOLD_P99_MS))},
         "threshold_p99_ms": THRESHOLD_P99_MS,
+        "parts_ms": {
+            "to_publish": {"p50": round(1000 * float(np.percentile(published, 50)), 1),
+                           "p99": round(1000 * float(np.percentile(published, 99)), 1)},
+            "websocket": {"p50": round(1000 * float(np.percentile(websocket, 50)), 1),
+                          "p99": round(1000 * float(np.percentile(websocket, 99)), 1)},
+            # the engine's share of to_publish, from the monitor's own histogram (all hops)
+            "engine_mean": round(1000 * engine["sum"] / max(1, engine["count"]), 1),
+            "engine_buckets_le_s": engine["buckets"],
+        },
         "load_average_1m": {k: round(v[0], 2) for k, v in load.items()}, "cpus": os.cpu_count(),
         "passed": bool(np.percentile(latency, 99) * 1000 < THRESHOLD_P99_MS),
     }
+
+
+def histogram(text: str, name: str) -> dict[str, Any]:
+    """A Prometheus histogram of the /metrics text: its sum, count and cumulative buckets
+    (upper bound -> count), summed over labels."""
+    out: dict[str, Any] = {"sum": 0.0, "count": 0, "buckets": {}}
+    for line in text.splitlines():
+        series, _, value = line.rpartition(" ")
+        if series.startswith(name + "_bucket"):
+            le = series.split('le="', 1)[1].split('"', 1)[0]
+            out["buckets"][le] = out["buckets"].get(le, 0) + int(float(value))
+        elif series.split("{")[0] == name + "_sum":
+            out["sum"] += float(value)
+        elif series.split("{")[0] == name + "_count":
+            out["count"] += int(float(value))
+    return out
 
 
 def write_prompt(folder: Path) -> Path:

@@ -4,6 +4,7 @@ of their own, each send a held-out French prompt over WHIP to ``streamqa monitor
 dropped.
 
     python -m benchmarks.whip_peers --json benchmarks/results/whip_peers.json [--peers 20] [--seconds 60]
+    python -m benchmarks.whip_peers --profile monitor.txt   # where the monitor's time goes (py-spy)
 
 Why not 20 browser tabs: on this 2-core machine 20 tabs of headless chromium capturing
 their fake microphones in real time starve before the monitor does (some tabs could not
@@ -17,8 +18,13 @@ browser: ICE, DTLS, SRTP, aiortc's jitter buffer and Opus decoder, the engine, t
 A score's lag is its receipt by a websocket subscriber (same machine, same wall clock)
 minus the moment its hop's last packet was due to leave the publisher. Real time holds when
 the lag stays bounded (the last 10 s of every stream lag less than REAL_TIME_LAG_S); no hop
-is dropped when every stream's scores come once per hop without a gap, cover the audio
-sent, its end summary counts them all, and ``streamqa_hops_dropped_total`` stays 0.
+is dropped when every stream's scores come once per hop without a gap (the last, the
+stream's partial end, may come sooner), cover the audio sent, its end summary counts them
+all, and ``streamqa_hops_dropped_total`` stays 0.
+
+Profiling (``--profile``) samples the monitor with py-spy without pausing it
+(``--nonblocking``): py-spy's default stops every thread for each sample, which with the
+monitor's 22 threads (20 decoders) slowed it enough to fall 20 s behind.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import json
 import multiprocessing
 import os
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -134,9 +141,21 @@ async def publish_all(url: str, packets: list[bytes], peers: int, seconds: float
 
 def publisher_process(url: str, wav: Path, peers: int, seconds: float, out: Path) -> None:
     """The publishers' process: its own interpreter and event loop, apart from the monitor's
-    and from the subscriber's."""
-    result = asyncio.run(publish_all(url, opus_packets(wav), peers, seconds))
-    out.write_text(json.dumps(result))
+    and from the subscriber's. Its CPU time is written beside the sessions: on 2 cores the
+    publishers' share is CPU the monitor does not get."""
+    packets = opus_packets(wav)
+    cpu0 = time.process_time()
+    result = asyncio.run(publish_all(url, packets, peers, seconds))
+    out.write_text(json.dumps({"sessions": result, "cpu_s": time.process_time() - cpu0}))
+
+
+def py_spy(pid: int, seconds: float, out: Path) -> subprocess.Popen:
+    """py-spy sampling ``pid`` for ``seconds`` into ``out``, as collapsed stacks (one line
+    per stack and its sample count; threads apart, idle stacks left out)."""
+    exe = Path(sys.executable).with_name("py-spy")  # the dev extra's, beside this interpreter
+    return subprocess.Popen([str(exe) if exe.exists() else "py-spy", "record", "--pid", str(pid), "--duration", str(int(seconds)),
+                             "--format", "raw", "--threads", "--rate", "100", "--nonblocking", "--output", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 async def run(args: argparse.Namespace, wav: Path, tmp: Path) -> dict[str, Any]:
@@ -159,9 +178,13 @@ async def run(args: argparse.Namespace, wav: Path, tmp: Path) -> dict[str, Any]:
                 f"http://127.0.0.1:{webrtc_port}/whip", wav, args.peers, args.seconds, out))
             cpu0 = cpu_seconds(proc.pid)
             publishers.start()
+            profiler = py_spy(proc.pid, args.seconds, args.profile) if args.profile else None
             await asyncio.to_thread(publishers.join)
             load["end"] = os.getloadavg()
-            sent = json.loads(out.read_text())
+            published = json.loads(out.read_text())
+            sent = published["sessions"]
+            if profiler is not None:
+                await asyncio.to_thread(profiler.wait)
             streams = [p["stream"] for p in sent if "stream" in p]
             deadline = time.monotonic() + 30  # the DELETEs end the streams; their summaries follow
             while time.monotonic() < deadline and sum(
@@ -173,6 +196,9 @@ async def run(args: argparse.Namespace, wav: Path, tmp: Path) -> dict[str, Any]:
             listener.cancel()
     finally:
         stop_monitor(proc)
+    if args.messages:  # to look into a run: every message with its receipt (wall time)
+        args.messages.write_text("".join(json.dumps([at, m]) + "\n" for at, m in received))
+        (args.messages.parent / (args.messages.name + ".sent.json")).write_text(json.dumps(sent))
     window_s = next(m for _, m in received if m["type"] == "hello")["model"]["window_s"]
     per_stream, lags = [], []
     for peer in sent:
@@ -187,9 +213,11 @@ async def run(args: argparse.Namespace, wav: Path, tmp: Path) -> dict[str, Any]:
         lags.append(lag)
         per_stream.append({
             "stream": stream, "audio_s": round(audio_s, 2), "scores": len(scores),
-            # hops that audio_s of audio holds: the first once a window is full, then one per hop
-            "hops_sent": int((audio_s - window_s) // args.hop) + 1,
-            "gaps": int(np.sum(~np.isclose(np.diff(ts), args.hop, atol=0.03))) if len(ts) > 1 else None,
+            # whole hops that audio_s of audio holds (the first is scored before its window is
+            # full); the stream's last, partial hop is scored too, so it may come closer
+            "hops_sent": int(audio_s // args.hop),
+            "gaps": int(np.sum(~np.isclose(np.diff(ts[:-1]), args.hop, atol=0.03))
+                        + (not 0 < ts[-1] - ts[-2] <= args.hop + 0.03)) if len(ts) > 2 else None,
             "summary_hops": ends[0]["summary"]["hops"] if ends else None,
             "ended_by": ends[0]["info"].get("ended_by") if ends else None,
             "lag_ms_p50": round(1000 * float(np.median(lag)), 1) if lag.size else None,
@@ -212,6 +240,7 @@ async def run(args: argparse.Namespace, wav: Path, tmp: Path) -> dict[str, Any]:
         # the monitor's CPU per second of audio published: what real time needs of a core
         "monitor_cpu_s": round(monitor_cpu, 1),
         "monitor_cpu_per_audio_s": round(monitor_cpu / max(1e-9, sum(s["audio_s"] for s in per_stream)), 4),
+        "publishers_cpu_s": round(published["cpu_s"], 1),
         "hops_dropped_total": dropped, "hops_scored_total": metric(metrics, "streamqa_hops_scored_total"),
         "every_hop_scored": every_hop,
         "lag_ms": {"p50": round(1000 * float(np.percentile(all_lag, 50)), 1),
@@ -228,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=60.0, help="publishing time once every peer published")
     ap.add_argument("--hop", type=float, default=1.0)
     ap.add_argument("--json")
+    ap.add_argument("--messages", type=Path, help="write every websocket message (JSON lines) and the publishers' sessions")
+    ap.add_argument("--profile", type=Path, help="py-spy's collapsed stacks of the monitor while the peers publish")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         wav = write_prompt(Path(tmp))

@@ -205,16 +205,34 @@ class DecodedTrack:
         return self.frames.pop(0)
 
 
-def test_lost_packets_are_silence_and_keep_the_stream_time():
+class HopSink(RecordingSink):
+    """A sink whose next hop needs ``wanted`` more samples each time (as the engine says)."""
+
+    def __init__(self, wanted: int) -> None:
+        super().__init__()
+        self.wanted = wanted
+
+    def samples_wanted(self, stream_id: str) -> int:
+        return self.wanted
+
+
+@pytest.mark.parametrize("wanted", [0, 10 * 960 + 17])
+def test_lost_packets_are_silence_and_keep_the_stream_time(wanted):
     """aiortc conceals nothing: the 40 ms of two lost packets come back as 40 ms of silence
-    where they were, so the stream's time stays the sender's."""
+    where they were, so the stream's time stays the sender's. Frames are held until the
+    sink's next hop needs them and then handed over in one piece, silence included."""
     async def no_stats() -> dict:
         return {}  # an RTCStatsReport before any RTP arrived
 
-    sink = RecordingSink()
+    sink = HopSink(wanted)
     source = TrackSource(sink, DecodedTrack(50, lost={20, 21}), "webrtc-t", {}, no_stats,
                          codec="opus", clock_rate=48000, idle_timeout=3.0)
     asyncio.run(source.run())
+    sizes = [len(p) for p in sink.pcm["webrtc-t"]]
+    # per frame when the sink takes anything (the silence with the frame after it); else the
+    # fewest whole frames that reach each hop, the rest at the end
+    frames = [1] * 20 + [3] + [1] * 27 if not wanted else [11, 9 + 2 + 1, 11, 11, 5]
+    assert sizes == [960 * n for n in frames], sizes
     pcm = sink.audio_of("webrtc-t")
     assert len(pcm) == 50 * 960 and source.filled == 2 * 960 and sink.ended == ["webrtc-t"]
     assert not pcm[20 * 960:22 * 960].any()
