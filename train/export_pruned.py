@@ -228,7 +228,9 @@ def ship_pruned(onnx_path: Path, net: nn.Module, meta: dict[str, Any], *, labels
     """Evaluate the exported model on the held-out test split through the runtime, then copy
     it into streamqa/models with a card in the students' format (plus the cost of the live
     hop, streams per core and the licence and attribution of the Distill-MOS weights), and
-    regenerate docs/models.md."""
+    regenerate docs/models.md. Refuses (ValueError) when the test split gives no accuracy:
+    fewer than three clips judged to hold speech (train.evaluate.accuracy) would otherwise
+    ship a card with an empty accuracy, which reads as a model nobody measured."""
     from train.evaluate import evaluate_onnx
     from train.pipeline import ship, write_models_doc
 
@@ -241,9 +243,13 @@ def ship_pruned(onnx_path: Path, net: nn.Module, meta: dict[str, Any], *, labels
                 f"({meta['params'] / meta['reference_params']:.1%}), {meta['steps']:,} steps of layer-wise "
                 f"distillation from the unpruned model in {len(runs)} runs on crops of train-split clips "
                 f"({'; '.join(clips)})")
+    test = evaluate_onnx(onnx_path, labels, audio_dir)
+    if "mos" not in test:
+        raise ValueError(f"no MOS accuracy on {', '.join(map(str, labels))}: fewer than 3 of the {test['clips']} "
+                         "test clips are labelled and judged to hold speech")
     lic = licence_of()
     result = {"name": NAME, "onnx": str(onnx_path), "params": count_params(net), "outputs": ["mos"],
-              "macs_per_second": live_macs_per_second(net), "test": evaluate_onnx(onnx_path, labels, audio_dir)}
+              "macs_per_second": live_macs_per_second(net), "test": test}
     dst = ship(result, TEACHER, training, command)
     # ship() writes the students' fields; a whole-window model adds its own, and has one output
     card_path = dst.with_suffix(".json")
