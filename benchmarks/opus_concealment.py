@@ -10,9 +10,9 @@ dropped; and the monitor's own RTP path (jitter buffer, ``RtpSource._deliver``) 
 * ``plc``: libopus concealment without FEC;
 * ``silence``: every gap filled with silence (what FFmpeg's decoder gave before).
 
-The bundled model scores each whole signal (``streamqa score``'s pooling), and the E-model
-figure each decoder's stream would publish is reported beside it. ``clean`` is the same
-packets without loss.
+The bundled model scores each whole signal as ``streamqa score`` scores a file (consecutive
+whole windows, those judged speech averaged), and the E-model figure each decoder's stream
+would publish is reported beside it. ``clean`` is the same packets without loss.
 
     python -m benchmarks.opus_concealment --json benchmarks/results/opus_concealment.json
 """
@@ -37,6 +37,7 @@ from benchmarks import write_json
 from benchmarks.rtp_degradation import SR, held_out_speech
 from streamqa.api import score
 from streamqa.model import Model, load_model
+from streamqa.rtp import stream as rtp_stream
 from streamqa.rtp.emodel import emodel_mos
 from streamqa.rtp.opus import OpusDecoder
 from streamqa.sources import StreamInfo
@@ -127,13 +128,24 @@ def decode(datagrams: list[bytes], decoder: type[OpusDecoder]) -> tuple[np.ndarr
     scorer's rate and the stream's last network report. Arrival times come from the RTP
     timestamps (a perfectly paced sender), so only the loss differs between runs."""
     sink = _AudioSink()
-    with mock.patch.object(rtp_source, "make_decoder", lambda codec, rate, channels: decoder()):
+    made: list[OpusDecoder] = []
+
+    def make(codec: str, rate: int, channels: int) -> OpusDecoder:
+        made.append(decoder())
+        return made[-1]
+
+    # Patched where each stream builds its decoder (RtpStream): had the patch missed it, every
+    # decoder's audio would be the monitor's and the comparison would see no difference.
+    with mock.patch.object(rtp_stream, "make_decoder", make):
         source = rtp_source.RtpSource(sink, rtp_map={PAYLOAD_TYPE: ("opus", RATE, 2)})
         first = int.from_bytes(datagrams[0][4:8], "big")
         for data in datagrams:
             ts = (int.from_bytes(data[4:8], "big") - first) & 0xFFFFFFFF
             source.handle_datagram(data, ("127.0.0.1", 5004), ts / RATE)
         source.stop()
+    if len(made) != 1:
+        raise RuntimeError(f"expected the stream to build one {decoder.__name__}, it built {len(made)}: "
+                           "where does streamqa's RTP path make its decoder now?")
     audio = np.concatenate(sink.chunks) if sink.chunks else np.zeros(0, np.float32)
     return soxr.resample(audio, RATE, SR).astype(np.float32), sink.last_net
 
