@@ -8,6 +8,10 @@
 
   const params = new URLSearchParams(location.search);
   const token = params.get("token");
+  // ?processing=off asks for the microphone as it is: no noise suppression, gain control or
+  // echo cancellation. The default keeps the browser's processing, because that is what a
+  // call from this browser sends; the test turns it off so the noise it plays is heard.
+  const processing = params.get("processing") !== "off";
   const overlayPort = document.documentElement.dataset.overlayPort;
   const overlayHost = `${location.hostname}:${overlayPort}`;
   const FRAME_S = 0.02; // browsers send 20 ms Opus frames by default
@@ -27,7 +31,7 @@
   const stopBtn = document.getElementById("stop");
   const card = document.getElementById("card");
   const auth = token ? { Authorization: "Bearer " + token } : {};
-  const state = { stream: null, resource: null, state: "idle", hint: "", sent: [], error: null };
+  const state = { stream: null, resource: null, state: "idle", hint: "", sent: [], error: null, processing: null };
   window.streamqaCheck = state;
   let pc = null;
   let ws = null;
@@ -59,7 +63,11 @@
 
   async function start() {
     setState("asking for the microphone…");
-    const media = await navigator.mediaDevices.getUserMedia({ audio: true });
+    const audio = processing ? true : { noiseSuppression: false, autoGainControl: false, echoCancellation: false };
+    const media = await navigator.mediaDevices.getUserMedia({ audio });
+    const settings = media.getAudioTracks()[0].getSettings(); // what the browser granted
+    state.processing = { noiseSuppression: settings.noiseSuppression, autoGainControl: settings.autoGainControl,
+                         echoCancellation: settings.echoCancellation };
     pc = new RTCPeerConnection();
     for (const track of media.getAudioTracks()) pc.addTransceiver(track, { direction: "sendonly" });
     await pc.setLocalDescription(await pc.createOffer());
