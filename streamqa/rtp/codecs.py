@@ -146,7 +146,7 @@ class G711Decoder(_RepeatFade):
         """Consecutive payloads in one table lookup: the RTP shell holds G.711 payloads until
         the scorer can use them, so a hop costs one numpy call instead of fifty. Any octet
         is a valid code and every table entry is finite and within [-1, 1]."""
-        pcm = self._table[np.frombuffer(b"".join(payloads), dtype=np.uint8)]
+        pcm = self._table.take(np.frombuffer(b"".join(payloads), dtype=np.uint8))  # take: a third cheaper than []
         self._remember(pcm[len(pcm) - len(payloads[-1]):])  # concealment repeats the last packet
         return pcm
 

@@ -64,6 +64,8 @@ class Lost(NamedTuple):
 
 
 Frame = Union[Received, Lost]
+# Builds a Received from a tuple without the NamedTuple's Python-level __new__: one per packet.
+_received = tuple.__new__
 
 
 @dataclass(slots=True)
@@ -165,33 +167,40 @@ class JitterBuffer:
         """Accept one packet (``arrival`` in seconds, any monotonic origin); return the
         frames that became releasable, in order."""
         stats = self.stats
-        if self._next is None:
+        nxt = self._next
+        if nxt is None:
             return self._begin(pkt, arrival, [])
-        delta = ((pkt.sequence - self._highest + 0x8000) & 0xFFFF) - 0x8000
-        ext = self._highest + delta
-        if delta > self.max_gap or ext < self._next - self.max_gap or (
+        highest = self._highest
+        delta = ((pkt.sequence - highest + 0x8000) & 0xFFFF) - 0x8000
+        ext = highest + delta
+        if delta > self.max_gap or ext < nxt - self.max_gap or (
                 delta > 1 and self._outruns_clock(pkt.timestamp, arrival)):
             out = self.flush()
             stats.resyncs += 1
             return self._begin(pkt, arrival, out)
-        if ext < self._next:
+        if ext < nxt:
             if self._ring[ext % self._ring_size] == ext:
                 stats.duplicates += 1
             else:
                 stats.late += 1
             return []
-        if ext in self._buffer:
+        buffer = self._buffer
+        if ext in buffer:
             stats.duplicates += 1
             return []
         stats.received += 1
-        if ext < self._highest:
+        if ext < highest:
             stats.reordered += 1
         else:
             self._highest = ext
             self._highest_ts = pkt.timestamp
             self._highest_arrival = arrival
         self._update_jitter(pkt.timestamp, arrival)
-        self._buffer[ext] = Received(pkt, arrival, ext)
+        item = _received(Received, (pkt, arrival, ext))
+        if ext == nxt and not buffer:  # the usual packet: in order, nothing waiting for it
+            self._play(item)
+            return [item]
+        buffer[ext] = item
         return self._release(arrival, self.depth, [])
 
     def flush(self) -> list[Frame]:
@@ -213,7 +222,7 @@ class JitterBuffer:
         self._prev_arrival = None
         self.stats.received += 1
         self._update_jitter(pkt.timestamp, arrival)
-        self._buffer[ext] = Received(pkt, arrival, ext)
+        self._buffer[ext] = _received(Received, (pkt, arrival, ext))
         return self._release(arrival, self.depth, out)
 
     def _release(self, arrival: float, hold: int, out: list[Frame]) -> list[Frame]:
@@ -224,14 +233,7 @@ class JitterBuffer:
             nxt = self._next
             item = buffer.pop(nxt, None)
             if item is not None:
-                ts = item.packet.timestamp
-                step = (ts - self._last_ts) & _TS_MASK
-                if 0 < step <= self._max_step:
-                    self._step = step
-                self._last_ts = ts
-                self._ring[nxt % self._ring_size] = nxt
-                self._next = nxt + 1
-                stats.expected += 1
+                self._play(item)
                 out.append(item)
             elif len(buffer) > hold:
                 target = min(buffer)
@@ -246,6 +248,18 @@ class JitterBuffer:
             else:
                 break
         return out
+
+    def _play(self, item: Received) -> None:
+        """Account for the release of ``item``, the packet of the next slot."""
+        ts = item.packet.timestamp
+        step = (ts - self._last_ts) & _TS_MASK
+        if 0 < step <= self._max_step:
+            self._step = step
+        self._last_ts = ts
+        ext = item.ext_sequence
+        self._ring[ext % self._ring_size] = ext
+        self._next = ext + 1
+        self.stats.expected += 1
 
     def _gap_duration(self, lost: int, next_ts: int) -> tuple[int, int]:
         """``(duration, span)`` of a gap of ``lost`` packets between the last released

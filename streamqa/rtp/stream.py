@@ -97,23 +97,25 @@ class RtpStream:
         samples are there, before a gap, or with ``release``."""
         chunks = []
         arrival = self.last_arrival
+        held = self.held
+        payload_type = self.payload_type
         for i, frame in enumerate(frames):
             if type(frame) is Lost:
-                if self.held:
+                if held:
                     chunks.append(self._release_held())
                 pcm = self._conceal(frame, frames[i + 1] if i + 1 < len(frames) else None)
                 if pcm.size:
                     chunks.append(pcm)
-            elif frame.packet.payload_type != self.payload_type:
+            elif frame.packet.payload_type != payload_type:
                 # DTMF events (RFC 4733), comfort noise or a codec switch inside one SSRC:
                 # they share the sequence space (so they pass the jitter buffer and are not
                 # counted as loss) but are not audio for this stream's decoder.
                 self.counters.add("payload_type_changed")
                 self.last_units = 0  # its length is unknown: a gap after it falls back to duration
                 continue
-            elif self.held is not None:  # G.711: one octet per sample, decoding cannot fail
+            elif held is not None:  # G.711: one octet per sample, decoding cannot fail
                 payload = frame.packet.payload
-                self.held.append(payload)
+                held.append(payload)
                 self.held_samples += len(payload)
                 self.last_units = len(payload)
                 self.received_s += len(payload) / self.decoder.clock_rate
@@ -121,9 +123,10 @@ class RtpStream:
                 pcm = self._decode_one(frame.packet.payload)
                 if pcm.size:
                     chunks.append(pcm)
-            arrival = max(arrival, frame.arrival)
+            if frame.arrival > arrival:
+                arrival = frame.arrival
         self.last_arrival = arrival
-        if self.held and (chunks or release or self.held_samples >= self.wanted):
+        if held and (chunks or release or self.held_samples >= self.wanted):
             chunks.append(self._release_held())
         if not chunks:
             return None
