@@ -1,18 +1,21 @@
 """How much faster than real time ``streamqa score`` analyses a capture, on one core.
 
-    python -m benchmarks.capture_speed --streams 20 --seconds 600 \
+    python -m benchmarks.capture_speed --streams 20 --seconds 600 --timeline \
         --json benchmarks/results/capture_speed.json
 
 Writes a capture of ``--streams`` PCMU calls of ``--seconds`` each (20 ms packets over
 Ethernet/IPv4/UDP to one monitor port, the demo caller's speech from a different offset per
 stream, every second stream losing 1 % of its packets and all of them jittered by up to
 4 ms), then runs :func:`streamqa.capture.analyse_capture` on it with the shipped model,
-pinned to one CPU with one ONNX Runtime thread. Reported: CPU and wall time, real-time
-factors (capture seconds per analysis second), hops scored against the hops expected, and,
-to show where the time goes, the CPU time of reading the capture alone (dpkt and the
-link/IP/UDP decoding) and of the model's step() calls within the analysis (with their mean
-batch: the engine scores one hop of every stream that has one waiting in one call). The
-machine is shared, so the CPU-time figures are the ones to compare.
+pinned to one CPU with one ONNX Runtime thread, at the hop ``streamqa score call.pcap``
+uses (the window: consecutive whole windows); ``--timeline`` analyses it a second time at
+the monitor's hop, as ``streamqa score --timeline``/``--plot`` do (reported under
+``timeline``). Reported for each: CPU and wall time, real-time factors (capture seconds per
+analysis second), hops scored against the hops expected, and, to show where the time goes,
+the CPU time of the model's step() calls within the analysis (with their mean batch: the
+engine scores one hop of every stream that has one waiting in one call); and once, the CPU
+time of reading the capture alone (dpkt and the link/IP/UDP decoding). The machine is
+shared, so the CPU-time figures are the ones to compare.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import numpy as np
 from benchmarks import write_json
 from benchmarks.streaming import PACKET_SAMPLES, speech_pcmu
 from streamqa.model import Model, State, load_model
+from streamqa.scorer import framing
 from streamqa.rtp.packet import build
 
 LOSS = 0.01
@@ -101,36 +105,29 @@ class _StepTimed(Model):
             self.rows += len(audio)
 
 
-def run(streams: int, seconds: float, capture: Path) -> dict:
-    from streamqa.capture import analyse_capture, read_udp
+def _expected_hops(model: Model, hop_samples: int, seconds: float) -> int:
+    """Hops of one stream of ``seconds``: whole hops, and a last partial one of whole frames."""
+    samples = round(seconds * model.info.sample_rate)
+    return samples // hop_samples + (samples % hop_samples >= model.info.frame_samples)
 
-    packets = write_capture(capture, streams, seconds)
-    cpu = min(os.sched_getaffinity(0))
-    os.sched_setaffinity(0, {cpu})
-    model = _StepTimed(load_model(None, threads=1).info.path)
 
-    cpu0 = time.process_time()
-    read = sum(1 for _ in read_udp(capture))
-    read_cpu = time.process_time() - cpu0
+def _analyse(model: _StepTimed, capture: Path, hop_s: float | None, seconds: float, packets: int,
+             streams: int) -> dict:
+    """One timed analysis of the capture at ``hop_s`` (None: ``streamqa score``'s default,
+    the window)."""
+    from streamqa.capture import analyse_capture
 
+    hop = framing(model, None, hop_s if hop_s is not None else model.info.window_seconds)
+
+    model.cpu_s, model.calls, model.rows = 0.0, 0, 0
     wall0, cpu0 = time.perf_counter(), time.process_time()
-    results, counters = analyse_capture(model, capture)
+    results, counters = analyse_capture(model, capture, hop_s=hop_s)
     cpu_s = time.process_time() - cpu0
     wall_s = time.perf_counter() - wall0
     hops = sum(r.summary["hops"] for r in results if r.summary)
-    expected = streams * int(seconds / (model.info.hop_samples / model.info.sample_rate))
     lost = sum(r.summary["net"]["lost"] for r in results if r.summary and r.summary.get("net"))
     return {
-        "command": "python -m benchmarks.capture_speed " + " ".join(sys.argv[1:]),
-        "model": model.info.name,
-        "streams": streams,
-        "capture_seconds": seconds,
-        "packets": packets,
-        "datagrams_read": read,
-        "capture_mb": round(capture.stat().st_size / 1e6, 1),
-        "cpu": cpu,
-        "onnx_threads": 1,
-        "read_only_cpu_s": round(read_cpu, 2),
+        "hop_s": round(hop.hop_s, 3),
         "model_step_cpu_s": round(model.cpu_s, 2),
         "model_step_calls": model.calls,
         "model_step_mean_batch": round(model.rows / max(1, model.calls), 1),
@@ -141,11 +138,42 @@ def run(streams: int, seconds: float, capture: Path) -> dict:
         "realtime_x_wall": round(seconds / wall_s, 1),
         "streams_found": len(results),
         "hops_scored": hops,
-        "hops_expected": expected,
+        "hops_expected": streams * _expected_hops(model, hop.hop_samples, seconds),
         "packets_lost": lost,
         "us_per_packet_cpu": round(1e6 * cpu_s / packets, 2),
         "counters": dict(sorted(counters.items())),
     }
+
+
+def run(streams: int, seconds: float, capture: Path, timeline: bool) -> dict:
+    from streamqa.capture import read_udp
+
+    packets = write_capture(capture, streams, seconds)
+    cpu = min(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {cpu})
+    model = _StepTimed(load_model(None, threads=1).info.path)
+
+    cpu0 = time.process_time()
+    read = sum(1 for _ in read_udp(capture))
+    read_cpu = time.process_time() - cpu0
+
+    result = {
+        "command": "python -m benchmarks.capture_speed " + " ".join(sys.argv[1:]),
+        "model": model.info.name,
+        "streams": streams,
+        "capture_seconds": seconds,
+        "packets": packets,
+        "datagrams_read": read,
+        "capture_mb": round(capture.stat().st_size / 1e6, 1),
+        "cpu": cpu,
+        "onnx_threads": 1,
+        "read_only_cpu_s": round(read_cpu, 2),
+        **_analyse(model, capture, None, seconds, packets, streams),
+    }
+    if timeline:
+        live_hop = model.info.hop_samples / model.info.sample_rate
+        result["timeline"] = _analyse(model, capture, live_hop, seconds, packets, streams)
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,16 +181,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--streams", type=int, default=20)
     ap.add_argument("--seconds", type=float, default=600.0)
     ap.add_argument("--capture", help="keep the generated capture here (default: a temporary file)")
+    ap.add_argument("--timeline", action="store_true",
+                    help="also analyse at the monitor's hop, as streamqa score --timeline does")
     ap.add_argument("--json", help="write the result here")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         capture = Path(args.capture) if args.capture else Path(tmp) / "bench.pcap"
-        result = run(args.streams, args.seconds, capture)
+        result = run(args.streams, args.seconds, capture, args.timeline)
     if args.json:
         write_json(args.json, result)
-    for key in ("streams", "capture_seconds", "packets", "read_only_cpu_s", "model_step_cpu_s", "model_step_mean_batch",
-                "analysis_cpu_s", "analysis_wall_s", "realtime_x_cpu", "realtime_x_wall", "hops_scored", "hops_expected"):
-        print(f"{key:<20}{result[key]:>12}")
+    for key in ("streams", "capture_seconds", "packets", "read_only_cpu_s"):
+        print(f"{key:<28}{result[key]:>12}")
+    for name, row in (("", result), ("timeline ", result.get("timeline"))):
+        for key in ("hop_s", "model_step_cpu_s", "model_step_mean_batch", "analysis_cpu_s", "analysis_wall_s",
+                    "realtime_x_cpu", "realtime_x_wall", "hops_scored", "hops_expected"):
+            if row is not None:
+                print(f"{name + key:<28}{row[key]:>12}")
     return 0
 
 

@@ -103,7 +103,7 @@ def _link_decoder(linktype: int):
 # its EtherType (None: raw IP); see _PlainIpv4.
 _IPV4_AT = {1: (14, 12), 113: (16, 14), 276: (20, 0), 12: (0, None), 14: (0, None), 228: (0, None)}
 _ETHERTYPE_IPV4 = b"\x08\x00"
-_PLAIN_UDP = struct.Struct("!BxHxxHxBxx8sHH")  # version/IHL, length, flags+offset, protocol, addresses, ports
+_PLAIN_UDP = struct.Struct("!BxHxxHxB")  # version/IHL, total length, flags+offset, protocol
 _MAX_ADDRESSES = 65536
 
 
@@ -115,27 +115,34 @@ class _PlainIpv4:
     would give (the datagram ends where the IP total length says, as dpkt cuts it)."""
 
     def __init__(self, linktype: int) -> None:
-        self.ip_at, self.type_at = _IPV4_AT.get(linktype, (-1, None))
+        self.ip_at, type_at = _IPV4_AT.get(linktype, (-1, None))
+        # the link header's EtherType, or (raw IP) an empty slice that compares equal to b""
+        self.type_slice = slice(type_at, type_at + 2) if type_at is not None else slice(0, 0)
+        self.type_ipv4 = _ETHERTYPE_IPV4 if type_at is not None else b""
+        # the 12 octets of addresses and ports -> (source, destination)
         self._addresses: dict[bytes, tuple[Address, Address]] = {}
 
     def __call__(self, frame: bytes) -> tuple[Address, Address, bytes] | None:
         at = self.ip_at
-        if at < 0 or len(frame) < at + 28 or (self.type_at is not None
-                                              and frame[self.type_at:self.type_at + 2] != _ETHERTYPE_IPV4):
+        if at < 0 or len(frame) < at + 28 or frame[self.type_slice] != self.type_ipv4:
             return None
-        v_hl, length, fragment, proto, pair, sport, dport = _PLAIN_UDP.unpack_from(frame, at)
+        v_hl, length, fragment, proto = _PLAIN_UDP.unpack_from(frame, at)
         end = at + length if length else len(frame)
         if v_hl != 0x45 or proto != 17 or fragment & 0x3FFF or end - at < 28:
             return None
-        key = pair + frame[at + 20:at + 24]
+        key = frame[at + 12:at + 24]
         addresses = self._addresses.get(key)
         if addresses is None:
             if len(self._addresses) >= _MAX_ADDRESSES:
                 self._addresses.clear()
-            ntop = socket.inet_ntop
-            addresses = self._addresses[key] = ((ntop(socket.AF_INET, pair[:4]), sport),
-                                                (ntop(socket.AF_INET, pair[4:]), dport))
+            addresses = self._addresses[key] = _addresses(key)
         return addresses[0], addresses[1], frame[at + 28:end]
+
+
+def _addresses(key: bytes) -> tuple[Address, Address]:
+    """Source and destination of an IPv4 header's addresses and the UDP ports after them."""
+    sport, dport = struct.unpack_from("!HH", key, 8)
+    return (socket.inet_ntop(socket.AF_INET, key[:4]), sport), (socket.inet_ntop(socket.AF_INET, key[4:8]), dport)
 
 
 def read_udp(path: Path, counters: Counter | None = None) -> Iterator[tuple[float, Address, Address, bytes]]:
@@ -228,10 +235,17 @@ class _Destination:
 
 class CaptureAnalysis:
     """Feeds a capture's datagrams, in capture order, through live RTP sources and one
-    offline engine; :meth:`finish` ends every stream and returns the results."""
+    offline engine; :meth:`finish` ends every stream and returns the results.
+
+    ``hop_s`` defaults to the window, as for a recording (streamqa.api): a stream's summary
+    is then the mean of consecutive whole windows, and the model steps once per window
+    instead of once a second. ``streamqa score --timeline``/``--plot`` pass the monitor's
+    hop, at which every hop is the one the live monitor published."""
 
     def __init__(self, model: Model, *, rtp_map: dict[int, tuple[str, int, int]] | None = None,
                  window_s: float | None = None, hop_s: float | None = None, idle_timeout: float = 3.0) -> None:
+        if hop_s is None:
+            hop_s = window_s if window_s is not None else model.info.window_seconds
         self.recorder = Recorder()
         self.engine = Engine(model, self.recorder.publish, loop=None, window_s=window_s, hop_s=hop_s)
         self.rtp_map = dict(rtp_map or {})

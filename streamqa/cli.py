@@ -129,11 +129,14 @@ def _score_one(model: Model, name: str, args: argparse.Namespace, rtp_map: dict[
     from streamqa.capture import CaptureError, analyse_capture, is_capture
     from streamqa.timeline import recorded
 
+    hop = args.hop
+    if hop is None and (args.timeline or args.plot):  # a time line at the monitor's pace
+        hop = model.info.hop_samples / model.info.sample_rate
     if name != STDIN:
         check_path(Path(name))
         if is_capture(Path(name)):
             streams, _ = analyse_capture(model, Path(name), rtp_map=rtp_map, window_s=args.window,
-                                         hop_s=args.hop, idle_timeout=args.idle_timeout)
+                                         hop_s=hop, idle_timeout=args.idle_timeout)
             if not streams:
                 raise CaptureError("no RTP stream found (dynamic payload types need --rtp-map or SIP in the capture)")
             for stream in streams:
@@ -142,9 +145,6 @@ def _score_one(model: Model, name: str, args: argparse.Namespace, rtp_map: dict[
                 report.stream(name, stream)
             plotted.extend((name, s) for s in streams)
             return
-    hop = args.hop
-    if hop is None and (args.timeline or args.plot):  # a time line at the monitor's pace
-        hop = model.info.hop_samples / model.info.sample_rate
     result, messages = file_messages(name, model=model, window_s=args.window, hop_s=hop)
     rec = {"file": name, **result.as_dict()}
     if args.timeline or args.plot:
@@ -434,8 +434,8 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
     sc.add_argument("--rtp-map", action="append", default=[], metavar="PT=codec/rate[/ch]",
                     help=RTP_MAP_HELP + "; a capture's SIP/SDP supplies them too")
     sc.add_argument("--window", type=float, metavar="S", help="seconds of audio each window judges, as for the monitor (default: the model's; 7.68 for streamqa-s)")
-    sc.add_argument("--hop", type=float, metavar="S", help="seconds between windows (default for a recording: the window, i.e. consecutive "
-                    "whole windows; for a capture and with --timeline/--plot: the monitor's, 1 s for streamqa-s)")
+    sc.add_argument("--hop", type=float, metavar="S", help="seconds between windows (default: the window, i.e. consecutive whole "
+                    "windows; with --timeline/--plot: the monitor's, 1 s for streamqa-s)")
     sc.add_argument("--idle-timeout", type=float, default=3.0, metavar="S",
                     help="capture seconds without packets that end a stream (default: %(default)s)")
     sc.set_defaults(func=cmd_score)

@@ -138,6 +138,16 @@ def test_pcapng_sip_call_gets_sdp_types_call_id_cname_and_bye(tmp_path, tiny_mod
     assert rows[-1]["ts"] == pytest.approx(by_to["callee"].start + 4.0, abs=1e-3)
 
 
+def test_by_default_a_capture_is_judged_in_whole_windows(tmp_path, tiny_model) -> None:
+    """As a recording: the hop defaults to the window, and a call shorter than one window
+    gets one, its end (the live 1 s hop is asked for with hop_s, as --timeline does)."""
+    cap = tmp_path / "call.pcapng"
+    _sip_call_capture(cap)
+    results, _ = analyse_capture(tiny_model, cap)
+    assert [[h["t"] for h in r.hops] for r in results] == [[4.0], [4.0]]
+    assert tiny_model.info.window_seconds > 4.0
+
+
 def test_without_sip_a_dynamic_type_needs_rtp_map(tmp_path, tiny_model) -> None:
     cap = tmp_path / "nosip.pcap"
     _sip_call_capture(cap, with_sip=False, ng=False)
@@ -226,10 +236,18 @@ def test_cli_on_captures_and_non_captures(tmp_path, tiny_onnx) -> None:
 
     sf.write(wav, np.zeros(16000, np.float32), 16000)
     assert not is_capture(wav) and is_capture(bad)
-    cli = [sys.executable, "-m", "streamqa.cli", "score", "--model", str(tiny_onnx), "--hop", "1"]
+    cli = [sys.executable, "-m", "streamqa.cli", "score", "--model", str(tiny_onnx)]
     out = subprocess.run(cli + [str(cap)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert len(lines) == 2 and all("call_id call-7@pbx" in line and "L16" in line for line in lines)
+    # as for a recording, the hop defaults to the window (a 4 s call: one window, its end),
+    # and --timeline shows the hops the monitor would have published (its 1 s hop)
+    out = subprocess.run(cli + [str(cap), "--json"], capture_output=True, text=True, timeout=120)
+    assert [json.loads(line)["summary"]["hops"] for line in out.stdout.splitlines()] == [1, 1], out.stderr
+    out = subprocess.run(cli + [str(cap), "--json", "--timeline"], capture_output=True, text=True, timeout=120)
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["t"] for r in rows if "t" in r] == [1.0, 2.0, 3.0, 4.0] * 2, out.stderr
+    assert [r["summary"]["hops"] for r in rows if "summary" in r] == [4, 4]
     out = subprocess.run(cli + [str(bad)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 1 and "bad.pcap: error: not a pcap or pcapng capture" in out.stderr
