@@ -262,7 +262,8 @@ def summarise(run: dict[str, Any], seconds: float, args: argparse.Namespace) -> 
         "hops_clean": len(clean),
         "hops_degraded": len(degraded),
         "messages": len(scores),
-        "expected_messages": int((2 * seconds + TAIL_S) / hop + eps),  # one per hop of sent audio
+        # One per hop of sent audio, the stream's last, shorter hop included (docs/protocol.md).
+        "expected_messages": int(np.ceil((2 * seconds + TAIL_S) / hop - eps)),
         "end_summary_hops": end["summary"]["hops"],
         "mos_rolling_end_of_clean": next((m["mos_rolling"] for m in scores if abs(m["t"] - seconds) < hop / 2), None),
         "mos_rolling_end_of_call": scores[-1]["mos_rolling"] if scores else None,

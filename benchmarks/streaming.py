@@ -219,18 +219,30 @@ class Subscriber:
             self.packets[stream] = max(self.packets.get(stream, 0), net["packets"])
 
 
-def _latencies(sub: Subscriber, t0: float, phase: dict[int, float]) -> list[tuple[float, float]]:
-    """(due -> receipt, due -> scored) in ms for every score; the second splits the path at
-    the engine (``ts`` is wall time: mapped to monotonic with the offset taken at start)."""
+def _latencies(sub: Subscriber, t0: float, phase: dict[int, float], hop_s: float) -> list[tuple[float, float]]:
+    """(due -> receipt, due -> scored) in ms for every live hop's score; the second splits
+    the path at the engine (``ts`` is wall time: mapped to monotonic with the offset taken at
+    start). A stream's last, shorter hop (``t`` off the hop grid) is left out: it is scored
+    only once the stream has ended (docs/protocol.md), so its delay is the end detection's,
+    counted by :func:`_tail_hops`, not the scoring path's."""
     out = []
     for sid, t, receipt, scored in sub.scores:
         ssrc = sub.ssrc.get(sid)
-        if ssrc is None or ssrc not in phase:
+        if ssrc is None or ssrc not in phase or not _on_hop_grid(t, hop_s):
             continue
         last_sample = round(t * 8000) - 1
         due = t0 + phase[ssrc] + (last_sample // PACKET_SAMPLES) * PACKET_S
         out.append((1e3 * (receipt - due), 1e3 * (scored - due)))
     return out
+
+
+def _on_hop_grid(t: float, hop_s: float) -> bool:
+    return abs(t / hop_s - round(t / hop_s)) < 1e-6
+
+
+def _tail_hops(sub: Subscriber, hop_s: float) -> int:
+    """Scores of streams' last, shorter hops, published when each stream ended."""
+    return sum(1 for _, t, *_ in sub.scores if not _on_hop_grid(t, hop_s))
 
 
 # --- one trial ---------------------------------------------------------------------------
@@ -312,7 +324,7 @@ def _summarise(cfg: TrialConfig, subs: list[Subscriber], t0: float, phase: dict[
         for sid, *_ in sub.scores:
             counts[sid] = counts.get(sid, 0) + 1
         complete += sum(1 for sid in sub.ssrc if counts.get(sid, 0) >= expected_hops)
-    pairs = np.array([x for sub in subs for x in _latencies(sub, t0, phase)], np.float64).reshape(-1, 2)
+    pairs = np.array([x for sub in subs for x in _latencies(sub, t0, phase, cfg.hop_s)], np.float64).reshape(-1, 2)
     lat, to_score = pairs[:, 0], pairs[:, 1]
     totals = done["totals"]
     dropped = (sent - received) + totals.get("hops_dropped", 0) + int(done["ws_dropped"])
@@ -327,6 +339,7 @@ def _summarise(cfg: TrialConfig, subs: list[Subscriber], t0: float, phase: dict[
         "packets_received": received,
         "hops_scored": totals.get("hops_scored", 0),
         "hops_expected": expected_hops * cfg.streams,
+        "tail_hops_scored": _tail_hops(first, cfg.hop_s),
         "messages_received": sum(s.messages for s in subs),
         "dropped": dropped,
         "latency_ms_p50": float(np.percentile(lat, 50)) if lat.size else None,
