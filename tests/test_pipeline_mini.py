@@ -84,3 +84,11 @@ def test_mini_pipeline(tmp_path):
     assert set(result) == {"T", "R", "T+R"}
     assert result["T+R"]["mos"]["pcc"] == pytest.approx(expected)
     assert result["T"]["mos"]["pcc"] == pytest.approx(test["mos"]["pcc"])
+
+
+def test_card_names_the_clips_its_figures_rest_on():
+    """A card must not claim clips the model left unscored (judged to hold no speech)."""
+    from train.pipeline import evaluated_on
+
+    line = evaluated_on({"clips": 1900, "mos": {"n": 1880, "no_speech": 20, "pcc": 0.9}})
+    assert line.startswith("1880 of 1900 held-out test clips") and "20 judged to hold no speech" in line

@@ -218,12 +218,21 @@ def ship(result: dict, teachers: str, training_data: str, command: str, *, extra
         "teacher": teachers,
         "training_data": training_data,
         "accuracy": {f"{k}_{m}": test[k][m] for k in outputs if k in test for m in ("pcc", "srcc")},
-        "evaluated_on": f"{test['clips']} held-out test clips (speakers never seen in training)",
+        "evaluated_on": evaluated_on(test),
         "command": command,
         **(extra or {}),
     }
     (MODELS_DIR / f"{result['name']}.json").write_text(json.dumps(card, indent=2) + "\n")
     return dst
+
+
+def evaluated_on(test: dict) -> str:
+    """The card's test-set line: the clips the figures rest on, which are fewer than those
+    labelled when the model judged some to hold no speech (they get no score, so no error)."""
+    mos = test.get("mos", {})
+    scored = mos.get("n", test["clips"])
+    return (f"{scored} of {test['clips']} held-out test clips (speakers never seen in training; "
+            f"{mos.get('no_speech', 0)} judged to hold no speech)")
 
 
 def write_models_doc(path: Path = MODELS_DIR.parent.parent / "docs" / "models.md") -> None:
