@@ -6,8 +6,15 @@ over WHIP on loopback to ``streamqa monitor --webrtc`` (the real CLI, a subproce
 
 The browser's clock of the hop: the page samples its sender's statistics every 250 ms,
 (wall time, packets sent x 20 ms), so each sample bounds when that much audio had left the
-browser's encoder; the smallest (wall time - audio sent) over the run is the wall time of
-stream time 0, and a hop ending at stream time t was sent at that time + t. A score's latency
+browser's encoder: wall time - audio sent is at least the wall time of stream time 0 at that
+moment. A hop ending at stream time t was sent at t + the smallest such figure among the
+samples of the next SEND_WINDOW_S of audio. Local, not the run's smallest: if chromium's
+own capture stalls (its fake microphone's timer, on a busy machine), everything after leaves
+the encoder later for the rest of the run, and the run's smallest figure would charge that
+stall to every later hop. One run timed that way stepped from 125 ms to 730-770 ms at 30 s
+and stayed there to the end, the engine's share 6 ms: more than aiortc's jitter buffer can
+hold (320 ms), so most likely such a stall; ``sender_lag_ms_per_10s`` now records the
+sender's steps beside the latency. A score's latency
 is its receipt by a websocket subscriber (same machine, same wall clock) minus that moment:
 it covers encoding, the network, aiortc's jitter buffer and decoder, the engine's hop and
 the websocket, but not the capture buffer before the browser's encoder (about 10 ms).
@@ -48,6 +55,7 @@ FRENCH = "asterisk-core-sounds-fr-g722"
 PROMPT = "demo-instruct"  # 70 s of held-out speech, looped by chromium's fake microphone
 TOKEN = "whip-latency"
 THRESHOLD_P99_MS = 300.0
+SEND_WINDOW_S = 2.0  # audio after a hop's end whose sender samples time that end
 
 
 async def wait_port(port: int, proc: subprocess.Popen, timeout: float = 600.0) -> None:
@@ -65,10 +73,19 @@ async def wait_port(port: int, proc: subprocess.Popen, timeout: float = 600.0) -
             await asyncio.sleep(0.3)
 
 
-def send_clock(sent: list[list[float]]) -> float:
-    """Wall time of stream time 0 in the browser: the smallest (wall time - audio sent) of
-    the page's sender samples ([wall ms, seconds sent], window.streamqaCheck.sent)."""
-    return min(w / 1000.0 - s for w, s in sent if s > 0)
+def send_clock(sent: list[list[float]]) -> tuple[np.ndarray, np.ndarray]:
+    """(audio sent in seconds, wall time - audio sent) of the page's sender samples
+    ([wall ms, seconds sent], window.streamqaCheck.sent), once audio flows."""
+    samples = np.array([(s, w / 1000.0 - s) for w, s in sent if s > 0])
+    return samples[:, 0], samples[:, 1]
+
+
+def sent_at(t: float, audio: np.ndarray, zero: np.ndarray) -> float:
+    """Wall time at which stream time ``t`` had left the browser's encoder: ``t`` + the
+    smallest wall time of stream time 0 among the samples of the next SEND_WINDOW_S of
+    audio (the run's smallest where none is that late)."""
+    near = (audio >= t) & (audio <= t + SEND_WINDOW_S)
+    return t + float(zero[near].min() if near.any() else zero.min())
 
 
 def start_monitor(ws_port: int, webrtc_port: int, hop: float, extra: list[str], log: Path) -> subprocess.Popen:
@@ -120,13 +137,15 @@ async def run(args: argparse.Namespace, wav: Path, profile: Path) -> dict[str, A
             listener.cancel()
     finally:
         stop_monitor(proc)
-    offset = send_clock(sent)
+    audio, zero = send_clock(sent)
     scores = [(at, m) for at, m in received if m["type"] == "score" and m["stream"] == stream]
     # Only hops the browser had sent by the last stats sample are timed from its clock.
     last_sent = max(s for _, s in sent)
     timed = [(at, m) for at, m in scores if m["t"] <= last_sent]
-    latency = np.array([at - (offset + m["t"]) for at, m in timed])
-    published = np.array([m["ts"] - (offset + m["t"]) for _, m in timed])
+    sent_wall = np.array([sent_at(m["t"], audio, zero) for _, m in timed])
+    latency = np.array([at for at, _ in timed]) - sent_wall
+    ts_timed = np.array([m["t"] for _, m in timed])
+    published = np.array([m["ts"] for _, m in timed]) - sent_wall
     websocket = np.array([at - m["ts"] for at, m in timed])
     engine = histogram(metrics, "streamqa_score_latency_seconds")
     ts = [m["t"] for _, m in scores]
@@ -141,6 +160,15 @@ async def run(args: argparse.Namespace, wav: Path, profile: Path) -> dict[str, A
                        "min": round(1000 * float(latency.min()), 1), "n": int(latency.size),
                        "over_threshold": int(np.sum(latency * 1000 >= THRESHOLD_P99_MS))},
         "threshold_p99_ms": THRESHOLD_P99_MS,
+        # the median of each 10 s of stream time: aiortc's audio jitter buffer releases one
+        # frame per packet received, so a burst (a stall on either side) leaves a standing
+        # backlog of up to 16 packets (320 ms) for the rest of the stream: a step here
+        "p50_ms_per_10s": [round(1000 * float(np.median(latency[(ts_timed >= t0) & (ts_timed < t0 + 10)])), 1)
+                           for t0 in range(0, int(ts_timed.max()) + 1, 10) if np.any((ts_timed >= t0) & (ts_timed < t0 + 10))],
+        # the browser's own lag per 10 s of audio: how much later than at the start the
+        # audio left its encoder (a step is a stall before the encoder, not timed here)
+        "sender_lag_ms_per_10s": [round(1000 * float(zero[(audio >= a0) & (audio < a0 + 10)].min() - zero.min()), 1)
+                                  for a0 in range(0, int(audio.max()) + 1, 10) if np.any((audio >= a0) & (audio < a0 + 10))],
         "parts_ms": {
             "to_publish": {"p50": round(1000 * float(np.percentile(published, 50)), 1),
                            "p99": round(1000 * float(np.percentile(published, 99)), 1)},
