@@ -163,7 +163,7 @@ def test_shipped_card_makes_it_selectable_by_name(pruned, tmp_path: Path, monkey
             "accuracy", "evaluated_on", "command"} <= set(card)  # the students' card fields
     assert (card["outputs"], card["teacher"], card["licence"]) == (["mos"], "distillmos", "MIT")
     assert card["macs_per_second"] > card["macs_per_second_offline"] and card["streams_per_core"] > 0
-    assert set(card["accuracy"]) == {"mos_pcc", "mos_srcc"} and card["evaluated_on"].startswith("3 held-out")
+    assert set(card["accuracy"]) == {"mos_pcc", "mos_srcc"} and card["evaluated_on"].startswith("3 of 3 held-out")
     assert all(np.isfinite(v) for v in card["accuracy"].values())
     assert "## streamqa-l" in doc.read_text()
     assert model_mod.resolve("streamqa-l") == models / "streamqa-l.onnx"
