@@ -83,10 +83,11 @@ def _labelled(n: int, seed: int, *, human: bool = False):
     return LabelledSet([f"c{i}" for i in range(n)], ["s"] * n, feats, targets)
 
 
-def _fit(batch: int, device: str, out=None) -> dict:
-    """Four epochs of the ``xxs`` student on 32 synthetic clips with every augmentation on;
-    the weights after training (written to ``out`` by rank 0 under torch.distributed).
-    Dropout is off: its masks come from each process's own torch generator."""
+def _fit(batch: int, device: str, out=None, balance_bins: int = 0) -> dict:
+    """Four epochs of the ``xxs`` student on 32 synthetic clips with every augmentation on
+    (and label balancing with ``balance_bins``); the weights after training (written to
+    ``out`` by rank 0 under torch.distributed). Dropout is off: its masks come from each
+    process's own torch generator."""
     import dataclasses
 
     from train.distill import init_feature_norm, train
@@ -97,7 +98,8 @@ def _fit(batch: int, device: str, out=None) -> dict:
     data = _labelled(32, 1)
     init_feature_norm(student, data.feats)
     train(student, data, None, epochs=4, batch=batch, lr=3e-3, seed=5, human=_labelled(10, 2, human=True),
-          human_ratio=0.25, gain_db=6.0, warp=0.1, device=device, log=lambda *_: None)
+          human_ratio=0.25, gain_db=6.0, warp=0.1, balance_bins=balance_bins, balance_cap=3.0, device=device,
+          log=lambda *_: None)
     weights = {k: v.detach().cpu().clone() for k, v in student.state_dict().items()}
     if out is not None and torch.distributed.get_rank() == 0:
         torch.save(weights, out)
@@ -140,22 +142,24 @@ def test_every_batch_target_and_parameter_is_on_the_chosen_device(monkeypatch):
     assert seen == [(meta, {meta})]
 
 
-def _rank(rank: int, port: int, out: str) -> None:
+def _rank(rank: int, port: int, out: str, balance_bins: int) -> None:
     import os
 
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
     try:
-        _fit(4, "cpu", out)
+        _fit(4, "cpu", out, balance_bins)
     finally:
         torch.distributed.destroy_process_group()
 
 
-def test_two_gloo_ranks_train_as_one_process_with_the_global_batch(tmp_path, monkeypatch):
+@pytest.mark.parametrize("balance_bins", [0, 4])
+def test_two_gloo_ranks_train_as_one_process_with_the_global_batch(tmp_path, monkeypatch, balance_bins):
     """DDP averages the two ranks' gradients, each of a half batch (same label count), which
-    is the gradient of the whole batch; the draws are shared out so that each clip gets the
-    same augmentation, hence the same weights up to float rounding."""
+    is the gradient of the whole batch; the draws (the balanced draw of clips too) are shared
+    out so that each clip gets the same augmentation, hence the same weights up to float
+    rounding."""
     import socket
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
@@ -163,11 +167,11 @@ def test_two_gloo_ranks_train_as_one_process_with_the_global_batch(tmp_path, mon
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = tmp_path / "ranks.pt"
-    torch.multiprocessing.spawn(_rank, args=(port, str(out)), nprocs=2)
+    torch.multiprocessing.spawn(_rank, args=(port, str(out), balance_bins), nprocs=2)
     ranks = torch.load(out, weights_only=True)
     torch.set_num_threads(1)
-    single = _fit(8, "cpu")
-    half = _fit(4, "cpu")
+    single = _fit(8, "cpu", balance_bins=balance_bins)
+    half = _fit(4, "cpu", balance_bins=balance_bins)
 
     def gap(a: dict, b: dict) -> dict[str, float]:
         # The attention-logit bias (proj.bias[-1]) cancels in the softmax: its gradient is
@@ -178,3 +182,210 @@ def test_two_gloo_ranks_train_as_one_process_with_the_global_batch(tmp_path, mon
 
     assert max(gap(ranks, single).values()) < 1e-4, gap(ranks, single)
     assert max(gap(half, single).values()) > 1e-2, "the comparison can tell a different batch apart"
+
+
+def _skewed(n_mid: int = 100, n_top: int = 3):
+    """``xxs`` clips whose ``mos`` labels crowd the middle (2.4-2.6) with ``n_top`` rare clips
+    at 4.5 and one clip without a ``mos`` label; every ``mos`` label is distinct, so a batch's
+    targets tell which clips it drew."""
+    data = _labelled(n_mid + n_top + 1, 3)
+    mos = torch.cat([torch.linspace(2.4, 2.6, n_mid), 4.5 + torch.arange(n_top) * 1e-3, torch.tensor([math.nan])])
+    data.targets[:, 0] = mos
+    return data
+
+
+def test_balance_weights_favour_the_rare_top_within_the_cap():
+    from train.distill import balance_weights
+
+    data = _skewed()
+    w = balance_weights(data.targets[:, 0], bins=4, cap=10.0)
+    mid, top, unlabelled = w[:100], w[100:103], w[103]
+    assert torch.all(mid == mid[0]) and torch.all(top == top[0])
+    assert top[0] / mid[0] == pytest.approx(10.0)  # 100/3 uncapped: the cap holds it at 10x
+    assert unlabelled == pytest.approx(w[:103].mean().item())
+    uncapped = balance_weights(data.targets[:, 0], bins=4, cap=1000.0)
+    assert uncapped[100] / uncapped[0] == pytest.approx(100 / 3)
+    with pytest.raises(ValueError):
+        balance_weights(torch.full((3,), math.nan), bins=4)
+
+
+def _drawn(data, weights, epochs: int, seed: int = 0) -> torch.Tensor:
+    """How often each clip of ``data`` is drawn in ``epochs`` of ``epoch_batches`` (batch 8;
+    one frame of features, which the draw does not look at, keeps it fast)."""
+    from train.distill import Augment, LabelledSet, epoch_batches
+
+    data = LabelledSet(data.ids, data.speakers, data.feats[:, :, :1].contiguous(), data.targets)
+    gen = torch.Generator().manual_seed(seed)
+    counts = torch.zeros(len(data.ids))
+    index = {v: i for i, v in enumerate(data.targets[:, 1].tolist())}  # the sig labels are distinct too
+    steps = len(data.ids) // 8
+    for _ in range(epochs):
+        for _, y in epoch_batches(data, Augment(gain_db=0.0), batch=8, steps=steps, gen=gen,
+                                  device=torch.device("cpu"), weights=weights):
+            for v in y[:, 1].tolist():
+                counts[index[v]] += 1
+    return counts
+
+
+def test_balanced_epochs_draw_the_rare_high_mos_clips_more_often_within_the_cap():
+    from train.distill import balance_weights
+
+    data = _skewed()
+    epochs = 300
+    uniform = _drawn(data, None, epochs)
+    balanced = _drawn(data, balance_weights(data.targets[:, 0], bins=4, cap=10.0), epochs)
+    assert balanced.sum() == uniform.sum() == epochs * 13 * 8  # the epoch keeps its length
+    assert uniform.max() <= epochs  # a shuffle: no clip more than once an epoch
+    top, mid = balanced[100:103].mean() / epochs, balanced[:100].mean() / epochs
+    assert top > 4 * uniform[100:103].mean() / epochs  # expected 10/1.3 ≈ 7.7 draws an epoch, against 1
+    assert 7 < top / mid < 13  # the cap's 10x, not the 33x of the bare inverse density
+    assert balanced[103] / epochs == pytest.approx(float(balanced[:103].mean()) / epochs, rel=0.35)
+
+
+def test_without_balancing_an_epoch_is_the_plain_shuffle_of_before():
+    """The default draw is untouched: one ``randperm`` of the clips from the seeded generator,
+    as the code before ``--balance-labels`` drew it, so a default run's weights are unchanged."""
+    from train.distill import Augment, epoch_batches
+
+    data = _labelled(32, 1)
+    order = torch.randperm(32, generator=torch.Generator().manual_seed(7))
+    ys = [y for _, y in epoch_batches(data, Augment(gain_db=0.0), batch=8, steps=4,
+                                      gen=torch.Generator().manual_seed(7), device=torch.device("cpu"))]
+    assert torch.equal(torch.cat(ys), data.targets[order])
+
+
+def _resumable_fit(checkpoint, *, resume: bool = False, epochs: int = 2, init_seed: int = 0, on_log=None):
+    """The ``xxs`` student with dropout (so the process's own generator matters) trained with
+    label balancing and a validation set, its state saved to ``checkpoint`` after each epoch."""
+    import dataclasses
+
+    from train.distill import init_feature_norm, train
+    from train.students import FAMILY, Student
+
+    torch.manual_seed(init_seed)
+    student = Student(dataclasses.replace(FAMILY["xxs"], dropout=0.1))
+    data = _skewed(80, 3)  # 10 steps an epoch on two ranks: OneCycleLR needs more than 10 in all
+    init_feature_norm(student, data.feats)
+    lines: list[str] = []
+
+    def log(line: str) -> None:
+        lines.append(line)
+        if on_log is not None:
+            on_log(line)
+
+    metrics = train(student, data, _labelled(12, 4), epochs=epochs, batch=4, lr=3e-3, seed=5, warp=0.1,
+                    balance_bins=4, checkpoint=checkpoint, resume=resume, device="cpu", log=log)
+    return {k: v.detach().clone() for k, v in student.state_dict().items()}, metrics, lines
+
+
+def test_resume_after_an_epoch_ends_with_the_weights_of_an_uninterrupted_run(tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    torch.set_num_threads(1)
+    straight_ckpt, snapshot = tmp_path / "a.partial.pt", tmp_path / "b.partial.pt"
+
+    def keep_first_epoch(line: str) -> None:
+        if line.startswith("epoch 2/2"):  # logged before epoch 2 is saved: the file holds epoch 1
+            shutil.copy(straight_ckpt, snapshot)
+
+    straight, metrics, lines = _resumable_fit(straight_ckpt, on_log=keep_first_epoch)
+    assert torch.load(snapshot, weights_only=True)["epoch"] == 1
+    assert torch.load(straight_ckpt, weights_only=True)["epoch"] == 2
+    assert all("mos bias by teacher band: " in line for line in lines), lines
+    # Another initialisation and global generator: everything must come from the saved state.
+    resumed, resumed_metrics, resumed_lines = _resumable_fit(snapshot, resume=True, init_seed=1)
+    assert resumed_lines[0].startswith("resumed from") and resumed_lines[1].startswith("epoch 2/2")
+    assert resumed_metrics == metrics
+    for k in straight:
+        assert torch.equal(straight[k], resumed[k]), k
+    fresh, _, _ = _resumable_fit(tmp_path / "c.partial.pt", init_seed=1)
+    assert any(not torch.equal(straight[k], fresh[k]) for k in straight), "the init seed changes a fresh run"
+    with pytest.raises(ValueError, match="epochs 2 there, 3 now"):
+        _resumable_fit(snapshot, resume=True, epochs=3)
+
+
+def _corpus(tmp_path, n: int = 12) -> tuple:
+    """A label CSV of ``n`` train and 4 val clips of noise, their audio in a train.label cache."""
+    import numpy as np
+
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    rng = np.random.default_rng(0)
+    lines = ["clip_id,sha256,split,speaker,mos,sig,bak,ovrl,speech"]
+    for i in range(n + 4):
+        np.save(audio / f"h{i}.npy", (rng.standard_normal(32000) * 3000 * (i % 3 + 1)).astype(np.int16))
+        split = "train" if i < n else "val"
+        lines.append(f"c{i},h{i},{split},s,{1.5 + 3 * i / (n + 4):.3f},3,3,3,1")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("\n".join(lines) + "\n")
+    return labels, audio
+
+
+def test_cli_records_balancing_keeps_no_partial_and_refuses_to_overwrite_one(tmp_path, monkeypatch):
+    from train.distill import main, partial_path
+    from train.export import load_checkpoint
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    labels, audio = _corpus(tmp_path)
+    out = tmp_path / "student.pt"
+    argv = ["--labels", str(labels), "--student", "xxs", "--out", str(out), "--audio-dir", str(audio),
+            "--epochs", "1", "--batch", "4", "--threads", "1", "--device", "cpu"]
+    main(argv + ["--balance-labels", "5", "--balance-cap", "4"])
+    _, meta = load_checkpoint(out)
+    assert meta["balance_labels"] == 5 and meta["balance_cap"] == 4.0
+    assert "balanced over 5 bins" in meta["training_data"]
+    assert not partial_path(out).exists()  # the finished checkpoint replaces it
+    main(argv + ["--out", str(tmp_path / "plain.pt")])
+    _, plain = load_checkpoint(tmp_path / "plain.pt")
+    assert "balance_labels" not in plain and "balanced" not in plain["training_data"]
+    partial_path(out).write_bytes(b"an unfinished run")
+    with pytest.raises(SystemExit):
+        main(argv)
+
+
+def _rank_resumable(rank: int, port: int, checkpoint: str, snapshot: str, out: str, resume: bool) -> None:
+    """One of two gloo ranks running :func:`_resumable_fit`; each rank's own generator starts
+    apart (dropout differs per rank), and apart again when resuming, so only the saved
+    per-rank states can make a resumed run match."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+
+    def keep_first_epoch(line: str) -> None:
+        if line.startswith("epoch 2/2"):
+            shutil.copy(checkpoint, snapshot)
+
+    try:
+        weights, _, _ = _resumable_fit(Path(checkpoint), resume=resume, init_seed=rank + (10 if resume else 0),
+                                       on_log=None if resume else keep_first_epoch)
+        if rank == 0:
+            torch.save(weights, out)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_two_gloo_ranks_resume_to_the_weights_of_an_uninterrupted_run(tmp_path, monkeypatch):
+    import socket
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+
+    def port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    snapshot = tmp_path / "snap.partial.pt"
+    torch.multiprocessing.spawn(_rank_resumable, args=(port(), str(tmp_path / "a.partial.pt"), str(snapshot),
+                                                       str(tmp_path / "straight.pt"), False), nprocs=2)
+    assert len(torch.load(snapshot, weights_only=True)["torch_rng"]) == 2
+    torch.multiprocessing.spawn(_rank_resumable, args=(port(), str(snapshot), "", str(tmp_path / "resumed.pt"), True),
+                                nprocs=2)
+    straight = torch.load(tmp_path / "straight.pt", weights_only=True)
+    resumed = torch.load(tmp_path / "resumed.pt", weights_only=True)
+    for k in straight:
+        assert torch.equal(straight[k], resumed[k]), k

@@ -23,6 +23,19 @@ when the device is cuda (each rank on ``cuda:LOCAL_RANK``) and on gloo otherwise
 (shuffle, human clips, gains, warps) is made for the whole global batch, of which a rank keeps
 its share: W ranks at ``--batch B`` train as one process at ``--batch W*B`` would, up to float
 rounding, when the human share of B is a whole number of clips.
+
+``--balance-labels BINS`` draws each epoch's clips with replacement, weighted inversely to how
+many training clips share their teacher ``mos`` label's bin (BINS equal-width bins over the
+labels' range), so the rare clips at the top of the scale are seen more often than once an
+epoch; ``--balance-cap`` bounds the largest weight at that many times the smallest, so a
+handful of rare clips is not repeated hundreds of times. Clips without a ``mos`` label (no
+speech) take the mean weight, which keeps their expected share of an epoch. Off by default.
+
+After every epoch the run's whole state (weights, optimiser, LR schedule, random generators,
+epoch, last validation) is written beside ``--out`` (``student.pt``: ``student.partial.pt``),
+under a temporary name and then renamed, so a run killed mid-way leaves the last finished
+epoch; the same command with ``--resume`` continues from it and ends with the weights an
+uninterrupted run would have. The finished checkpoint removes it.
 """
 
 from __future__ import annotations
@@ -30,7 +43,9 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import hashlib
 import math
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -187,13 +202,20 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def evaluate(student: Student, data: LabelledSet, batch: int = 128) -> dict[str, float]:
-    """PCC/SRCC/RMSE per output against the teacher labels (on the student's device)."""
+def predict(student: Student, data: LabelledSet, batch: int = 128) -> Tensor:
+    """The student's outputs for every clip of ``data`` (presence as a probability), on CPU."""
     student.eval()
     dev = next(student.parameters()).device
     preds = torch.cat([student.forward_features(data.feats[i : i + batch].to(dev)).cpu()
                        for i in range(0, len(data.ids), batch)])
-    preds = student.presence_probability(preds)
+    return student.presence_probability(preds)
+
+
+def evaluate(student: Student, data: LabelledSet, batch: int = 128, preds: Tensor | None = None) -> dict[str, float]:
+    """PCC/SRCC/RMSE per output against the teacher labels (on the student's device);
+    ``preds`` of :func:`predict` when the caller already has them."""
+    if preds is None:
+        preds = predict(student, data, batch)
     result: dict[str, float] = {}
     for k, name in enumerate(student.cfg.outputs):
         t = data.targets[:, k].numpy()
@@ -207,6 +229,59 @@ def evaluate(student: Student, data: LabelledSet, batch: int = 128) -> dict[str,
         result[f"srcc_{name}"] = spearman(p, t[ok])
         result[f"rmse_{name}"] = float(np.sqrt(np.mean((p - t[ok]) ** 2)))
     return result
+
+
+def mos_bias_by_level(student: Student, data: LabelledSet, preds: Tensor) -> dict[str, dict]:
+    """Mean offset (student minus teacher) of ``mos`` per band of teacher score, pooled over
+    ``data``: a regression pulled to the middle of the labels shows as a positive offset in
+    the low bands and a negative one in the high bands, which the PCC hides. Empty when the
+    student has no ``mos`` output or fewer than 3 clips carry its label."""
+    from train.evaluate import speaker_breakdown  # train.evaluate imports this module
+
+    if "mos" not in student.cfg.outputs:
+        return {}
+    k = student.cfg.outputs.index("mos")
+    t = data.targets[:, k].numpy()
+    ok = np.isfinite(t)
+    if ok.sum() < 3:
+        return {}
+    return speaker_breakdown(preds[ok, k].numpy(), t[ok], ["all"] * int(ok.sum()))["all"]["by_level"]
+
+
+def balance_weights(labels: Tensor, bins: int, cap: float = 10.0) -> Tensor:
+    """Sampling weight per clip (float64): the inverse of how many clips share the bin of
+    its label among ``bins`` equal-width bins over the labels' range, so every occupied bin
+    is drawn about equally often; then at most ``cap`` times the smallest weight, so a bin of
+    a few clips does not repeat them hundreds of times. A clip without a label (NaN) takes
+    the mean weight of the labelled ones, which keeps the expected share of unlabelled clips
+    in a draw what it is under uniform sampling."""
+    if bins < 1 or cap < 1:
+        raise ValueError(f"balancing needs bins >= 1 and cap >= 1, got {bins} and {cap}")
+    labelled = torch.isfinite(labels)
+    if not labelled.any():
+        raise ValueError("no clip carries the label to balance on")
+    x = labels[labelled].double()
+    lo, span = x.min(), x.max() - x.min()
+    pos = (x - lo) / span * bins if span > 0 else torch.zeros_like(x)
+    index = pos.floor().long().clamp(max=bins - 1)
+    w = 1.0 / torch.bincount(index, minlength=bins)[index].double()
+    w = torch.minimum(w, w.min() * cap)
+    out = torch.full((len(labels),), float(w.mean()), dtype=torch.float64)
+    out[labelled] = w
+    return out
+
+
+def partial_path(out: Path) -> Path:
+    """Where a run writing ``out`` keeps its state after each epoch (see the module docstring)."""
+    return out.with_suffix(".partial.pt")
+
+
+def _save_atomic(obj: object, path: Path) -> None:
+    """torch.save to a temporary name, then rename: a kill mid-write leaves the previous file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
 
 
 def init_feature_norm(student: Student, feats: Tensor) -> None:
@@ -240,16 +315,22 @@ class Augment:
 
 
 def epoch_batches(data: LabelledSet, aug: Augment, *, batch: int, steps: int, gen: torch.Generator,
-                  device: torch.device, rank: int = 0, world: int = 1) -> Iterator[tuple[Tensor, Tensor]]:
+                  device: torch.device, rank: int = 0, world: int = 1,
+                  weights: Tensor | None = None) -> Iterator[tuple[Tensor, Tensor]]:
     """One epoch of this rank's (features, targets) batches, augmented, on ``device``.
 
     ``gen`` is seeded alike on every rank; each draw is made for all ``world`` ranks and a
     rank keeps every ``world``-th value from its ``rank``, the same positions its shard takes
     of the shuffle, so a sample gets the gain, warp and human partner it would get in one
-    process with the whole global batch.
+    process with the whole global batch. Without ``weights`` the epoch is a shuffle of every
+    clip; with them (:func:`balance_weights`) as many clips are drawn with replacement in
+    proportion to the weights (what torch's WeightedRandomSampler does), shared out the same way.
     """
     n_human = int(round(batch * aug.human_ratio)) if aug.human is not None else 0
-    order = torch.randperm(len(data.ids), generator=gen)[rank::world]
+    if weights is None:
+        order = torch.randperm(len(data.ids), generator=gen)[rank::world]
+    else:
+        order = torch.multinomial(weights, len(data.ids), replacement=True, generator=gen)[rank::world]
     for s in range(steps):
         idx = order[s * (batch - n_human) : (s + 1) * (batch - n_human)]
         if len(idx) == 0:
@@ -280,11 +361,19 @@ def train(
     human_ratio: float = 0.2,
     gain_db: float = 10.0,
     warp: float = 0.0,
+    balance_bins: int = 0,
+    balance_cap: float = 10.0,
+    checkpoint: Path | None = None,
+    resume: bool = False,
     device: str | torch.device | None = None,
     log=print,
 ) -> dict[str, float]:
     """Train in place on ``device`` (default: cuda when available), where the student stays;
-    returns the final validation metrics (empty without a val set). ``batch`` is per rank."""
+    returns the final validation metrics (empty without a val set). ``batch`` is per rank.
+
+    ``balance_bins`` > 0 draws epochs by :func:`balance_weights` of the ``mos`` labels. With
+    ``checkpoint`` the state is written there after every epoch; with ``resume`` too, a state
+    found there is loaded first (refused, naming the settings, if it is of another run)."""
     rank, world, dev = init_ranks(device if device is not None else default_device())
     student.to(dev)
     model: torch.nn.Module = _FeatureModel(student)
@@ -295,25 +384,85 @@ def train(
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.1)
     gen = torch.Generator().manual_seed(seed)
     aug = Augment(human, human_ratio, gain_db, warp)
+    weights = None
+    if balance_bins:
+        if "mos" not in student.cfg.outputs:
+            raise ValueError("--balance-labels balances the mos labels; this student has no mos output")
+        weights = balance_weights(train_set.targets[:, student.cfg.outputs.index("mos")], balance_bins, balance_cap)
+    # What a saved state must match to be continued: anything that changes the draws or the schedule.
+    run = {"epochs": epochs, "batch": batch, "lr": lr, "seed": seed, "world": world, "human_ratio": human_ratio,
+           "human_clips": len(human.ids) if human is not None else 0, "gain_db": gain_db, "warp": warp,
+           "balance_bins": balance_bins, "balance_cap": balance_cap,
+           "clips": hashlib.sha256("\n".join(train_set.ids).encode()).hexdigest()}
     metrics: dict[str, float] = {}
+    start = 0
+    if resume and checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        saved = state["run"]
+        changed = [f"{k} {saved.get(k)!r} there, {run[k]!r} now" for k in run if saved.get(k) != run[k]]
+        if changed:
+            raise ValueError(f"{checkpoint} is of another run: {'; '.join(changed)}")
+        student.load_state_dict(state["student"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"][rank])
+        if dev.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"][rank], dev)
+        start, metrics = state["epoch"], state["val"]
+        if rank == 0:
+            log(f"resumed from {checkpoint} after epoch {start}/{epochs}")
+    elif resume and checkpoint is not None and rank == 0:
+        log(f"no saved state at {checkpoint}: starting at epoch 1")
     t0 = time.time()
-    for epoch in range(epochs):
+    for epoch in range(start, epochs):
         student.train()
         total = 0.0
         for x, y in epoch_batches(train_set, aug, batch=batch, steps=steps_per_epoch, gen=gen, device=dev,
-                                  rank=rank, world=world):
+                                  rank=rank, world=world, weights=weights):
             loss = distill_loss(model(x), y, student.cfg.outputs)
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
             total += loss.item()
+        levels: dict[str, dict] = {}
         if val_set is not None and rank == 0:
-            metrics = evaluate(student, val_set)
+            preds = predict(student, val_set)
+            metrics = evaluate(student, val_set, preds=preds)
+            levels = mos_bias_by_level(student, val_set, preds)
         if rank == 0:
             shown = " ".join(f"{k}={v:.3f}" for k, v in metrics.items() if k.startswith("pcc"))
+            if levels:
+                shown += " mos bias by teacher band: " + " ".join(
+                    f"{name} {v['bias']:+.2f} (n={v['n']})" for name, v in levels.items())
             log(f"epoch {epoch + 1}/{epochs} loss={total / steps_per_epoch:.4f} {shown} ({time.time() - t0:.0f}s)")
+        if checkpoint is not None:
+            _save_state(checkpoint, rank=rank, world=world, dev=dev, run=run, epoch=epoch + 1, metrics=metrics,
+                        student=student, opt=opt, sched=sched, gen=gen)
     return metrics
+
+
+def _save_state(path: Path, *, rank: int, world: int, dev: torch.device, run: dict, epoch: int,
+                metrics: dict[str, float], student: Student, opt: torch.optim.Optimizer,
+                sched: torch.optim.lr_scheduler.LRScheduler, gen: torch.Generator) -> None:
+    """Everything :func:`train` needs to continue after ``epoch``, written by rank 0. Every rank
+    draws dropout from its own torch generator, so those states are gathered from all ranks;
+    the shared ``gen`` and the weights are alike on every rank."""
+    def gathered(state: Tensor) -> list[Tensor]:
+        if world == 1:
+            return [state]
+        states: list = [None] * world
+        dist.all_gather_object(states, state)
+        return states
+
+    rngs = gathered(torch.get_rng_state())
+    cuda = gathered(torch.cuda.get_rng_state(dev)) if dev.type == "cuda" else []
+    if rank == 0:
+        _save_atomic({"run": run, "epoch": epoch, "val": metrics,
+                      "student": {k: v.detach().cpu() for k, v in student.state_dict().items()},
+                      "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "generator": gen.get_state(),
+                      "torch_rng": rngs, "cuda_rng": cuda}, path)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -333,11 +482,21 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dropout", type=float, help="training dropout in the blocks and before the head "
                     "(overrides the student config's; 0 = off)")
     ap.add_argument("--human-ratio", type=float, default=0.2, help="share of each batch from --human")
+    ap.add_argument("--balance-labels", type=int, default=0, metavar="BINS",
+                    help="draw training clips weighted inversely to the density of their mos label in BINS "
+                    "equal-width bins (0: off, every clip once an epoch)")
+    ap.add_argument("--balance-cap", type=float, default=10.0,
+                    help="with --balance-labels: the largest weight at most this many times the smallest")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue from OUT's .partial.pt (written after every epoch) when there is one")
     ap.add_argument("--teacher", default="distillmos+dnsmos", help="recorded in the checkpoint and model card")
     ap.add_argument("--device", type=device_arg, default=default_device(),
                     help="torch device to train on (default: cuda when available, else cpu); under torchrun "
                     "cuda means cuda:LOCAL_RANK with NCCL, anything else gloo")
     args = ap.parse_args(argv)
+    partial = partial_path(args.out)
+    if partial.exists() and not args.resume:
+        ap.error(f"{partial} holds an unfinished run: pass --resume to continue it, or delete it to start over")
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -370,21 +529,29 @@ def main(argv: list[str] | None = None) -> None:
     init_feature_norm(student, train_set.feats)
     metrics = train(
         student, train_set, val_set, epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed,
-        human=human, human_ratio=args.human_ratio, warp=args.warp, device=args.device,
+        human=human, human_ratio=args.human_ratio, warp=args.warp, balance_bins=args.balance_labels,
+        balance_cap=args.balance_cap, checkpoint=partial, resume=args.resume, device=args.device,
     )
     rank, _, _ = init_ranks(args.device)
     student.cpu()  # checkpoints hold CPU tensors whatever the training device
     if rank == 0:
+        data = f"{len(train_rows)} clips from {', '.join(p.name for p in args.labels)}"
         meta = {
             "teacher": args.teacher,
-            "training_data": f"{len(train_rows)} clips from {', '.join(p.name for p in args.labels)}",
+            "training_data": data,
             "epochs": args.epochs,
             "warp": args.warp,
             "val": metrics,
             "params": count_params(student),
             "macs_per_second": macs_per_second(cfg),
         }
+        if args.balance_labels:  # the card shows training_data, so the draw is named there too
+            meta["training_data"] = (f"{data}; drawn balanced over {args.balance_labels} bins of the mos label "
+                                     f"(weights capped at {args.balance_cap:g}x)")
+            meta["balance_labels"] = args.balance_labels
+            meta["balance_cap"] = args.balance_cap
         save_checkpoint(args.out, student, meta)
+        partial.unlink(missing_ok=True)
         print(f"saved {args.out} ({count_params(student)} params)", file=sys.stderr)
     if dist.is_initialized():
         dist.destroy_process_group()
