@@ -3,6 +3,7 @@ counting, physical removal, Taylor importance, and the XLS-R-SQA (Wav2Vec2) code
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ from train.compress.groups import distillmos_groups
 from train.compress.importance import taylor_importance
 from train.compress.magnitude import apply_masks, magnitude_masks
 from train.compress.nets import SEGMENT_SAMPLES, XlsrSqaNet
+from train.compress.resume import StepCheckpoint, StoppedEarly
 from train.compress.structured import extend_distillation, head_prune, iterative_prune, structured_prune
 
 torch.set_num_threads(1)
@@ -128,7 +130,7 @@ def test_xlsr_sqa_net_matches_teacher_and_prunes(tmp_path) -> None:
 def test_prune_help_documents_every_option() -> None:
     out = subprocess.run([sys.executable, "-m", "train.prune", "--help"], capture_output=True, text=True, check=True).stdout
     for opt in ("--method", "--keep", "--kinds", "--cost", "--rounds", "--stages", "--hidden-weight", "--extend", "--importance",
-                "--importance-batches", "--steps", "--speed-perturb",
+                "--importance-batches", "--steps", "--speed-perturb", "--save-every", "--stop-after",
                 "--batch", "--lr", "--crop-seconds", "--train-clips", "--train-labels", "--crops-per-clip", "--cache", "--threads",
                 "--device", "--seed", "--out"):
         assert opt in out
@@ -197,6 +199,63 @@ def test_extending_a_pruned_model_adds_to_its_stated_budget() -> None:
     net, meta = extend_distillation(net, meta, teacher, clips, ext, log=lambda s: None)
     assert meta["steps"] == 5 and meta["extensions"] == [ext] and meta["method"] == "iterative"
     assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))
+
+
+def test_extension_killed_and_resumed_ends_with_the_weights_of_one_straight_run(tmp_path: Path) -> None:
+    """4 steps straight against 2 steps, a stop (the state saved, as at a kill) and a second
+    call continuing from the saved state: the same weights, and the file is refused by a
+    run with other settings."""
+    clips = synthetic_clips(4, 16000, seed=7)
+    pruned = iterative_prune(tiny_distillmos_net(), clips, keep=0.5, stages=1, steps=1, batch=2, crop_samples=6400,
+                             lr=1e-3, importance_batches=1, log=lambda s: None)
+    ext = {"from": "x.pt", "steps": 4, "batch": 2, "lr": 1e-3, "crop_seconds": 0.4, "train_clips": 4,
+           "hidden_weight": 1.0, "speed_perturb": [0.9, 1.0]}
+
+    def extend(checkpoint: StepCheckpoint | None, log=lambda s: None) -> torch.nn.Module:
+        net = copy.deepcopy(pruned)
+        extend_distillation(net, {"steps": 1}, tiny_distillmos_net(), clips, ext, checkpoint=checkpoint, log=log)
+        return net
+
+    straight = extend(None)
+    path = tmp_path / "run.partial.pt.resume.pt"
+    with pytest.raises(StoppedEarly):
+        extend(StepCheckpoint(path, every=100, key=ext, stop_after=2))
+    assert path.exists()
+    with pytest.raises(ValueError, match="other settings"):
+        extend(StepCheckpoint(path, key={**ext, "lr": 2e-3}))
+    logged: list[str] = []
+    resumed = extend(StepCheckpoint(path, key=ext), log=logged.append)
+    assert any(line.startswith("resuming at step 2") for line in logged)
+    for a, b in zip(straight.parameters(), resumed.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    assert any(not torch.equal(a, b) for a, b in zip(pruned.parameters(), resumed.parameters()))
+
+
+@pytest.mark.slow
+def test_a_stopped_extension_run_resumes_from_its_file_and_removes_it(tmp_path: Path) -> None:
+    """The command line: a run stopped after step 1 leaves OUT.resume.pt and no OUT (so
+    train.prune_recipe reruns it); the same command again logs where it resumes, writes OUT
+    with the whole budget and deletes the resume file."""
+    from train.compress.checkpoint import load_pruned, save_pruned
+    from train.compress.clips import clip_cache_path
+    from train.compress.nets import load_reference_net
+    from train.prune import main
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    np.savez(clip_cache_path(cache, "train", 2, 0), audio=synthetic_clips(2, SEGMENT_SAMPLES, seed=9),
+             speakers=np.array(["a", "b"]))
+    save_pruned(load_reference_net(), {"method": "iterative", "steps": 0}, tmp_path / "start.pt", log=lambda s: None)
+    out = tmp_path / "next.partial.pt"
+    argv = ["--method", "iterative", "--extend", str(tmp_path / "start.pt"), "--steps", "2", "--batch", "2",
+            "--crop-seconds", "0.2", "--train-clips", "2", "--cache", str(cache), "--device", "cpu",
+            "--out", str(out)]
+    main([*argv, "--stop-after", "1"])
+    resume = tmp_path / "next.partial.pt.resume.pt"
+    assert resume.exists() and not out.exists()
+    main(argv)
+    assert out.exists() and not resume.exists()
+    assert load_pruned(out)[1]["steps"] == 2
 
 
 def test_train_clips_come_from_the_labellers_audio_cache(tmp_path: Path) -> None:

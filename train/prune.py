@@ -14,7 +14,8 @@ Removal is physical: the tensors get smaller and the MACs fall with them.
 ``--method iterative`` prunes the same units in several stages instead, ranks them by the
 outputs' gradient (see ``taylor_importance``) and recovers after every stage by layer-wise
 distillation from the unpruned model (``train.compress.finetune.distil_layers``), with crops
-drawn afresh every step; ``--extend`` gives a saved result more recovery steps.
+drawn afresh every step; ``--extend`` gives a saved result more recovery steps, resumable step
+by step (``--save-every``, ``train.compress.resume``).
 
 The same code prunes XLS-R-SQA (transformers ``Wav2Vec2Model`` + the package's SQA head):
 feature-encoder conv channels, attention heads and FFN units of the backbone. This module is
@@ -38,6 +39,7 @@ from train.compress.finetune import add_finetune_args, cached_predict, finetune
 from train.compress.groups import KINDS
 from train.compress.magnitude import apply_masks, magnitude_masks
 from train.compress.nets import SAMPLE_RATE, SEGMENT_SAMPLES, load_reference_net
+from train.compress.resume import StepCheckpoint, StoppedEarly
 from train.compress.structured import extend_distillation, head_prune, iterative_prune, structured_prune
 
 
@@ -79,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--importance-batches", type=int, default=4,
                     help="batches the Taylor importance is averaged over (default 4)")
     ap.add_argument("--steps", type=int, default=100, help="distillation fine-tuning steps after pruning (default 100)")
+    ap.add_argument("--save-every", type=int, default=100,
+                    help="--extend: save the run's state to OUT.resume.pt every this many steps; the same command "
+                         "run again continues from it, and it is removed once OUT is written (default 100)")
+    ap.add_argument("--stop-after", type=int, default=None, help="--extend: save the state and exit after this "
+                    "many steps, as a killed run would (a test hook; default off)")
     add_finetune_args(ap)
     return ap
 
@@ -111,8 +118,16 @@ def main(argv: list[str] | None = None) -> None:
                         if k in meta}}
         if args.speed_perturb is not None:
             extension["speed_perturb"] = list(args.speed_perturb)
-        model, meta = extend_distillation(pruned, pruned_meta, ref, clips, extension, seed=args.seed, log=log)
+        resume = StepCheckpoint(Path(f"{args.out}.resume.pt"), every=args.save_every,
+                                key={**extension, "seed": args.seed}, stop_after=args.stop_after)
+        try:
+            model, meta = extend_distillation(pruned, pruned_meta, ref, clips, extension, seed=args.seed,
+                                              checkpoint=resume, log=log)
+        except StoppedEarly as e:
+            log(str(e))
+            return
         save_pruned(model, meta, args.out, log)
+        resume.remove()
         return
     if args.method == "iterative":
         iterative_prune(ref, clips, keep=args.keep, stages=args.stages, steps=args.steps, batch=args.batch,

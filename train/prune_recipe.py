@@ -7,7 +7,8 @@
 Each run continues the previous one (``--extend``) with the documented flags and seed; a run
 whose checkpoint exists is skipped, and a checkpoint appears only once its run has finished
 (written under a temporary name, then renamed), so a killed rebuild resumes at the run it
-was in. Every finished run's wall time is appended to ``OUT/recipe.jsonl``.
+was in; within an extension run, at its last saved step (``train.prune --save-every``, to
+``OUT/NAME.partial.pt.resume.pt``, never taken for a finished run). Every finished run's wall time is appended to ``OUT/recipe.jsonl``.
 
 One change from the documented runs: every run draws its clips, in the documented counts
 (1,500, 5,480, 10,348), from ``OUT/train_clips.csv``, the train rows of every ``--labels``

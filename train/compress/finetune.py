@@ -20,6 +20,7 @@ from torch.nn import functional as F
 
 from train.compress.clips import random_crops
 from train.compress.device import device_of
+from train.compress.resume import StepCheckpoint
 from train.device import device_arg, pick_device
 from train.compress.nets import DistillMosNet
 
@@ -99,6 +100,7 @@ def _capture(layers: list[nn.Module], into: list) -> list:
 def distil_layers(student: nn.Module, teacher: nn.Module, clips: np.ndarray, *, steps: int, batch: int,
                   crop_samples: int, lr: float, hidden_weight: float = 1.0,
                   speed: tuple[float, float] | None = None, seed: int = 0,
+                  checkpoint: StepCheckpoint | None = None,
                   log: Callable[[str], None] = print) -> list[float]:
     """Distil ``teacher`` into a pruned copy of itself: output MSE plus, weighted by
     ``hidden_weight``, the MSE of every surviving transformer layer's output against the same
@@ -109,7 +111,8 @@ def distil_layers(student: nn.Module, teacher: nn.Module, clips: np.ndarray, *, 
     model. Crops are drawn afresh every step (random clip, random offset) and labelled by the
     teacher on the fly, so the budget is not limited to a fixed crop set, and ``speed`` can
     perturb them (see :func:`random_crops`). A layer removed by pruning is skipped: survivors
-    are matched by their ``source_index``.
+    are matched by their ``source_index``. With ``checkpoint`` the loop saves its state there
+    every few steps and continues from a saved state it finds (:mod:`train.compress.resume`).
     """
     if steps <= 0:
         return []
@@ -126,9 +129,14 @@ def distil_layers(student: nn.Module, teacher: nn.Module, clips: np.ndarray, *, 
     rng = np.random.default_rng(seed)
     dev = device_of(student)
     losses: list[float] = []
+    done = 0
+    if checkpoint is not None:
+        done, losses = checkpoint.restore(student, opt, sched, rng)
+        if done:
+            log(f"resuming at step {done} from {checkpoint.path}")
     t0 = time.time()
     try:
-        for step in range(steps):
+        for step in range(done, steps):
             x = torch.from_numpy(random_crops(clips, crop_samples, batch, rng, speed)).to(dev)
             t_out.clear()
             s_out.clear()
@@ -147,6 +155,8 @@ def distil_layers(student: nn.Module, teacher: nn.Module, clips: np.ndarray, *, 
             if (step + 1) % max(1, steps // 10) == 0:
                 log(f"  step {step + 1}/{steps} loss={np.mean(losses[-max(1, steps // 10):]):.4f} "
                     f"({time.time() - t0:.0f}s)")
+            if checkpoint is not None:
+                checkpoint.after_step(step + 1, losses, student, opt, sched, rng)
     finally:
         for h in handles:
             h.remove()

@@ -22,6 +22,7 @@ from train.compress.finetune import distil_layers, predict
 from train.compress.groups import KINDS, Group, groups_for
 from train.compress.importance import taylor_importance
 from train.compress.nets import SAMPLE_RATE
+from train.compress.resume import StepCheckpoint
 
 MIN_UNITS = {"conv": 2, "heads": 1, "ffn": 1, "pool": 1, "layer": 1}
 
@@ -130,7 +131,8 @@ def iterative_prune(model: nn.Module, clips: np.ndarray, *, keep: float, stages:
 
 
 def extend_distillation(model: nn.Module, meta: dict, teacher: nn.Module, clips: np.ndarray, extension: dict, *,
-                        seed: int = 0, log: Callable[[str], None] = print) -> tuple[nn.Module, dict]:
+                        seed: int = 0, checkpoint: StepCheckpoint | None = None,
+                        log: Callable[[str], None] = print) -> tuple[nn.Module, dict]:
     """Distil an already pruned ``model`` further from the unpruned ``teacher`` (layer-wise,
     at its final size) for ``extension["steps"]`` steps of ``extension["batch"]`` crops of
     ``extension["crop_seconds"]`` (speed-perturbed by ``extension["speed_perturb"]`` when
@@ -139,13 +141,14 @@ def extend_distillation(model: nn.Module, meta: dict, teacher: nn.Module, clips:
 
     Why: the last stage of :func:`iterative_prune` removes the most per remaining unit and
     gets the same share of steps as the first, so a pruned model can be worth more recovery
-    without pruning it again from the start."""
+    without pruning it again from the start. ``checkpoint`` makes the distillation resumable
+    step by step (:func:`train.compress.finetune.distil_layers`)."""
     for p in teacher.parameters():
         p.requires_grad_(False)
     distil_layers(model, teacher, clips, steps=extension["steps"], batch=extension["batch"],
                   crop_samples=int(extension["crop_seconds"] * SAMPLE_RATE), lr=extension["lr"],
                   hidden_weight=extension["hidden_weight"], speed=extension.get("speed_perturb"),
-                  seed=seed + 10_000, log=log)
+                  seed=seed + 10_000, checkpoint=checkpoint, log=log)
     meta = {**meta, "steps": meta["steps"] + extension["steps"],
             "extensions": [*meta.get("extensions", []), extension]}
     return model, meta
