@@ -45,7 +45,6 @@ import csv
 import dataclasses
 import hashlib
 import math
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -59,7 +58,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from train.device import default_device, device_arg, init_ranks
-from train.export import save_checkpoint
+from train.export import save_atomic, save_checkpoint
 from train.students import (FAMILY, FRAME_SAMPLES, PRESENCE, Student, StudentConfig, band_edges, count_params,
                             macs_per_second)
 
@@ -276,14 +275,6 @@ def partial_path(out: Path) -> Path:
     return out.with_suffix(".partial.pt")
 
 
-def _save_atomic(obj: object, path: Path) -> None:
-    """torch.save to a temporary name, then rename: a kill mid-write leaves the previous file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def init_feature_norm(student: Student, feats: Tensor) -> None:
     """Set the per-band affine so that training features start near zero mean, unit std."""
     mean = feats.mean(dim=(0, 2))
@@ -459,7 +450,7 @@ def _save_state(path: Path, *, rank: int, world: int, dev: torch.device, run: di
     rngs = gathered(torch.get_rng_state())
     cuda = gathered(torch.cuda.get_rng_state(dev)) if dev.type == "cuda" else []
     if rank == 0:
-        _save_atomic({"run": run, "epoch": epoch, "val": metrics,
+        save_atomic({"run": run, "epoch": epoch, "val": metrics,
                       "student": {k: v.detach().cpu() for k, v in student.state_dict().items()},
                       "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "generator": gen.get_state(),
                       "torch_rng": rngs, "cuda_rng": cuda}, path)

@@ -19,6 +19,7 @@ import argparse
 import copy
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,15 @@ def _graph_form(model: Student) -> Student:
             if isinstance(child, CausalConv):
                 setattr(module, name, _Conv2dCausal(child))
     return graph
+
+
+def save_atomic(obj: object, path: Path) -> None:
+    """torch.save to a temporary name, then rename: a run killed mid-write (as long runs are
+    when a working session ends) leaves the previous file whole, so it can resume from it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
 
 
 def save_checkpoint(path: Path, model: Student, meta: dict[str, Any]) -> None:

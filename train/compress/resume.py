@@ -12,7 +12,6 @@ leaves the previous one intact.
 
 from __future__ import annotations
 
-import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+
+from train.export import save_atomic
 
 
 class StoppedEarly(Exception):
@@ -66,10 +67,7 @@ class StepCheckpoint:
                  "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": rng.bit_generator.state,
                  "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
                  "python_rng": random.getstate()}
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(state, tmp)
-        os.replace(tmp, self.path)
+        save_atomic(state, self.path)
         if stop:
             raise StoppedEarly(f"stopped after step {step}; state in {self.path}")
 
