@@ -263,6 +263,39 @@ def test_blocks_reach_the_sink_on_the_loop_thread(monkeypatch: pytest.MonkeyPatc
     assert mic.counters["input_overflow"] == 2
 
 
+def test_a_flood_of_blocks_wakes_the_loop_once_per_drain_and_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A device that delivers faster than the loop runs (a busy machine, a clock-less ALSA
+    device) must not write one wake-up per block to the loop's self-pipe: that pipe also
+    carries signals, and once full a Ctrl-C is lost. Blocks are kept in order, at most
+    _MAX_PENDING_BLOCKS of them; older ones are dropped and counted as input_overflow."""
+    from streamqa.sources import mic as mic_module
+
+    blocks = 3 * mic_module._MAX_PENDING_BLOCKS
+    signal = np.arange(480 * blocks, dtype=np.int64).reshape(-1, 1) % 30000
+    monkeypatch.setitem(sys.modules, "sounddevice", _fake_sounddevice(signal.astype(np.int16)))
+    sink = RecordingSink()
+    wakes = []
+
+    async def main() -> MicSource:
+        loop = asyncio.get_running_loop()
+        real = loop.call_soon_threadsafe
+        monkeypatch.setattr(loop, "call_soon_threadsafe", lambda *a: (wakes.append(a[0]), real(*a))[1])
+        mic = MicSource(sink, device="USB Headset Mic (hw:1,0)", block_seconds=0.01)
+        await mic.start()
+        time.sleep(0.5)  # the loop is stuck (a busy machine) while the device floods it
+        while "end" not in sink.kinds:
+            await asyncio.sleep(0.01)
+        return mic
+
+    mic = asyncio.run(asyncio.wait_for(main(), 20))
+    assert len(wakes) < blocks // 10, f"{len(wakes)} wake-ups for {blocks} blocks"
+    got = np.concatenate(sink.blocks)
+    assert len(got) + 480 * mic.counters["input_overflow"] == 480 * blocks
+    assert mic.counters["input_overflow"] > 0  # the stuck loop let the queue overflow
+    np.testing.assert_allclose(got[-480:], signal[-480:, 0] / 32768, atol=1e-6)  # newest kept, in order
+    assert np.all(np.diff(got) != 0)  # no block repeated back to back
+
+
 # ---------------------------------------------------------------- real PortAudio + ALSA
 
 _CHILD = textwrap.dedent(

@@ -7,14 +7,19 @@ machines that have no PortAudio at all. Every failure to reach a device is turne
 is at a terminal, not in a debugger.
 
 Threading: PortAudio calls our callback on its own real-time thread. That thread only
-converts the block to mono float32 and hands it to the event loop with
-``loop.call_soon_threadsafe``; the sink is only ever called from the loop thread, as the
-:mod:`streamqa.sources` contract promises.
+converts the block to mono float32, appends it to a bounded queue and, when no hand-over is
+pending, wakes the event loop once with ``loop.call_soon_threadsafe``; the sink is only ever
+called from the loop thread, as the :mod:`streamqa.sources` contract promises. One wake-up
+per loop iteration, not one per block: every ``call_soon_threadsafe`` writes a byte to the
+loop's self-pipe, which is also where a signal is reported, so a device delivering faster
+than the loop runs (a busy machine, or a clock-less ALSA device) filled it and a Ctrl-C
+was lost ("Exception ignored when trying to write to the signal wakeup fd").
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from types import ModuleType
 from typing import Any
@@ -28,6 +33,9 @@ from . import AudioSink, SourceCounters, StreamInfo
 # sound-card-free test device) passes its bytes through in exactly the requested format.
 _DTYPE = "int16"
 _INT16_SCALE = 1.0 / 32768.0
+# Blocks held for the loop at most (10 s at the default 0.1 s block); older ones are dropped
+# and counted as input_overflow, as PortAudio counts the samples it could not deliver.
+_MAX_PENDING_BLOCKS = 100
 
 
 class MicError(RuntimeError):
@@ -162,6 +170,9 @@ class MicSource:
         self._stream: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._live = False  # between sink.start and sink.end; guards late deliveries
+        # (mono block, arrival, blocks lost just before it: flagged by PortAudio or dropped here)
+        self._pending: collections.deque[tuple[np.ndarray, float, int]] = collections.deque()
+        self._wake_pending = False  # a _drain is scheduled on the loop and has not started
 
     async def start(self) -> None:
         """Open the device, announce the stream to the sink and start capturing."""
@@ -216,23 +227,33 @@ class MicSource:
         return stream, info
 
     def _on_block(self, indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
-        """PortAudio thread: convert, timestamp, hand over; never touch the sink here."""
+        """PortAudio thread: convert, timestamp, queue, wake the loop if it is not already
+        woken; never touch the sink here."""
         arrival = time.monotonic()
         pcm = indata.mean(axis=1, dtype=np.float32) if indata.shape[1] > 1 else indata[:, 0]
         pcm = (pcm * np.float32(_INT16_SCALE)).astype(np.float32, copy=False)
+        lost = int(bool(status.input_overflow))
+        if len(self._pending) >= _MAX_PENDING_BLOCKS:
+            lost += self._pending.popleft()[2] + 1  # the dropped block, and what it carried
+        self._pending.append((pcm, arrival, lost))
+        if self._wake_pending:
+            return
+        self._wake_pending = True
         assert self._loop is not None
         try:
-            self._loop.call_soon_threadsafe(
-                self._deliver, pcm, arrival, bool(status.input_overflow)
-            )
+            self._loop.call_soon_threadsafe(self._drain)
         except RuntimeError:  # the loop is closed: nobody is listening any more
             pass
 
-    def _deliver(self, pcm: np.ndarray, arrival: float, overflow: bool) -> None:
-        if overflow:
-            self.counters.add("input_overflow")
-        if self._live:
-            self._sink.audio(self.stream_id, pcm, arrival)
+    def _drain(self) -> None:
+        """Loop thread: hand every queued block to the sink, oldest first. The flag is
+        cleared first, so a block queued while this runs schedules the next drain."""
+        self._wake_pending = False
+        while self._pending:
+            pcm, arrival, lost = self._pending.popleft()
+            self.counters.add("input_overflow", lost)
+            if self._live:
+                self._sink.audio(self.stream_id, pcm, arrival)
 
     def _on_finished(self) -> None:
         """PortAudio thread: the stream stopped, maybe because the device went away."""
@@ -259,9 +280,9 @@ class MicSource:
         if stream is None:
             self._ended.set()
             return
-        # stop() waits for the last callback; its deliveries are queued on the loop before
-        # this coroutine resumes, so they arrive at the sink before sink.end.
+        # stop() waits for the last callback; what it queued reaches the sink before sink.end.
         await asyncio.to_thread(_stop_and_close, stream)
+        self._drain()
         self._end()
 
 
