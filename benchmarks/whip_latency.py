@@ -1,5 +1,5 @@
 """Latency from the end of a hop spoken in the browser to its score on the websocket
-(issue 22 acceptance 2): headless chromium publishes a held-out French prompt from /check
+(issue 22 acceptance 2): headless chromium publishes held-out speech (asterisk-carlo) from /check
 over WHIP on loopback to ``streamqa monitor --webrtc`` (the real CLI, a subprocess).
 
     python -m benchmarks.whip_latency --json benchmarks/results/whip_latency.json [--seconds 90]
@@ -48,11 +48,11 @@ import soundfile as sf
 
 from benchmarks import free_port, write_json
 from benchmarks.browser import Browser
-from benchmarks.rtp_degradation import decode_prompt, streamqa_command
-from train.data.packages import package_dir
+from benchmarks.rtp_degradation import held_out_speech, streamqa_command
 
-FRENCH = "asterisk-core-sounds-fr-g722"
-PROMPT = "demo-instruct"  # 70 s of held-out speech, looped by chromium's fake microphone
+# 70 s of the held-out test voice asterisk-carlo, looped by chromium's fake microphone
+# (the fr/ru prompts are kept for independent evaluation, not benchmark audio)
+SPEECH_S = 70.0
 TOKEN = "whip-latency"
 THRESHOLD_P99_MS = 300.0
 SEND_WINDOW_S = 2.0  # audio after a hop's end whose sender samples time that end
@@ -200,9 +200,9 @@ def histogram(text: str, name: str) -> dict[str, Any]:
 
 
 def write_prompt(folder: Path) -> Path:
-    """The held-out French prompt as the 16 kHz WAV chromium's fake microphone plays."""
-    wav = folder / f"{PROMPT}.wav"
-    sf.write(wav, decode_prompt(package_dir(FRENCH, ".g722") / f"{PROMPT}.g722"), 16000, subtype="PCM_16")
+    """Held-out speech of the test voice asterisk-carlo as the 16 kHz WAV chromium's fake microphone plays."""
+    wav = folder / "speech.wav"
+    sf.write(wav, held_out_speech(SPEECH_S)[0], 16000, subtype="PCM_16")
     return wav
 
 

@@ -1,5 +1,5 @@
 """Concurrent WHIP peers (issue 22 acceptance 3): ``--peers`` aiortc publishers, in a process
-of their own, each send a held-out French prompt over WHIP to ``streamqa monitor --webrtc``
+of their own, each send held-out speech (asterisk-carlo) over WHIP to ``streamqa monitor --webrtc``
 (the real CLI, a subprocess) at once, and every stream must keep real time with no hop
 dropped.
 
