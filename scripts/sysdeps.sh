@@ -8,7 +8,6 @@ pkgs=(ffmpeg libopus0 espeak-ng flite sox libportaudio2 alsa-utils
       festvox-czech-krb festvox-suopuhe-lj festvox-suopuhe-mv
       asterisk-core-sounds-en-g722 asterisk-core-sounds-es-g722 asterisk-core-sounds-it-g722
       asterisk-prompt-es-co asterisk-prompt-fr-armelle asterisk-prompt-it-menardi-wav
-      asterisk-core-sounds-fr-g722  # held-out speech of the WebRTC tests (never trained on)
       tuxpaint-stamps-default ktuberling-data klettres-data asterisk-moh-opsound-wav
       chromium redis-server
       tcpdump sip-tester)  # the capture tests record the loopback while sipp makes a SIP call

@@ -23,27 +23,24 @@ from aiortc.contrib.media import MediaPlayer  # noqa: E402
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
 
-from benchmarks.rtp_degradation import decode_prompt  # noqa: E402
+from benchmarks.rtp_degradation import held_out_speech  # noqa: E402
 from benchmarks.whip_client import http_request, publish  # noqa: E402
 from streamqa.model import load_model  # noqa: E402
 from streamqa.monitor import MonitorOptions, run_monitor  # noqa: E402
 from streamqa.sources.webrtc import TrackSource  # noqa: E402
 from tests.test_rtp_source import RecordingSink  # noqa: E402
-from train.data.packages import package_dir  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
 TOKEN = "whip-test-token"
 ORIGIN = "https://meet.example"
-FRENCH = "asterisk-core-sounds-fr-g722"  # held out of training and model choice
-PROMPT = "demo-congrats"
 
 
-def held_out_wav(tmp_path: Path, prompt: str = PROMPT) -> Path:
-    """A French Asterisk prompt as a 16 kHz WAV (found through dpkg, decoded by ffmpeg)."""
-    audio = decode_prompt(package_dir(FRENCH, ".g722") / f"{prompt}.g722")
-    path = tmp_path / f"{prompt}.wav"
-    sf.write(path, audio, 16000)
+def held_out_wav(tmp_path: Path, seconds: float = 30.0) -> Path:
+    """Held-out speech as a 16 kHz WAV: the test voice asterisk-carlo, never trained on
+    (benchmarks.rtp_degradation.held_out_speech, which the WebRTC benchmarks play too)."""
+    path = tmp_path / "held_out.wav"
+    sf.write(path, held_out_speech(seconds)[0], 16000)
     return path
 
 
