@@ -79,7 +79,18 @@ class RtpStream:
         at ``decoder.sample_rate``, its last sample arrived at ``last_arrival``), or None."""
         self.last_seen = now
         frames = self.jitter.push(packet, now)
-        return self._decode(frames, release=False) if frames else None
+        if not frames:
+            return None
+        if self.held is not None and len(frames) == 1:
+            # the usual G.711 packet (one in order, this stream's payload type): held without
+            # _decode's walk over frames, which cost as much as the jitter buffer
+            frame = frames[0]
+            if type(frame) is Received and frame.packet.payload_type == self.payload_type:
+                self._hold(frame.packet.payload)
+                if frame.arrival > self.last_arrival:
+                    self.last_arrival = frame.arrival
+                return self._release_held() if self.held_samples >= self.wanted else None
+        return self._decode(frames, release=False)
 
     def flush(self) -> np.ndarray | None:
         """The end of the stream: everything still buffered or held, as audio (or None)."""
@@ -113,12 +124,8 @@ class RtpStream:
                 self.counters.add("payload_type_changed")
                 self.last_units = 0  # its length is unknown: a gap after it falls back to duration
                 continue
-            elif held is not None:  # G.711: one octet per sample, decoding cannot fail
-                payload = frame.packet.payload
-                held.append(payload)
-                self.held_samples += len(payload)
-                self.last_units = len(payload)
-                self.received_s += len(payload) / self.decoder.clock_rate
+            elif held is not None:
+                self._hold(frame.packet.payload)
             else:
                 pcm = self._decode_one(frame.packet.payload)
                 if pcm.size:
@@ -155,6 +162,15 @@ class RtpStream:
             self.received_s += pcm.size / decoder.sample_rate
         self.last_units = pcm.size * decoder.clock_rate // decoder.sample_rate
         return pcm
+
+    def _hold(self, payload: bytes) -> None:
+        """Keep a G.711 payload for the next decode_many (one octet per sample, so its
+        length is its duration and decoding it cannot fail)."""
+        self.held.append(payload)
+        n = len(payload)
+        self.held_samples += n
+        self.last_units = n
+        self.received_s += n / self.decoder.clock_rate
 
     def _release_held(self) -> np.ndarray:
         pcm = self.decoder.decode_many(self.held)
