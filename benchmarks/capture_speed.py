@@ -16,15 +16,26 @@ the CPU time of the model's step() calls within the analysis (with their mean ba
 engine scores one hop of every stream that has one waiting in one call); and once, the CPU
 time of reading the capture alone (dpkt and the link/IP/UDP decoding). The machine is
 shared, so the CPU-time figures are the ones to compare.
+
+Because the host's speed varies from day to day (by 2-3x on the shared development machine),
+an absolute figure says little about a change on its own: ``--reference REV`` analyses the
+same capture, in the same run and on the same core, with the ``streamqa`` package of git
+revision REV (in a child process), and reports its CPU time, the speed-up against it and the
+largest per-hop MOS difference between the two (``reference``). ``host_loop_cpu_s`` times a
+fixed pure-Python loop (ten million additions) as a yardstick of the host's speed that day.
 """
 
 from __future__ import annotations
 
 import argparse
 import heapq
+import io
 import os
+import json
 import random
+import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
@@ -115,9 +126,9 @@ def _expected_hops(model: Model, hop_samples: int, seconds: float) -> int:
 
 
 def _analyse(model: _StepTimed, capture: Path, hop_s: float | None, seconds: float, packets: int,
-             streams: int) -> dict:
+             streams: int) -> tuple[dict, list[list[float | None]]]:
     """One timed analysis of the capture at ``hop_s`` (None: ``streamqa score``'s default,
-    the window)."""
+    the window): the figures, and every stream's per-hop MOS."""
     from streamqa.capture import analyse_capture
 
     hop = framing(model, None, hop_s if hop_s is not None else model.info.window_seconds)
@@ -149,10 +160,68 @@ def _analyse(model: _StepTimed, capture: Path, hop_s: float | None, seconds: flo
         "packets_lost": lost,
         "us_per_packet_cpu": round(1e6 * cpu_s / packets, 2),
         "counters": dict(sorted(counters.items())),
+    }, [[hop["mos"] for hop in r.hops] for r in results]
+
+
+# Run in the child process of --reference, with the reference revision's streamqa first on
+# sys.path: the analysis as streamqa score runs it, timed like _analyse (model loaded first).
+_REFERENCE_CHILD = """
+import json, sys, time
+from pathlib import Path
+from streamqa.capture import analyse_capture
+from streamqa.model import load_model
+model = load_model(None, threads=1)
+hop_s = None if sys.argv[2] == "window" else float(sys.argv[2])
+cpu0 = time.process_time()
+results, _ = analyse_capture(model, Path(sys.argv[1]), hop_s=hop_s)
+cpu_s = time.process_time() - cpu0
+print(json.dumps({"cpu_s": cpu_s, "mos": [[hop["mos"] for hop in r.hops] for r in results]}))
+"""
+
+
+def _extract(rev: str, into: Path) -> None:
+    """The ``streamqa`` package as it was at git revision ``rev``, written under ``into``."""
+    archive = subprocess.run(["git", "archive", rev, "streamqa"], check=True, capture_output=True,
+                             cwd=Path(__file__).resolve().parent.parent).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(into, filter="data")
+
+
+def _reference(tree: Path, rev: str, capture: Path, hop_s: float | None, own: dict,
+               own_mos: list[list[float | None]]) -> dict:
+    """The same analysis by revision ``rev`` (extracted at ``tree``), in a child process on
+    this process's core: its CPU time, our speed-up against it, and the largest difference
+    between the two runs' per-hop MOS; ``same_hops``: as many hops per stream, and the same
+    ones without a score."""
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    hop = "window" if hop_s is None else str(hop_s)
+    out = subprocess.run([sys.executable, "-c", _REFERENCE_CHILD, str(capture), hop],
+                         check=True, capture_output=True, text=True, env=env, cwd=tree).stdout
+    ref = json.loads(out)
+    same_shape = [len(h) for h in ref["mos"]] == [len(h) for h in own_mos]
+    diffs = [abs(a - b) for ours, theirs in zip(own_mos, ref["mos"]) for a, b in zip(ours, theirs)
+             if a is not None and b is not None]
+    nulls_agree = all((a is None) == (b is None)
+                      for ours, theirs in zip(own_mos, ref["mos"]) for a, b in zip(ours, theirs))
+    return {
+        "rev": rev,
+        "analysis_cpu_s": round(ref["cpu_s"], 2),
+        "speedup_cpu": round(ref["cpu_s"] / own["analysis_cpu_s"], 3),
+        "same_hops": same_shape and nulls_agree,
+        "max_abs_mos_diff": max(diffs, default=0.0),
     }
 
 
-def run(streams: int, seconds: float, capture: Path, timeline: bool) -> dict:
+def _host_loop() -> float:
+    """CPU seconds of ten million pure-Python additions: how fast the host runs that day."""
+    cpu0 = time.process_time()
+    total = 0
+    for i in range(10_000_000):
+        total += i
+    return round(time.process_time() - cpu0, 2)
+
+
+def run(streams: int, seconds: float, capture: Path, timeline: bool, reference: str | None = None) -> dict:
     from streamqa.capture import read_udp
 
     packets = write_capture(capture, streams, seconds)
@@ -174,13 +243,24 @@ def run(streams: int, seconds: float, capture: Path, timeline: bool) -> dict:
         "capture_mb": round(capture.stat().st_size / 1e6, 1),
         "cpu": cpu,
         "onnx_threads": 1,
+        "host_loop_cpu_s": _host_loop(),
         "read_only_cpu_s": round(read_cpu, 2),
         "target_x": TARGET_X,
-        **_analyse(model, capture, None, seconds, packets, streams),
     }
+    hops = [("", None)]
     if timeline:
-        live_hop = model.info.hop_samples / model.info.sample_rate
-        result["timeline"] = _analyse(model, capture, live_hop, seconds, packets, streams)
+        hops.append(("timeline", model.info.hop_samples / model.info.sample_rate))
+    with tempfile.TemporaryDirectory() as tree:
+        if reference:
+            _extract(reference, Path(tree))
+        for key, hop_s in hops:
+            row, mos = _analyse(model, capture, hop_s, seconds, packets, streams)
+            if reference:  # right after ours, so both see the same host
+                row["reference"] = _reference(Path(tree), reference, capture, hop_s, row, mos)
+            if key:
+                result[key] = row
+            else:
+                result.update(row)
     return result
 
 
@@ -191,20 +271,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--capture", help="keep the generated capture here (default: a temporary file)")
     ap.add_argument("--timeline", action="store_true",
                     help="also analyse at the monitor's hop, as streamqa score --timeline does")
+    ap.add_argument("--reference", metavar="REV",
+                    help="also analyse with the streamqa of this git revision, in the same run (before/after)")
     ap.add_argument("--json", help="write the result here")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         capture = Path(args.capture) if args.capture else Path(tmp) / "bench.pcap"
-        result = run(args.streams, args.seconds, capture, args.timeline)
+        result = run(args.streams, args.seconds, capture, args.timeline, args.reference)
     if args.json:
         write_json(args.json, result)
-    for key in ("streams", "capture_seconds", "packets", "read_only_cpu_s"):
+    for key in ("streams", "capture_seconds", "packets", "host_loop_cpu_s", "read_only_cpu_s"):
         print(f"{key:<28}{result[key]:>12}")
     for name, row in (("", result), ("timeline ", result.get("timeline"))):
         for key in ("hop_s", "model_step_cpu_s", "model_step_mean_batch", "analysis_cpu_s", "analysis_wall_s",
                     "realtime_x_cpu", "realtime_x_wall", "hops_scored", "hops_expected"):
             if row is not None:
                 print(f"{name + key:<28}{row[key]:>12}")
+        if row is not None and "reference" in row:
+            for key in ("analysis_cpu_s", "speedup_cpu", "same_hops", "max_abs_mos_diff"):
+                print(f"{name + 'reference ' + key:<28}{row['reference'][key]!s:>12}")
     return 0
 
 
