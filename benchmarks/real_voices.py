@@ -26,15 +26,10 @@ import numpy as np
 
 from benchmarks import write_json
 from train.distill import pearson, spearman
+from train.data.voices import is_real
 from train.evaluate import accuracy, clip_scores, select_rows
 
-REAL_PREFIXES = ("asterisk-", "tuxpaint-", "kde-")
 CLIP_SAMPLES = 122880
-
-
-def is_real(speaker: str) -> bool:
-    """Whether a speaker id names a recorded human voice (not TTS, not a conversion)."""
-    return speaker.startswith(REAL_PREFIXES) and "@" not in speaker
 
 
 def pooled(pred: np.ndarray, target: np.ndarray) -> dict:

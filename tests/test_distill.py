@@ -209,6 +209,23 @@ def test_balance_weights_favour_the_rare_top_within_the_cap():
         balance_weights(torch.full((3,), math.nan), bins=4)
 
 
+def test_voice_balance_weights_draw_real_voices_evenly_and_keep_their_share():
+    from train.distill import voice_balance_weights
+
+    # a big voice of 90 clips, a small one of 9, one of 1; 40 TTS clips and 10 without speech
+    speakers = ["tuxpaint-es"] * 90 + ["kde-nb"] * 9 + ["kde-tn"] + ["espeak-pl"] * 40 + ["none"] * 10
+    w = voice_balance_weights(speakers, cap=20.0)
+    big, small, single, rest = w[:90], w[90:99], w[99], w[100:]
+    assert torch.all(rest == 1.0)  # TTS and no speech: drawn as under a shuffle
+    assert w[:100].sum().item() == pytest.approx(100.0)  # the real voices keep their share
+    assert small.sum() / big.sum() == pytest.approx(1.0)  # uncapped: every voice drawn alike
+    assert single / big[0] == pytest.approx(20.0)  # 90x by inverse count, held at the cap
+    even = voice_balance_weights(speakers, cap=1.0)
+    assert torch.allclose(even, torch.ones(len(speakers), dtype=torch.float64))  # cap 1: a plain shuffle
+    with pytest.raises(ValueError):
+        voice_balance_weights(["espeak-pl", "none"])
+
+
 def _drawn(data, weights, epochs: int, seed: int = 0) -> torch.Tensor:
     """How often each clip of ``data`` is drawn in ``epochs`` of ``epoch_batches`` (batch 8;
     one frame of features, which the draw does not look at, keeps it fast)."""

@@ -31,6 +31,11 @@ epoch; ``--balance-cap`` bounds the largest weight at that many times the smalle
 handful of rare clips is not repeated hundreds of times. Clips without a ``mos`` label (no
 speech) take the mean weight, which keeps their expected share of an epoch. Off by default.
 
+``--balance-voices`` draws instead the recorded human voices evenly (:func:`voice_balance_weights`):
+a real-voice clip is drawn in inverse proportion to its voice's clip count (capped by
+``--balance-cap``), the real-voice clips together keeping their share of an epoch, every other
+clip as under a shuffle. Off by default; not combined with ``--balance-labels``.
+
 After every epoch the run's whole state (weights, optimiser, LR schedule, random generators,
 epoch, last validation) is written beside ``--out`` (``student.pt``: ``student.partial.pt``),
 under a temporary name and then renamed, so a run killed mid-way leaves the last finished
@@ -47,6 +52,7 @@ import hashlib
 import math
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -270,6 +276,31 @@ def balance_weights(labels: Tensor, bins: int, cap: float = 10.0) -> Tensor:
     return out
 
 
+def voice_balance_weights(speakers: list[str], cap: float = 10.0) -> Tensor:
+    """Sampling weight per clip (float64) that draws the recorded human voices evenly.
+
+    Why: what the student misses is voices it never heard, and a few voices hold most of
+    the real-voice rows (seven of 28 hold four fifths), so an epoch is mostly those few. A
+    clip of a real voice (:func:`train.data.voices.is_real`) weighs the inverse of its voice's
+    clip count, at most ``cap`` times the smallest such weight (a voice of 19 clips is not
+    repeated fifty times), scaled so that the real-voice clips together weigh what they do
+    under a plain shuffle, one each; every other clip (TTS, no speech) weighs 1."""
+    from train.data.voices import is_real
+
+    if cap < 1:
+        raise ValueError(f"balancing needs cap >= 1, got {cap}")
+    real = [is_real(s) for s in speakers]
+    if not any(real):
+        raise ValueError("no clip of a recorded human voice to balance")
+    counts = Counter(s for s, r in zip(speakers, real) if r)
+    inverse = torch.tensor([1.0 / counts[s] if r else 0.0 for s, r in zip(speakers, real)], dtype=torch.float64)
+    mask = torch.tensor(real)
+    w = torch.minimum(inverse[mask], inverse[mask].min() * cap)
+    out = torch.ones(len(speakers), dtype=torch.float64)
+    out[mask] = w * (mask.sum() / w.sum())
+    return out
+
+
 def partial_path(out: Path) -> Path:
     """Where a run writing ``out`` keeps its state after each epoch (see the module docstring)."""
     return out.with_suffix(".partial.pt")
@@ -353,6 +384,7 @@ def train(
     gain_db: float = 10.0,
     warp: float = 0.0,
     balance_bins: int = 0,
+    balance_voices: bool = False,
     balance_cap: float = 10.0,
     checkpoint: Path | None = None,
     resume: bool = False,
@@ -362,7 +394,8 @@ def train(
     """Train in place on ``device`` (default: cuda when available), where the student stays;
     returns the final validation metrics (empty without a val set). ``batch`` is per rank.
 
-    ``balance_bins`` > 0 draws epochs by :func:`balance_weights` of the ``mos`` labels. With
+    ``balance_bins`` > 0 draws epochs by :func:`balance_weights` of the ``mos`` labels,
+    ``balance_voices`` by :func:`voice_balance_weights` of the speakers. With
     ``checkpoint`` the state is written there after every epoch; with ``resume`` too, a state
     found there is loaded first (refused, naming the settings, if it is of another run)."""
     rank, world, dev = init_ranks(device if device is not None else default_device())
@@ -380,10 +413,14 @@ def train(
         if "mos" not in student.cfg.outputs:
             raise ValueError("--balance-labels balances the mos labels; this student has no mos output")
         weights = balance_weights(train_set.targets[:, student.cfg.outputs.index("mos")], balance_bins, balance_cap)
+    if balance_voices:
+        if balance_bins:
+            raise ValueError("--balance-voices and --balance-labels are two ways to draw an epoch; choose one")
+        weights = voice_balance_weights(train_set.speakers, balance_cap)
     # What a saved state must match to be continued: anything that changes the draws or the schedule.
     run = {"epochs": epochs, "batch": batch, "lr": lr, "seed": seed, "world": world, "human_ratio": human_ratio,
            "human_clips": len(human.ids) if human is not None else 0, "gain_db": gain_db, "warp": warp,
-           "balance_bins": balance_bins, "balance_cap": balance_cap,
+           "balance_bins": balance_bins, "balance_cap": balance_cap, "balance_voices": balance_voices,
            "clips": hashlib.sha256("\n".join(train_set.ids).encode()).hexdigest()}
     metrics: dict[str, float] = {}
     start = 0
@@ -476,8 +513,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--balance-labels", type=int, default=0, metavar="BINS",
                     help="draw training clips weighted inversely to the density of their mos label in BINS "
                     "equal-width bins (0: off, every clip once an epoch)")
+    ap.add_argument("--balance-voices", action="store_true",
+                    help="draw the recorded human voices' clips evenly over voices (their share of an epoch kept)")
     ap.add_argument("--balance-cap", type=float, default=10.0,
-                    help="with --balance-labels: the largest weight at most this many times the smallest")
+                    help="with --balance-labels/--balance-voices: the largest weight at most this many times the smallest")
     ap.add_argument("--resume", action="store_true",
                     help="continue from OUT's .partial.pt (written after every epoch) when there is one")
     ap.add_argument("--teacher", default="distillmos+dnsmos", help="recorded in the checkpoint and model card")
@@ -521,7 +560,7 @@ def main(argv: list[str] | None = None) -> None:
     metrics = train(
         student, train_set, val_set, epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed,
         human=human, human_ratio=args.human_ratio, warp=args.warp, balance_bins=args.balance_labels,
-        balance_cap=args.balance_cap, checkpoint=partial, resume=args.resume, device=args.device,
+        balance_voices=args.balance_voices, balance_cap=args.balance_cap, checkpoint=partial, resume=args.resume, device=args.device,
     )
     rank, _, _ = init_ranks(args.device)
     student.cpu()  # checkpoints hold CPU tensors whatever the training device
@@ -540,6 +579,11 @@ def main(argv: list[str] | None = None) -> None:
             meta["training_data"] = (f"{data}; drawn balanced over {args.balance_labels} bins of the mos label "
                                      f"(weights capped at {args.balance_cap:g}x)")
             meta["balance_labels"] = args.balance_labels
+            meta["balance_cap"] = args.balance_cap
+        if args.balance_voices:
+            meta["training_data"] = (f"{data}; the recorded voices' clips drawn evenly over voices "
+                                     f"(weights capped at {args.balance_cap:g}x)")
+            meta["balance_voices"] = True
             meta["balance_cap"] = args.balance_cap
         save_checkpoint(args.out, student, meta)
         partial.unlink(missing_ok=True)

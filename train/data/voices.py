@@ -42,6 +42,15 @@ TUXPAINT = "tuxpaint-stamps-default"
 KDE_PACKAGES = ("ktuberling-data", "klettres-data")
 # Never listed: kept for independent evaluation (see the module docstring).
 RESERVED = {(TUXPAINT, "bg"), (TUXPAINT, "el")}
+# Speaker-id prefixes of the recorded human voices (these packages and the Asterisk prompt sets).
+REAL_PREFIXES = ("asterisk-", "tuxpaint-", "kde-")
+
+
+def is_real(speaker: str) -> bool:
+    """Whether a speaker id names a recorded human voice (not TTS, not a conversion)."""
+    return speaker.startswith(REAL_PREFIXES) and "@" not in speaker
+
+
 # Headerless prompt formats need ffmpeg told what they are.
 PROMPT_PACKAGES = (("asterisk-esco", "asterisk-prompt-es-co", "es", ".gsm", "gsm"),
                    ("asterisk-armelle", "asterisk-prompt-fr-armelle", "fr", ".gsm", "gsm"),
