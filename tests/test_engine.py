@@ -135,3 +135,42 @@ def test_many_streams_share_calls_few_are_not_delayed(tiny_onnx):
     assert hops == 40 and batches <= 40 // 3
     hops, batches = _staggered_batches(model, 4, hop_s=0.3)  # 4 * 0.05 / 0.3 < 1: no wait
     assert hops == 4 and batches == 4
+
+
+def test_a_stuck_loop_is_woken_once_however_many_batches_wait(tiny_onnx, monkeypatch):
+    """The worker hands results over through an outbox and wakes the loop only when no
+    wake-up is pending: every call_soon_threadsafe writes a byte to the loop's self-pipe,
+    which also carries signals, and a worker scoring faster than a busy loop drains filled
+    it (a monitor fed by a clock-less ALSA device lost its SIGINT). Nothing is lost or
+    reordered on the way."""
+    import time
+
+    model = Model(tiny_onnx)
+    wakes: list = []
+
+    async def main() -> tuple[Engine, list[dict]]:
+        loop = asyncio.get_running_loop()
+        real = loop.call_soon_threadsafe
+        monkeypatch.setattr(loop, "call_soon_threadsafe", lambda *a: (wakes.append(a[0]), real(*a))[1])
+        messages: list[dict] = []
+        engine = Engine(model, messages.append, loop=loop, hop_s=0.5, window_s=2.0, batch_wait_s=0.0,
+                        max_pending_hops=1000)
+        sr = 16000
+        x = _speech(30.0, sr, 7)
+        engine.start(StreamInfo("s", "file", sr, {}))
+        for k in range(0, len(x), sr // 2):  # one hop at a time, the worker scoring each alone
+            engine.audio("s", x[k : k + sr // 2], loop.time())
+            time.sleep(0.005)  # the loop is stuck (a busy machine) while the worker keeps up
+        engine.end("s")
+        while engine.streams:
+            await asyncio.sleep(0.01)
+        engine.close()
+        return engine, messages
+
+    engine, messages = asyncio.run(asyncio.wait_for(main(), 60))
+    scores = [m for m in messages if m["type"] == "score"]
+    assert engine.counters["batches"] >= 30  # many batches were handed over while the loop was stuck
+    assert len(wakes) <= 3, f"{len(wakes)} wake-ups for {engine.counters['batches']} batches"
+    assert len(scores) == engine.counters["hops_scored"]
+    assert [m["t"] for m in scores] == sorted(m["t"] for m in scores)
+    assert messages[-1]["type"] == "stream" and messages[-1]["event"] == "end"
