@@ -30,8 +30,8 @@ from __future__ import annotations
 import argparse
 import heapq
 import io
-import os
 import json
+import os
 import random
 import subprocess
 import sys

@@ -139,7 +139,7 @@ def clean_and_babble(tmp_path: Path, wavs: dict[str, Path], png: Path) -> dict[s
 
 # Chromium's own audio processing is off for this test (/check?processing=off): its noise
 # suppression had cleaned the babble to 2.5-2.6 and left a 0.9-1.1 margin. Without it, with
-# the held-out asterisk-carlo speech, two runs at load 3-5 read clean 3.41/3.29 against
+# the held-out asterisk-carlo speech, two runs beside two training jobs read clean 3.41/3.29 against
 # babble 1.87/1.96, the files' own scores (docs/monitor.md, "WebRTC").
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
 def test_check_page_tells_clean_from_babble(tmp_path):
