@@ -17,8 +17,6 @@ import soxr
 
 from train.compress.nets import SAMPLE_RATE, SEGMENT_SAMPLES
 
-EXCLUDED_LANGS = ("fr", "ru")  # reserved for independent evaluation
-
 
 def clip_cache_path(cache_dir: Path, split: str, n: int, seed: int, labels_csv: Path | None = None) -> Path:
     """The .npz file :func:`load_clips` keeps the clips of one draw in (named by the draw, so
@@ -36,8 +34,11 @@ def load_clips(split: str, n: int, *, labels_csv: Path | None = None, audio_dir:
     whose int16 audio the labeller cached in ``audio_dir``: they are read from disk, where
     rendering them again from the manifest runs every codec chain. Without it, clips are
     rendered from the manifest. Clips are drawn at random (``seed``) over the whole split, so
-    every speaker of the held-out test split is represented; fr/ru never are: label CSVs carry
-    no language, so a labelled clip's language is looked up in the split's manifest.
+    every speaker of the held-out test split is represented. No language is left out: the
+    recordings reserved for independent evaluation are never in a manifest
+    (``train.data.voices.RESERVED``, and the Asterisk core sounds are indexed for en/es/it
+    only), so the French and Russian voices the manifests do hold (Tux Paint, KDE, Armelle)
+    are training data like any other.
     """
     out = clip_cache_path(cache_dir, split, n, seed, labels_csv)
     if out.exists():
@@ -48,14 +49,10 @@ def load_clips(split: str, n: int, *, labels_csv: Path | None = None, audio_dir:
     speakers: list[str] = []
     from train.data.manifest import read_manifest, render_clip
 
-    manifest = manifests / f"{split}.csv"
     if labels_csv is not None:
         from train.distill import read_labels
 
-        listed = read_manifest(manifest) if manifest.exists() else []
-        reserved = {r.clip_id for r in listed if r.lang in EXCLUDED_LANGS}
-        rows = [r for r in read_labels(labels_csv, split) if r["clip_id"] not in reserved
-                and (audio_dir / f"{r['sha256']}.npy").exists()]
+        rows = [r for r in read_labels(labels_csv, split) if (audio_dir / f"{r['sha256']}.npy").exists()]
         if len(rows) < n:
             raise ValueError(f"{labels_csv}: only {len(rows)} {split} clips have cached audio in {audio_dir}, "
                              f"{n} requested")
@@ -63,7 +60,7 @@ def load_clips(split: str, n: int, *, labels_csv: Path | None = None, audio_dir:
             audio.append(np.load(audio_dir / f"{rows[i]['sha256']}.npy").astype(np.float32) / 32768.0)
             speakers.append(rows[i].get("speaker", ""))
     else:
-        mrows = [r for r in read_manifest(manifest) if r.lang not in EXCLUDED_LANGS]
+        mrows = read_manifest(manifests / f"{split}.csv")
         if len(mrows) < n:
             raise ValueError(f"{split}: only {len(mrows)} clips, {n} requested")
         t0 = time.time()
