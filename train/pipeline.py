@@ -150,7 +150,7 @@ def make_labels(args: argparse.Namespace, mdir: Path) -> list[Path]:
             _run([sys.executable, "-m", "train.label", "--manifest", str(manifest),
                   "--rows", ",".join(f"{r.start}:{r.stop}" for r in base),
                   "--cache", str(args.cache / "labels"), "--teachers", "dnsmos1", "--out", str(dnsmos), "--assemble",
-                  "--import-labels", *map(str, committed)])
+                  *(["--shard", shard] if shard else []), "--import-labels", *map(str, committed)])
             outs.append(dnsmos)
         else:
             outs.append(_label(args, manifest, dnsmos, base, ["dnsmos1"], shard=shard))
@@ -174,7 +174,8 @@ def train_student(args: argparse.Namespace, name: str, labels: list[Path]) -> Pa
         _run([sys.executable, "-m", "train.distill", "--labels", *map(str, labels),
               "--student", str(config) if config.exists() else name,
               "--out", str(ckpt), "--epochs", str(args.epochs), "--audio-dir", str(args.cache / "audio"),
-              "--threads", str(args.jobs), "--warp", str(args.warp), "--teacher", args.teachers.replace(",", "+")])
+              "--threads", str(args.jobs), "--warp", str(args.warp), "--teacher", args.teachers.replace(",", "+"),
+              *(["--balance-voices"] if args.balance_voices else [])])
     return ckpt
 
 
@@ -334,6 +335,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--warp", type=float, default=0.25,
                     help="vocal-tract-length perturbation while training (train.distill --warp)")
+    ap.add_argument("--balance-voices", action="store_true",
+                    help="draw the recorded voices evenly while training (train.distill --balance-voices)")
     ap.add_argument("--jobs", type=int, default=2, help="labelling processes / training threads")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--int8", action="store_true", help="also evaluate int8 dynamic quantisation")
@@ -362,7 +365,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.ship:
         command = "python -m train.pipeline " + " ".join(argv if argv is not None else sys.argv[1:])
         fit = results[args.ship]["training"]  # what the checkpoint itself records
-        data = (f"{fit['training_data']} (generated degraded speech, train split); "
+        data = (f"{fit['training_data']}; generated degraded speech of the train split; "
                 f"{fit['epochs']} epochs, frequency warp {fit['warp'] or 0}")
         dst = ship(results[args.ship], args.teachers, data, command)
         write_models_doc()
