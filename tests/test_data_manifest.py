@@ -294,3 +294,30 @@ def test_top_up_adds_mild_real_voice_rows_and_music_once(utterances, monkeypatch
     assert top_up_rows(base + added, utterances, mild_clips={"train": 40}, music_clips={}) == []
     assert top_up_rows(base, utterances, mild_clips={"train": 40, "test": 5},
                        music_clips={"train": 6}, seed=5) == added, "deterministic"
+
+
+def test_even_rows_share_real_voices_evenly_once(utterances, monkeypatch):
+    """More clips of the real voices present, each voice drawn about equally often however
+    much speech it has; appended once, after the rows without speech."""
+    from types import SimpleNamespace
+
+    import train.data.voices
+    from train.data.manifest import NO_SPEECH, even_rows, no_speech_rows
+
+    real = {"flite-kal", "flite-rms", "asterisk-allison"}  # all three train voices
+    monkeypatch.setattr(train.data.voices, "voice_sources",
+                        lambda: [SimpleNamespace(voice=v) for v in sorted(real)])
+    # flite-kal keeps one short utterance, the others three each: by seconds kal would get ~1/7
+    present = [u for u in utterances if u.speaker != "flite-kal" or u.id.endswith("-0.wav")]
+    base = build_manifest(present, 80, seed=5, split_clips={"train": 80, "val": 10, "test": 10})
+    base += no_speech_rows({"train": 3}, seed=5, first_index={"train": sum(r.split == "train" for r in base)},
+                           kinds=("silence",))
+    added = even_rows(base, present, {"train": 600, "test": 9}, seed=5)
+    assert {r.split for r in added} == {"train"}, "test's last row holds speech: nothing appended there"
+    counts = {v: sum(r.speaker == v for r in added) for v in sorted(real)}
+    assert sum(counts.values()) == 600 and all(170 <= c <= 230 for c in counts.values()), counts
+    assert all(r.utterance_id != NO_SPEECH for r in added)
+    n_train = sum(r.split == "train" for r in base)
+    assert [r.clip_id for r in added] == [f"train-{j:06d}" for j in range(n_train, n_train + 600)]
+    assert even_rows(base + added, present, {"train": 600}, seed=5) == [], "once only"
+    assert even_rows(base, present, {"train": 600, "test": 9}, seed=5) == added, "deterministic"

@@ -37,7 +37,8 @@ def make_manifest(args: argparse.Namespace) -> Path:
     voices, ``--converted-clips`` from the converted copies of the training voice, and
     ``--real-clips`` per split from the real voices with ``--no-speech-clips`` rows without
     speech, then ``--mild-clips`` of the real voices with light degradations and
-    ``--music-clips`` of music alone; appending is a no-op once they are there, so a resumed
+    ``--music-clips`` of music alone, then ``--even-clips`` of the real voices drawn evenly
+    over voices; appending is a no-op once they are there, so a resumed
     run keeps its rows. The speech-presence labels of every row go to ``--labels`` as
     ``SPLIT.speech.csv``."""
     mdir = args.cache / "manifests"
@@ -56,6 +57,8 @@ def make_manifest(args: argparse.Namespace) -> Path:
     if args.mild_clips or args.music_clips:
         _run([*manifest, "--extend", "--real", "--clips", "0", "--mild-clips", args.mild_clips or "",
               "--music-clips", args.music_clips or "", *common])
+    if args.even_clips:
+        _run([*manifest, "--extend", "--real", "--clips", "0", "--even-clips", args.even_clips, *common])
     presence = [args.labels / f"{s}.speech.csv" for s in SPLITS]
     if not all(p.exists() and p.stat().st_mtime >= (mdir / p.name.replace(".speech", "")).stat().st_mtime
                for p in presence):
@@ -321,6 +324,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-speech-clips", help="rows without speech appended per split, e.g. train=1000,val=120,test=200")
     ap.add_argument("--mild-clips", help="clean or lightly degraded clips of the real voices appended once more, e.g. train=2500")
     ap.add_argument("--music-clips", help="rows of music alone (no speech) appended with them, e.g. train=600")
+    ap.add_argument("--even-clips",
+                    help="after them, degraded clips of the real voices drawn evenly over voices, e.g. train=4000")
     ap.add_argument("--real-train-rows", type=int,
                     help="label and train on only the first K real-voice train rows (default: all)")
     ap.add_argument("--none-dnsmos", type=int, default=300,

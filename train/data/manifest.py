@@ -94,12 +94,15 @@ def build_manifest(utterances: list[Utterance], n_clips: int, *, seed: int = 0,
                    split_clips: Mapping[str, int] | None = None,
                    recorded_noise: bool = False,
                    chains: Callable[[np.random.Generator], list[dict]] = sample_chain,
+                   even_voices: bool = False,
                    ) -> list[ClipRow]:
     """``n_clips`` rows shared among splits in proportion to their seconds of speech, or
     ``split_clips`` rows per split when given; ``chains`` draws each row's degradation.
 
     Within a split, utterances are drawn with probability proportional to their length (long
-    prompts hold more distinct windows) and the window offset is uniform. Deterministic in
+    prompts hold more distinct windows) and the window offset is uniform; with
+    ``even_voices``, every speaker of the split gets the same share of draws (within it,
+    still by length). Deterministic in
     (utterances, n_clips, seed, patterns). Row j of a split is ``{split}-{j:06d}`` and draws
     from random stream (seed, split, j); ``first_index`` starts j per split elsewhere than 0.
     With ``recorded_noise``, a share of the noise steps plays a recording of the row's split
@@ -126,6 +129,11 @@ def build_manifest(utterances: list[Utterance], n_clips: int, *, seed: int = 0,
         if not group or counts[split] <= 0:
             continue
         weights = np.array([n for _, n in group], np.float64)
+        if even_voices:
+            per_voice = Counter()
+            for (u, _), w in zip(group, weights):
+                per_voice[u.speaker] += w
+            weights /= np.array([per_voice[u.speaker] for u, _ in group])
         weights /= weights.sum()
         start = first_index.get(split, 0)
         for j in range(start, start + counts[split]):
@@ -248,6 +256,34 @@ def top_up_rows(existing: list[ClipRow], utterances: list[Utterance], *,
                           split_clips=mild_clips, chains=mild_chain)
     return rows + no_speech_rows(music_clips, seed=seed, kinds=("music",),
                                  first_index=Counter(r.split for r in existing + rows))
+
+
+def even_rows(existing: list[ClipRow], utterances: list[Utterance], split_clips: Mapping[str, int], *,
+              seed: int = 0, val_speakers: Iterable[str] = DEFAULT_VAL_SPEAKERS,
+              test_speakers: Iterable[str] = DEFAULT_TEST_SPEAKERS,
+              cache_dir: Path = Path("cache/speech")) -> list[ClipRow]:
+    """``split_clips`` more degraded clips of the real voices already present, drawn evenly
+    over voices (``build_manifest(even_voices=True)``, with recorded noise like the first
+    real-voice rows). Why: drawn by seconds of speech, seven of the 28 training voices got
+    5,263 of the 6,500 real-voice train rows and 19 fewer than 100 each, and re-weighting those
+    few rows (``train.distill --balance-voices``) repeats the same clips; new rows give the
+    small voices new windows and degradations.
+
+    Appended to a split only while its last row is one without speech (the rows that
+    ``top_up_rows`` or the real-voice extension end with), so a second run adds nothing.
+    """
+    from train.data.voices import voice_sources
+
+    real = {v.voice for v in voice_sources()}
+    last = {r.split: r for r in existing}
+    wanted = {s: n for s, n in split_clips.items() if s in last and last[s].utterance_id == NO_SPEECH}
+    if not any(wanted.values()):
+        return []
+    known = {r.speaker for r in existing}
+    voices = [u for u in utterances if u.speaker in real and u.speaker in known]
+    return build_manifest(voices, 0, seed=seed, val_speakers=val_speakers, test_speakers=test_speakers,
+                          cache_dir=cache_dir, first_index=Counter(r.split for r in existing),
+                          split_clips=wanted, recorded_noise=True, even_voices=True)
 
 
 def _pick_talkers(rng: np.random.Generator, u: Utterance,
@@ -412,6 +448,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--music-clips", type=parse_split_counts,
                     help="with --mild-clips: rows without speech that are music alone, e.g. "
                          "train=600")
+    ap.add_argument("--even-clips", type=parse_split_counts,
+                    help="after --mild-clips, once: degraded clips of the real voices already in "
+                         "the manifests, drawn evenly over voices, e.g. train=4000 (needs --real)")
     ap.add_argument("--presence", type=Path,
                     help="write the speech-presence labels of every row as DIR/SPLIT.speech.csv")
     ap.add_argument("--val-speakers", default=",".join(DEFAULT_VAL_SPEAKERS),
@@ -450,6 +489,8 @@ def main(argv: list[str] | None = None) -> int:
             rows += top_up_rows(rows, utts, mild_clips=args.mild_clips or {},
                                 music_clips=args.music_clips or {}, seed=args.seed,
                                 cache_dir=args.cache, **patterns)
+        if args.even_clips:
+            rows += even_rows(rows, utts, args.even_clips, seed=args.seed, cache_dir=args.cache, **patterns)
     except (ValueError, OSError, RuntimeError, subprocess.CalledProcessError) as e:
         print(f"\nerror: {e}", file=sys.stderr)
         return 2
