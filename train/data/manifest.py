@@ -102,8 +102,7 @@ def build_manifest(utterances: list[Utterance], n_clips: int, *, seed: int = 0,
     Within a split, utterances are drawn with probability proportional to their length (long
     prompts hold more distinct windows) and the window offset is uniform; with
     ``even_voices``, every speaker of the split gets the same share of draws (within it,
-    still by length). Deterministic in
-    (utterances, n_clips, seed, patterns). Row j of a split is ``{split}-{j:06d}`` and draws
+    still by length). Deterministic in (utterances, n_clips, seed, patterns). Row j of a split is ``{split}-{j:06d}`` and draws
     from random stream (seed, split, j); ``first_index`` starts j per split elsewhere than 0.
     With ``recorded_noise``, a share of the noise steps plays a recording of the row's split
     (``train.data.noises``) instead of a synthetic noise.
