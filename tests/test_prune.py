@@ -282,13 +282,19 @@ def test_french_and_russian_voices_of_the_train_split_are_drawn(tmp_path: Path) 
     """The reserved recordings never reach a manifest, so no language is filtered here: the
     allowed fr/ru voices (Tux Paint, KDE) are drawn like the rest. A language filter once
     kept 1,865 of 10,592 labelled train clips out and stopped the streamqa-l recipe."""
-    audio_dir = tmp_path / "audio"
+    from train.data.manifest import ClipRow, write_manifest
+
+    audio_dir, manifests = tmp_path / "audio", tmp_path / "manifests"
     audio_dir.mkdir()
     for h in "ab":
         np.save(audio_dir / f"{h}.npy", np.zeros(SEGMENT_SAMPLES, np.int16))
+    # the split's manifest says which language each clip is in, as the real one does
+    write_manifest([ClipRow("t0", "u0", "tuxpaint-fr", "fr", "train", 0, "[]", 1),
+                    ClipRow("t1", "u1", "kde-ru", "ru", "train", 0, "[]", 2)], manifests / "train.csv")
     csv_path = tmp_path / "train.distillmos.csv"
     csv_path.write_text("clip_id,sha256,split,speaker,mos\nt0,a,train,tuxpaint-fr,3.1\nt1,b,train,kde-ru,2.0\n")
-    _, speakers = load_clips("train", 2, labels_csv=csv_path, audio_dir=audio_dir, cache_dir=tmp_path / "c")
+    _, speakers = load_clips("train", 2, labels_csv=csv_path, audio_dir=audio_dir, manifests=manifests,
+                             cache_dir=tmp_path / "c")
     assert sorted(speakers) == ["kde-ru", "tuxpaint-fr"]
 
 
