@@ -88,6 +88,22 @@ def fit_row(h: Tensor, y: Tensor, penalty: float, init: tuple[Tensor, Tensor]) -
     return w.detach(), b.detach()
 
 
+def presence_row(student: Student) -> tuple[Tensor, Tensor]:
+    """The presence logit's weights over the hidden vector and its bias (the output bias
+    folded in)."""
+    k = student.cfg.outputs.index(PRESENCE)
+    last = student.head[2]
+    return last.weight[k].detach().clone(), (last.bias[k] + student.out_bias[k]).detach().clone()
+
+
+@torch.no_grad()
+def set_presence_row(student: Student, row: tuple[Tensor, Tensor]) -> None:
+    """Make ``row`` the presence logit's; every other output keeps its weights."""
+    k = student.cfg.outputs.index(PRESENCE)
+    student.head[2].weight[k] = row[0]
+    student.head[2].bias[k] = row[1] - student.out_bias[k]
+
+
 def judged(h: Tensor, row: tuple[Tensor, Tensor]) -> np.ndarray:
     """Whether the runtime would judge each clip speech with this presence row."""
     return (torch.sigmoid(h @ row[0] + row[1]) >= SPEECH_THRESHOLD).numpy()
@@ -156,9 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     student, meta = load_checkpoint(args.checkpoint)
-    k = student.cfg.outputs.index(PRESENCE)
-    last = student.head[2]
-    original = (last.weight[k].detach().clone(), (last.bias[k] + student.out_bias[k]).detach().clone())
+    original = presence_row(student)
     rows = with_audio(merge_labels(args.labels))
     h_tr, y_tr, kinds_tr = load_split(student, rows, args.extra, "train", args.audio_dir, args.speech_dir)
     h_va, y_va, kinds_va = load_split(student, rows, args.extra, "val", args.audio_dir, args.speech_dir)
@@ -182,9 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         "refit": {"train": rates(judged(h_tr, row), y_tr.numpy(), kinds_tr),
                   "val": rates(judged(h_va, row), y_va.numpy(), kinds_va)},
     }
-    with torch.no_grad():
-        last.weight[k] = row[0]
-        last.bias[k] = row[1] - student.out_bias[k]
+    set_presence_row(student, row)
     save_checkpoint(args.out, student, {**meta, "presence_refit": {"from": str(args.checkpoint),
                                                                    "extra": args.extra, "penalty": chosen}})
     text = json.dumps(report, indent=1)

@@ -1,0 +1,103 @@
+"""The presence-row refit (train.presence_refit) and the signalling tones it adds (train.data.tones)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from train.data.degrade import add_noise
+from train.data.tones import KINDS, SAMPLE_RATE, TONES, signalling_tone
+from train.presence_refit import fit_row, hidden, judged, presence_row, rates, set_presence_row
+from train.students import FAMILY, PRESENCE, Student
+
+
+def _peaks(x: np.ndarray, count: int) -> list[float]:
+    """The ``count`` strongest spectral peaks (Hz), each at least 30 Hz from a stronger one."""
+    spec = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    freqs = np.fft.rfftfreq(len(x), 1 / SAMPLE_RATE)
+    found: list[float] = []
+    for i in np.argsort(spec)[::-1]:
+        if all(abs(freqs[i] - f) > 30 for f in found):
+            found.append(float(freqs[i]))
+        if len(found) == count:
+            return sorted(found)
+    return sorted(found)
+
+
+@pytest.mark.parametrize("kind", sorted(TONES))
+def test_each_tone_has_its_frequencies(kind):
+    freqs, cadence = TONES[kind]
+    x = signalling_tone(np.random.default_rng(1), 8 * SAMPLE_RATE, kind)
+    assert np.max(np.abs(x)) <= len(freqs) + 1e-9
+    for got, want in zip(_peaks(x, len(freqs)), sorted(freqs)):
+        assert abs(got - want) <= 0.01 * want + 2  # within the 1 % error an exchange allows
+
+
+def test_cadence_is_silent_when_off():
+    x = signalling_tone(np.random.default_rng(2), 12 * SAMPLE_RATE, "ringback-na")  # 2 s on, 4 s off
+    frames = np.abs(x).reshape(-1, SAMPLE_RATE // 10).max(axis=1)
+    on = frames > 0.5
+    assert 0.25 < on.mean() < 0.42  # a third of the time, give or take a partial period
+    assert (frames[~on] == 0).all()
+
+
+def test_dtmf_and_answer_tone():
+    rng = np.random.default_rng(3)
+    dtmf = signalling_tone(rng, 4 * SAMPLE_RATE, "dtmf")
+    assert 0.2 < (np.abs(dtmf) > 0).mean() < 0.9  # digits with gaps
+    answer = signalling_tone(rng, 2 * SAMPLE_RATE, "answer-v25")
+    assert _peaks(answer, 1)[0] == pytest.approx(2100, abs=10)
+    reversal = int(0.45 * SAMPLE_RATE)
+    assert answer[reversal] == pytest.approx(-np.sin(2 * np.pi * 2100 * reversal / SAMPLE_RATE), abs=1e-9)
+
+
+def test_every_kind_renders_and_unknown_is_refused():
+    rng = np.random.default_rng(4)
+    for kind in KINDS:
+        assert np.abs(signalling_tone(rng, 8 * SAMPLE_RATE, kind)).max() > 0.5  # a whole cadence
+    with pytest.raises(ValueError, match="unknown signalling tone"):
+        signalling_tone(rng, SAMPLE_RATE, "howl")
+
+
+def test_tones_as_a_noise_at_an_absolute_level():
+    x = add_noise(np.zeros(4 * SAMPLE_RATE), np.random.default_rng(5), "tones", None, None, level_dbfs=-20.0)
+    assert 20 * np.log10(np.sqrt(np.mean(x**2))) == pytest.approx(-20.0, abs=0.01)
+
+
+def test_fit_row_separates_separable_classes():
+    gen = torch.Generator().manual_seed(0)
+    h = torch.randn(400, 8, generator=gen)
+    y = (h[:, 0] + 0.5 * h[:, 3] > 0.3).float()
+    row = fit_row(h, y, 1e-4, (torch.zeros(8), torch.zeros(())))
+    assert (judged(h, row) == (y.numpy() > 0.5)).mean() > 0.98
+
+
+def test_a_new_presence_row_leaves_the_quality_outputs_alone():
+    torch.manual_seed(0)
+    student = Student(FAMILY["xxxs"]).eval()
+    clips = [np.random.default_rng(i).normal(0, 0.1, 16000 * 2).astype(np.float32) for i in range(3)]
+    from train.distill import featurise
+
+    feats = featurise(student, clips)
+    with torch.no_grad():
+        before = student.forward_features(feats)
+    h = hidden(student, clips)
+    row = (torch.randn(student.cfg.head_hidden), torch.tensor(0.7))
+    set_presence_row(student, row)
+    with torch.no_grad():
+        after = student.forward_features(feats)
+    k = student.cfg.outputs.index(PRESENCE)
+    others = [i for i in range(len(student.cfg.outputs)) if i != k]
+    assert torch.equal(before[:, others], after[:, others])
+    assert torch.allclose(after[:, k], h @ row[0] + row[1], atol=1e-5)
+    assert torch.allclose(presence_row(student)[0], row[0]) and torch.allclose(presence_row(student)[1], row[1])
+
+
+def test_rates_count_false_alarms_by_kind():
+    speech = np.array([True, False, True, True, False])
+    y = np.array([1.0, 1.0, 0.0, 0.0, 0.0])
+    r = rates(speech, y, ["speech", "speech", "tones", "effect", "tones"])
+    assert (r["speech_judged_speech"], r["speech_clips"], r["no_speech_false_alarms"]) == (1, 2, 2)
+    assert r["false_alarms_by_kind"] == {"effect": {"false_alarms": 1, "clips": 1},
+                                         "tones": {"false_alarms": 1, "clips": 2}}
