@@ -8,7 +8,7 @@ import torch
 
 from train.data.degrade import add_noise
 from train.data.tones import KINDS, SAMPLE_RATE, TONES, signalling_tone
-from train.presence_refit import fit_row, hidden, judged, presence_row, rates, set_presence_row
+from train.presence_refit import fit_row, hidden, judged, keep_speech, presence_row, rates, set_presence_row
 from train.students import FAMILY, PRESENCE, Student
 
 
@@ -101,3 +101,16 @@ def test_rates_count_false_alarms_by_kind():
     assert (r["speech_judged_speech"], r["speech_clips"], r["no_speech_false_alarms"]) == (1, 2, 2)
     assert r["false_alarms_by_kind"] == {"effect": {"false_alarms": 1, "clips": 1},
                                          "tones": {"false_alarms": 1, "clips": 2}}
+
+
+def test_keep_speech_holds_the_speech_side_with_the_fewest_false_alarms():
+    gen = torch.Generator().manual_seed(1)
+    h = torch.randn(300, 4, generator=gen)
+    y = (h[:, 0] + 0.8 * torch.randn(300, generator=gen) > 0).float()
+    row = (torch.tensor([2.0, 0.0, 0.0, 0.0]), torch.tensor(-1.0))
+    speech = y.numpy() > 0.5
+    for hits in (int(speech.sum()) // 2, int(speech.sum()) - 3):
+        moved = keep_speech(h, y, row, hits)
+        assert torch.equal(moved[0], row[0])
+        assert judged(h, moved)[speech].sum() == hits  # exactly: one less bias and the last one is lost
+        assert judged(h, (moved[0], moved[1] - 1e-4))[speech].sum() < hits

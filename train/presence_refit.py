@@ -1,6 +1,6 @@
 """Refit a trained student's speech-presence output alone, on more audio without speech.
 
-    python -m train.presence_refit runs/release/s/student.pt --out runs/presence/student.pt \
+    python -m train.presence_refit runs/release/s/student.pt --out runs/presence/student.pt [--keep-speech] \
         --labels train/labels/train.*.csv train/labels/val.*.csv --extra train=3000,val=400 \
         --json benchmarks/results/candidates_s/presence_refit.json
 
@@ -36,7 +36,7 @@ from torch import Tensor
 from streamqa.presence import SPEECH_THRESHOLD
 from train.data.manifest import no_speech_rows, parse_split_counts, render_clip
 from train.distill import clip_audio, featurise, merge_labels, with_audio
-from train.export import load_checkpoint, save_checkpoint
+from train.export import load_checkpoint, save_atomic, save_checkpoint
 from train.students import PRESENCE, Student
 
 EXTRA_KINDS = ("recorded", "music", "tones")
@@ -104,6 +104,18 @@ def set_presence_row(student: Student, row: tuple[Tensor, Tensor]) -> None:
     student.head[2].bias[k] = row[1] - student.out_bias[k]
 
 
+def keep_speech(h: Tensor, y: Tensor, row: tuple[Tensor, Tensor], hits: int) -> tuple[Tensor, Tensor]:
+    """``row`` with its bias moved to the smallest value at which at least ``hits`` of the
+    speech clips (``y`` 1) are judged speech: the refit's direction at a given operating
+    point on the speech side, with as few false alarms as that allows."""
+    if hits <= 0:
+        return row
+    logits = (h[y > 0.5] @ row[0] + row[1]).sort(descending=True).values
+    kth = logits[min(hits, len(logits)) - 1]
+    threshold = math.log(SPEECH_THRESHOLD / (1 - SPEECH_THRESHOLD))  # the runtime's threshold as a logit
+    return row[0], row[1] + (threshold - kth) + 1e-6
+
+
 def judged(h: Tensor, row: tuple[Tensor, Tensor]) -> np.ndarray:
     """Whether the runtime would judge each clip speech with this presence row."""
     return (torch.sigmoid(h @ row[0] + row[1]) >= SPEECH_THRESHOLD).numpy()
@@ -166,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="extra no-speech renders per split (SPLIT=N,...)")
     ap.add_argument("--audio-dir", type=Path, default=Path("cache/audio"))
     ap.add_argument("--speech-dir", type=Path, default=Path("cache/speech"))
+    ap.add_argument("--keep-speech", action="store_true",
+                    help="move the refitted row's bias so that it hears as many train speech clips as the original")
+    ap.add_argument("--cache", type=Path, help="keep the hidden vectors here and reuse them (same checkpoint, labels, extra)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
@@ -173,15 +188,25 @@ def main(argv: list[str] | None = None) -> int:
 
     student, meta = load_checkpoint(args.checkpoint)
     original = presence_row(student)
-    rows = with_audio(merge_labels(args.labels))
-    h_tr, y_tr, kinds_tr = load_split(student, rows, args.extra, "train", args.audio_dir, args.speech_dir)
-    h_va, y_va, kinds_va = load_split(student, rows, args.extra, "val", args.audio_dir, args.speech_dir)
+    key = {"checkpoint": str(args.checkpoint), "labels": [str(p) for p in args.labels], "extra": args.extra}
+    if args.cache and args.cache.exists() and torch.load(args.cache)["key"] == key:
+        cached = torch.load(args.cache)
+        (h_tr, y_tr, kinds_tr), (h_va, y_va, kinds_va) = cached["train"], cached["val"]
+    else:
+        rows = with_audio(merge_labels(args.labels))
+        h_tr, y_tr, kinds_tr = load_split(student, rows, args.extra, "train", args.audio_dir, args.speech_dir)
+        h_va, y_va, kinds_va = load_split(student, rows, args.extra, "val", args.audio_dir, args.speech_dir)
+        if args.cache:
+            save_atomic({"key": key, "train": (h_tr, y_tr, kinds_tr), "val": (h_va, y_va, kinds_va)}, args.cache)
 
     def balanced(row: tuple[Tensor, Tensor]) -> float:
         r = rates(judged(h_va, row), y_va.numpy(), kinds_va)
         return 0.5 * (r["speech_rate"] + 1.0 - r["false_alarm_rate"])
 
     fits = {p: fit_row(h_tr, y_tr, p, original) for p in PENALTIES}
+    if args.keep_speech:
+        hits = int(judged(h_tr, original)[y_tr.numpy() > 0.5].sum())
+        fits = {p: keep_speech(h_tr, y_tr, row, hits) for p, row in fits.items()}
     scores = {p: balanced(row) for p, row in fits.items()}
     chosen = max(PENALTIES, key=lambda p: (scores[p], p))  # ties: the stronger penalty
     row = fits[chosen]
@@ -189,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "checkpoint": str(args.checkpoint),
         "extra": args.extra,
+        "keep_speech": args.keep_speech,
         "penalties": {str(p): round(s, 5) for p, s in scores.items()},
         "chosen_penalty": chosen,
         "original": {"train": rates(judged(h_tr, original), y_tr.numpy(), kinds_tr),
