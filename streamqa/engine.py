@@ -6,12 +6,10 @@ only what many streams at once need. Threading model: sources call the sink on t
 loop; the loop only buffers and cuts hops (cheap). One worker thread owns every scorer's
 model state and speech judge, and scores the hops of *all* streams that are ready in one
 batched ONNX Runtime call (:func:`streamqa.scorer.step_batch`), so hundreds of streams cost
-one call per tick rather than one each. Results come back to the loop through an outbox
-that one ``call_soon_threadsafe`` drains, where the scorers build the messages that are
-published. One wake-up while one is pending, not one per batch: each writes a byte to the
-loop's self-pipe, which also carries signals, and a worker scoring faster than a busy loop
-drains (a clock-less capture device, a loaded machine) filled it with a few hundred of
-them, so the monitor's SIGINT was lost. Per
+one call per tick rather than one each. Results come back to the loop through a
+:class:`streamqa.handoff.LoopHandoff` (one wake-up pending at most, not one per batch: a
+worker scoring faster than a busy loop drains filled the loop's self-pipe and the monitor's
+SIGINT was lost), where the scorers build the messages that are published. Per
 stream, hops and the end marker are kept in order, so a stream's end summary is always
 published after its last score; under overload the oldest queued hop is dropped.
 
@@ -34,6 +32,7 @@ from typing import Any, Callable
 import numpy as np
 
 from streamqa.dropqueue import DropOldest
+from streamqa.handoff import LoopHandoff
 from streamqa.metrics import Metrics
 from streamqa.model import Model
 from streamqa.scorer import Scored, StreamScorer, framing, model_hello, step_batch
@@ -87,9 +86,9 @@ class Engine:
         self._stopping = False
         self._worker: threading.Thread | None = None
         self._inline_queued = 0  # offline mode: hops queued since the last score_pending
-        # worker -> loop: (results, ended) in scoring order, and whether a drain is scheduled
-        self._outbox: deque[tuple[list[tuple[str, Scored]], list[str]]] = deque()
-        self._outbox_woken = False
+        # worker -> loop: (results, ended) in scoring order
+        self._outbox: LoopHandoff[tuple[list[tuple[str, Scored]], list[str]]] = \
+            LoopHandoff(lambda item: self._deliver(*item), loop)
         if loop is not None:
             self._worker = threading.Thread(target=self._run, name="streamqa-scorer", daemon=True)
             self._worker.start()
@@ -234,15 +233,8 @@ class Engine:
                     return
                 batch, ended = self._take_batch()
             results = self._score(batch) if batch else []
-            if results or ended:
-                self._outbox.append((results, ended))
-                if self._outbox_woken:
-                    continue
-                self._outbox_woken = True
-                try:
-                    self.loop.call_soon_threadsafe(self._drain_outbox)
-                except RuntimeError:  # loop closed during shutdown
-                    return
+            if (results or ended) and not self._outbox.put((results, ended)):
+                return  # loop closed during shutdown
 
     def _score(self, batch: list[tuple[str, StreamScorer, Hop]]) -> list[tuple[str, Scored]]:
         results = step_batch(self.model, [(scorer, hop) for _, scorer, hop in batch])
@@ -252,15 +244,6 @@ class Engine:
         return [(sid, r) for (sid, _, _), r in zip(batch, results)]
 
     # --- back on the event loop -----------------------------------------------------------
-    def _drain_outbox(self) -> None:
-        """The batches the worker had handed over when this began, in order. The flag is
-        cleared first, so a batch handed over while this runs schedules the next drain; those
-        wait for it rather than being taken here, since a worker that outruns the loop would
-        otherwise keep this callback going and starve every socket the loop serves."""
-        self._outbox_woken = False
-        for _ in range(len(self._outbox)):
-            self._deliver(*self._outbox.popleft())
-
     def _deliver(self, results: list[tuple[str, Scored]], ended: list[str]) -> None:
         now_wall, now_mono = time.time(), time.monotonic()
         for sid, r in results:

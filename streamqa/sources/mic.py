@@ -7,25 +7,23 @@ machines that have no PortAudio at all. Every failure to reach a device is turne
 is at a terminal, not in a debugger.
 
 Threading: PortAudio calls our callback on its own real-time thread. That thread only
-converts the block to mono float32, appends it to a bounded queue and, when no hand-over is
-pending, wakes the event loop once with ``loop.call_soon_threadsafe``; the sink is only ever
-called from the loop thread, as the :mod:`streamqa.sources` contract promises. One wake-up
-per loop iteration, not one per block: every ``call_soon_threadsafe`` writes a byte to the
-loop's self-pipe, which is also where a signal is reported, so a device delivering faster
-than the loop runs (a busy machine, or a clock-less ALSA device) filled it and a Ctrl-C
-was lost ("Exception ignored when trying to write to the signal wakeup fd").
+converts the block to mono float32 and hands it to the event loop through a bounded
+:class:`streamqa.handoff.LoopHandoff` (one wake-up pending at most: a device delivering
+faster than the loop runs, a busy machine or a clock-less ALSA device, once filled the
+loop's self-pipe and a Ctrl-C was lost); the sink is only ever called from the loop thread,
+as the :mod:`streamqa.sources` contract promises.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import time
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
+from ..handoff import LoopHandoff
 from ..metrics import Metrics
 from . import AudioSink, SourceCounters, StreamInfo
 
@@ -171,14 +169,13 @@ class MicSource:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._live = False  # between sink.start and sink.end; guards late deliveries
         # (mono block, arrival, blocks lost just before it: flagged by PortAudio or dropped here)
-        self._pending: collections.deque[tuple[np.ndarray, float, int]] = collections.deque()
-        self._wake_pending = False  # a _drain is scheduled on the loop and has not started
+        self._handoff: LoopHandoff[tuple[np.ndarray, float, int]] = LoopHandoff(self._deliver)
 
     async def start(self) -> None:
         """Open the device, announce the stream to the sink and start capturing."""
         if self._stream is not None:
             raise RuntimeError(f"{self.stream_id}: already started")
-        self._loop = asyncio.get_running_loop()
+        self._loop = self._handoff.loop = asyncio.get_running_loop()
         # Opening an ALSA/PulseAudio device can take a noticeable time: not on the loop.
         stream, info = await asyncio.to_thread(self._open)
         self._stream = stream
@@ -233,27 +230,17 @@ class MicSource:
         pcm = indata.mean(axis=1, dtype=np.float32) if indata.shape[1] > 1 else indata[:, 0]
         pcm = (pcm * np.float32(_INT16_SCALE)).astype(np.float32, copy=False)
         lost = int(bool(status.input_overflow))
-        if len(self._pending) >= _MAX_PENDING_BLOCKS:
-            lost += self._pending.popleft()[2] + 1  # the dropped block, and what it carried
-        self._pending.append((pcm, arrival, lost))
-        if self._wake_pending:
-            return
-        self._wake_pending = True
-        assert self._loop is not None
-        try:
-            self._loop.call_soon_threadsafe(self._drain)
-        except RuntimeError:  # the loop is closed: nobody is listening any more
-            pass
+        queued = self._handoff.items
+        if len(queued) >= _MAX_PENDING_BLOCKS:
+            lost += queued.popleft()[2] + 1  # the dropped block, and what it carried
+        self._handoff.put((pcm, arrival, lost))  # False once the loop is closed: nobody listens
 
-    def _drain(self) -> None:
-        """Loop thread: hand every queued block to the sink, oldest first. The flag is
-        cleared first, so a block queued while this runs schedules the next drain."""
-        self._wake_pending = False
-        while self._pending:
-            pcm, arrival, lost = self._pending.popleft()
-            self.counters.add("input_overflow", lost)
-            if self._live:
-                self._sink.audio(self.stream_id, pcm, arrival)
+    def _deliver(self, block: tuple[np.ndarray, float, int]) -> None:
+        """Loop thread: one queued block to the sink, with the blocks lost before it."""
+        pcm, arrival, lost = block
+        self.counters.add("input_overflow", lost)
+        if self._live:
+            self._sink.audio(self.stream_id, pcm, arrival)
 
     def _on_finished(self) -> None:
         """PortAudio thread: the stream stopped, maybe because the device went away."""
@@ -282,7 +269,7 @@ class MicSource:
             return
         # stop() waits for the last callback; what it queued reaches the sink before sink.end.
         await asyncio.to_thread(_stop_and_close, stream)
-        self._drain()
+        self._handoff.drain()
         self._end()
 
 
