@@ -23,7 +23,7 @@ def test_mini_pipeline(tmp_path):
     speech = Path(os.environ.get("STREAMQA_TEST_SPEECH_CACHE", "/tmp/streamqa-test-speech"))
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "train.pipeline", "--mini", "--out", str(run), "--cache", str(tmp_path / "cache"),
-           "--labels", str(tmp_path / "labels"), "--speech-cache", str(speech)]
+           "--labels", str(tmp_path / "labels"), "--speech-cache", str(speech), "--presence-refit", "train=6,val=3"]
     subprocess.run(cmd, cwd=ROOT, check=True, timeout=1500)
 
     summary = json.loads((run / "summary.json").read_text())
@@ -42,6 +42,11 @@ def test_mini_pipeline(tmp_path):
     student, meta = load_checkpoint(run / "xxs" / "student.pt")
     assert meta["teacher"] == "distillmos+dnsmos1"
     assert meta["warp"] == 0.25 and summary["xxs"]["training"]["warp"] == 0.25  # the recipe's frequency warp
+    # the presence row was refitted once, after training, and the card's data line says so
+    assert meta["presence_refit"]["keep_speech"] and meta["presence_refit"]["extra"] == {"train": 6, "val": 3}
+    refit = json.loads((run / "xxs" / "presence_refit.json").read_text())
+    assert refit["refit"]["train"]["no_speech_clips"] >= 6
+    assert "speech-presence row refitted" in summary["xxs"]["training"]["training_data"]
     model = Model(Path(summary["xxs"]["onnx"]))
     clip = np.load(next((tmp_path / "cache" / "audio").glob("*.npy"))).astype(np.float32) / 32768
     state = model.init_state(1)

@@ -223,8 +223,12 @@ def main(argv: list[str] | None = None) -> int:
                   "val": rates(judged(h_va, row), y_va.numpy(), kinds_va)},
     }
     set_presence_row(student, row)
-    save_checkpoint(args.out, student, {**meta, "presence_refit": {"from": str(args.checkpoint),
-                                                                   "extra": args.extra, "penalty": chosen}})
+    refit = {"from": str(args.checkpoint), "extra": args.extra, "penalty": chosen, "keep_speech": args.keep_speech}
+    extra = ", ".join(f"{n} {split}" for split, n in args.extra.items())
+    data = "; ".join(filter(None, [meta.get("training_data"), (
+        f"speech-presence row refitted by train.presence_refit{' --keep-speech' if args.keep_speech else ''} "
+        f"with {extra} more no-speech renders (recorded effects, music, signalling tones)")]))
+    save_checkpoint(args.out, student, {**meta, "training_data": data, "presence_refit": refit})
     text = json.dumps(report, indent=1)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
