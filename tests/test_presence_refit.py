@@ -114,3 +114,31 @@ def test_keep_speech_holds_the_speech_side_with_the_fewest_false_alarms():
         assert torch.equal(moved[0], row[0])
         assert judged(h, moved)[speech].sum() == hits  # exactly: one less bias and the last one is lost
         assert judged(h, (moved[0], moved[1] - 1e-4))[speech].sum() < hits
+
+
+def test_the_cache_is_reused_only_for_the_same_checkpoint_bytes(tmp_path, monkeypatch):
+    """Hidden vectors are the expensive part (20 min for the shipped model); a retrained
+    student written to the same path must not pick up its predecessor's."""
+    import train.presence_refit as refit
+    from train.export import save_checkpoint
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "student.pt"
+    save_checkpoint(ckpt, Student(FAMILY["xxxs"]).eval(), {})
+    calls = []
+
+    def fake_split(student, rows, extra, split, audio_dir, speech_dir):
+        calls.append(split)
+        h = torch.randn(40, student.cfg.head_hidden)
+        return h, (h[:, 0] > 0).float(), ["speech" if v > 0 else "tones" for v in h[:, 0]]
+
+    monkeypatch.setattr(refit, "load_split", fake_split)
+    monkeypatch.setattr(refit, "merge_labels", lambda paths: [])
+    args = [str(ckpt), "--out", str(tmp_path / "out.pt"), "--labels", "x.csv", "--extra", "train=0",
+            "--cache", str(tmp_path / "hidden.pt")]
+    refit.main(args)
+    refit.main(args)
+    assert calls == ["train", "val"]  # the second run read the cache
+    save_checkpoint(ckpt, Student(FAMILY["xxxs"]).eval(), {"retrained": True})
+    refit.main(args)
+    assert calls == ["train", "val", "train", "val"]

@@ -36,7 +36,7 @@ from torch import Tensor
 from streamqa.presence import SPEECH_THRESHOLD
 from train.data.manifest import no_speech_rows, parse_split_counts, render_clip
 from train.distill import clip_audio, featurise, merge_labels, with_audio
-from train.export import load_checkpoint, save_atomic, save_checkpoint
+from train.export import load_checkpoint, save_atomic, save_checkpoint, sha256_file
 from train.students import PRESENCE, Student
 
 EXTRA_KINDS = ("recorded", "music", "tones")
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--speech-dir", type=Path, default=Path("cache/speech"))
     ap.add_argument("--keep-speech", action="store_true",
                     help="move the refitted row's bias so that it hears as many train speech clips as the original")
-    ap.add_argument("--cache", type=Path, help="keep the hidden vectors here and reuse them (same checkpoint, labels, extra)")
+    ap.add_argument("--cache", type=Path, help="keep the hidden vectors here and reuse them (same checkpoint bytes, labels, extra)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
@@ -188,9 +188,10 @@ def main(argv: list[str] | None = None) -> int:
 
     student, meta = load_checkpoint(args.checkpoint)
     original = presence_row(student)
-    key = {"checkpoint": str(args.checkpoint), "labels": [str(p) for p in args.labels], "extra": args.extra}
-    if args.cache and args.cache.exists() and torch.load(args.cache)["key"] == key:
-        cached = torch.load(args.cache)
+    # the checkpoint by content: a retrained student at the same path must not reuse old vectors
+    key = {"checkpoint": sha256_file(args.checkpoint), "labels": [str(p) for p in args.labels], "extra": args.extra}
+    cached = torch.load(args.cache) if args.cache and args.cache.exists() else None
+    if cached is not None and cached["key"] == key:
         (h_tr, y_tr, kinds_tr), (h_va, y_va, kinds_va) = cached["train"], cached["val"]
     else:
         rows = with_audio(merge_labels(args.labels))
