@@ -213,13 +213,17 @@ def cmd_models(args: argparse.Namespace) -> int:
         for c in cards:
             print(json.dumps(c))
         return 0
-    print(f"{'name':<14}{'params':>10}{'MMAC/s':>9}  {'outputs':<18}{'teacher':<20}accuracy (held out)")
-    for c in cards:
+    # columns as wide as their longest entry, so a model with more outputs keeps the table aligned
+    outputs = [",".join(c["outputs"]) for c in cards]
+    w_out = max([len("outputs"), *map(len, outputs)]) + 2
+    w_teacher = max([len("teacher"), *(len(c["teacher"]) for c in cards)]) + 2
+    print(f"{'name':<14}{'params':>10}{'MMAC/s':>9}  {'outputs':<{w_out}}{'teacher':<{w_teacher}}accuracy (held out)")
+    for c, out in zip(cards, outputs):
         acc = c.get("accuracy", {})
         acc_text = " ".join(f"{k}={v:.3f}" for k, v in acc.items() if isinstance(v, float))
         print(
             f"{c['name']:<14}{c['params']:>10,}{c['macs_per_second'] / 1e6:>9.1f}  "
-            f"{','.join(c['outputs']):<18}{c['teacher']:<20}{acc_text}"
+            f"{out:<{w_out}}{c['teacher']:<{w_teacher}}{acc_text}"
         )
     return 0
 

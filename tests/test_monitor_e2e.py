@@ -506,6 +506,10 @@ def test_models_lists_bundled_students() -> None:
         assert (MODELS_DIR / card["file"]).exists()
     names = sorted(c["name"] for c in cards_on_disk)
     assert sorted(r.split()[0] for r in rows) == names
+    by_name = {c["name"]: c for c in cards_on_disk}
+    for r in rows:  # outputs and teacher stay separate columns however many outputs a model has
+        name, _, _, outputs, teacher = r.split()[:5]
+        assert (outputs, teacher) == (",".join(by_name[name]["outputs"]), by_name[name]["teacher"])
     js = subprocess.run(_cli() + ["models", "--json"], capture_output=True, text=True, timeout=60)
     assert js.returncode == 0, js.stderr
     cards = [json.loads(line) for line in js.stdout.splitlines()]
