@@ -51,7 +51,7 @@ streamqa-l: $(VENV)/.full
 R := benchmarks/results
 bench: sysdeps $(VENV)/.full
 	$(BIN)/python -m benchmarks.speed --json $(R)/speed.json
-	$(BIN)/python -m benchmarks.monotonicity --json $(R)/monotonicity.json
+	$(BIN)/python -m benchmarks.monotonicity --clips 6 --json $(R)/monotonicity.json
 	$(BIN)/python -m benchmarks.speech_presence --json $(R)/speech_presence.json
 	$(BIN)/python -m benchmarks.real_voices streamqa-s=streamqa/models/streamqa-s.onnx --labels train/labels/test.distillmos.csv train/labels/test.real.distillmos.csv --json $(R)/real_voices.json
 	$(BIN)/python -m benchmarks.rtp_degradation --json $(R)/rtp_degradation.json
