@@ -59,3 +59,14 @@ def init_ranks(device: str | torch.device) -> tuple[int, int, torch.device]:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     return dist.get_rank(), dist.get_world_size(), dev
+
+
+def leave_ranks() -> None:
+    """Leave the process group, all ranks together: a barrier, then its destruction (a no-op
+    outside ``torchrun``). Without the barrier, the rank that finishes first (rank 1, while
+    rank 0 still writes the checkpoint) tears down its gloo connections under its peer, and
+    one of the two processes aborts at exit ("terminate called without an active
+    exception"), which torchrun reports as a failed run after the work is done."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

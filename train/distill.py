@@ -63,7 +63,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.nn import functional as F
 
-from train.device import default_device, device_arg, init_ranks
+from train.device import default_device, device_arg, init_ranks, leave_ranks
 from train.export import save_atomic, save_checkpoint
 from train.students import (FAMILY, FRAME_SAMPLES, PRESENCE, Student, StudentConfig, band_edges, count_params,
                             macs_per_second)
@@ -588,8 +588,7 @@ def main(argv: list[str] | None = None) -> None:
         save_checkpoint(args.out, student, meta)
         partial.unlink(missing_ok=True)
         print(f"saved {args.out} ({count_params(student)} params)", file=sys.stderr)
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    leave_ranks()
 
 
 if __name__ == "__main__":
