@@ -8,7 +8,10 @@ import torch
 
 from train.data.degrade import add_noise
 from train.data.tones import KINDS, SAMPLE_RATE, TONES, signalling_tone
-from train.presence_refit import fit_row, hidden, judged, keep_speech, presence_row, rates, set_presence_row
+from train.presence_refit import (
+    bias_shift, fit_mlp, fit_row, judged, keep_speech, mlp_logits, presence_row, rates, row_logits, set_presence_row,
+    vectors, with_presence_head,
+)
 from train.students import FAMILY, PRESENCE, Student
 
 
@@ -70,7 +73,7 @@ def test_fit_row_separates_separable_classes():
     h = torch.randn(400, 8, generator=gen)
     y = (h[:, 0] + 0.5 * h[:, 3] > 0.3).float()
     row = fit_row(h, y, 1e-4, (torch.zeros(8), torch.zeros(())))
-    assert (judged(h, row) == (y.numpy() > 0.5)).mean() > 0.98
+    assert (judged(row_logits(h, row)) == (y.numpy() > 0.5)).mean() > 0.98
 
 
 def test_a_new_presence_row_leaves_the_quality_outputs_alone():
@@ -82,7 +85,7 @@ def test_a_new_presence_row_leaves_the_quality_outputs_alone():
     feats = featurise(student, clips)
     with torch.no_grad():
         before = student.forward_features(feats)
-    h = hidden(student, clips)
+    h, _ = vectors(student, clips)
     row = (torch.randn(student.cfg.head_hidden), torch.tensor(0.7))
     set_presence_row(student, row)
     with torch.no_grad():
@@ -112,8 +115,8 @@ def test_keep_speech_holds_the_speech_side_with_the_fewest_false_alarms():
     for hits in (int(speech.sum()) // 2, int(speech.sum()) - 3):
         moved = keep_speech(h, y, row, hits)
         assert torch.equal(moved[0], row[0])
-        assert judged(h, moved)[speech].sum() == hits  # exactly: one less bias and the last one is lost
-        assert judged(h, (moved[0], moved[1] - 1e-4))[speech].sum() < hits
+        assert judged(row_logits(h, moved))[speech].sum() == hits  # exactly: one less bias and the last one is lost
+        assert judged(row_logits(h, (moved[0], moved[1] - 1e-4)))[speech].sum() < hits
 
 
 def test_the_cache_is_reused_only_for_the_same_checkpoint_bytes(tmp_path, monkeypatch):
@@ -130,7 +133,8 @@ def test_the_cache_is_reused_only_for_the_same_checkpoint_bytes(tmp_path, monkey
     def fake_split(student, rows, extra, split, audio_dir, speech_dir):
         calls.append(split)
         h = torch.randn(40, student.cfg.head_hidden)
-        return h, (h[:, 0] > 0).float(), ["speech" if v > 0 else "tones" for v in h[:, 0]]
+        p = torch.randn(40, 2 * student.cfg.embed)
+        return h, p, (h[:, 0] > 0).float(), ["speech" if v > 0 else "tones" for v in h[:, 0]]
 
     monkeypatch.setattr(refit, "load_split", fake_split)
     monkeypatch.setattr(refit, "merge_labels", lambda paths: [])
@@ -142,3 +146,83 @@ def test_the_cache_is_reused_only_for_the_same_checkpoint_bytes(tmp_path, monkey
     save_checkpoint(ckpt, Student(FAMILY["xxxs"]).eval(), {"retrained": True})
     refit.main(args)
     assert calls == ["train", "val", "train", "val"]
+
+
+def test_fit_mlp_separates_what_no_row_can():
+    """Speech inside a ring of no-speech (|x| small): no linear row separates it, the MLP
+    does; the standardisation folded into its first layer takes raw, offset inputs."""
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(600, 6, generator=gen) * 3.0 + 10.0
+    y = ((x[:, :2] - 10.0).norm(dim=1) < 3.0).float()
+    mlp = fit_mlp(x, y, 16)
+    accuracy = (judged(mlp_logits(x, mlp)) == (y.numpy() > 0.5)).mean()
+    row = fit_row(x - 10.0, y, 1e-4, (torch.zeros(6), torch.zeros(())))
+    assert accuracy > 0.95 > (judged(row_logits(x - 10.0, row)) == (y.numpy() > 0.5)).mean()
+
+
+def test_bias_shift_hears_exactly_the_asked_speech_clips():
+    logits = torch.tensor([3.0, -1.0, 0.5, 2.0, -4.0])
+    for hits in (1, 3, 5):
+        assert int(judged(logits + bias_shift(logits, hits)).sum()) == hits
+
+
+def test_a_presence_head_leaves_the_quality_outputs_alone_and_exports():
+    """The MLP becomes the student's presence output (the ONNX graph included: the runtime
+    reads it with no change); every other output keeps its value bit for bit."""
+    from train.distill import featurise
+    from train.export import export_onnx
+
+    torch.manual_seed(0)
+    student = Student(FAMILY["xxxs"]).eval()
+    clips = [np.random.default_rng(i).normal(0, 0.1, 16000 * 2).astype(np.float32) for i in range(3)]
+    feats = featurise(student, clips)
+    with torch.no_grad():
+        before = student.forward_features(feats)
+    _, pooled = vectors(student, clips)
+    mlp = fit_mlp(pooled, torch.tensor([1.0, 0.0, 1.0]), 4)
+    headed = with_presence_head(student, mlp)
+    with torch.no_grad():
+        after = headed.forward_features(feats)
+    k = student.cfg.outputs.index(PRESENCE)
+    others = [i for i in range(len(student.cfg.outputs)) if i != k]
+    assert torch.equal(before[:, others], after[:, others])
+    assert torch.allclose(after[:, k], mlp_logits(pooled, mlp), atol=1e-5)
+    assert headed.cfg.presence_hidden == 4
+    from train.students import count_params
+
+    assert count_params(headed) == count_params(student) + (2 * student.cfg.embed + 1) * 4 + 4 + 1
+    import tempfile
+    from pathlib import Path
+
+    from streamqa.model import Model
+
+    with tempfile.TemporaryDirectory() as d:
+        model = Model(export_onnx(headed, Path(d) / "headed.onnx", {}))
+        audio = np.concatenate(clips[:1])[None, : 16000 * 2]
+        scores, _ = model.step(audio, model.init_state(1, window_seconds=2.0))
+        with torch.no_grad():
+            expected = headed(torch.from_numpy(audio))
+    assert np.allclose(scores, expected.numpy(), atol=1e-4)
+
+
+def test_an_onnx_student_is_rebuilt_with_its_weights(tmp_path):
+    """load_onnx_student inverts export_onnx: the same initializers and outputs once
+    exported again (what lets a shipped model be refitted without its checkpoint)."""
+    import onnx
+
+    from streamqa.model import Model
+    from train.export import export_onnx, load_onnx_student
+
+    torch.manual_seed(3)
+    student = Student(FAMILY["xs"]).eval()
+    first = export_onnx(student, tmp_path / "a.onnx", {"teacher": "t", "val": {"pcc": 0.5}, "name": "streamqa-x"})
+    rebuilt, meta = load_onnx_student(first)
+    assert meta == {"teacher": "t", "val": {"pcc": 0.5}, "name": "streamqa-x"}
+    second = export_onnx(rebuilt, tmp_path / "b.onnx", meta)
+    weights = [{i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(str(f)).graph.initializer}
+               for f in (first, second)]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(np.array_equal(weights[0][k], weights[1][k]) for k in weights[0])
+    a, b = Model(first), Model(second)
+    x = np.random.default_rng(0).normal(0, 0.1, (2, 16000)).astype(np.float32)
+    assert np.array_equal(a.step(x, a.init_state(2))[0], b.step(x, b.init_state(2))[0])

@@ -110,6 +110,76 @@ def load_checkpoint(path: Path) -> tuple[Student, dict[str, Any]]:
     return model.eval(), ckpt.get("meta", {})
 
 
+# The metadata export_onnx writes from the model itself; the rest (the name too, which
+# shipping sets) came from its ``meta``.
+_OWN_METADATA = ("sample_rate", "hop_samples", "frame_samples", "window_seconds", "outputs", "params",
+                 "macs_per_second", "version", "pooling", "config")
+
+
+def _module_of(node_name: str) -> str:
+    """The state-dict prefix of the module an exported node belongs to: its scopes are the
+    module names, a child of a Sequential named in full (``/head/head.0/Gemm`` is ``head.0``)."""
+    path: list[str] = []
+    for scope in node_name.strip("/").split("/")[:-1]:
+        if path and scope.startswith(path[-1] + "."):
+            path[-1] = scope
+        else:
+            path.append(scope)
+    return ".".join(path)
+
+
+def load_onnx_student(path: Path) -> tuple[Student, dict[str, Any]]:
+    """A student rebuilt from an ONNX file that :func:`export_onnx` wrote, and the ``meta``
+    it was exported with: the config comes from the metadata, the weights from the
+    initializers, each found by the node that uses it (a Linear's weight is stored
+    transposed, the per-band affine of the log energies under a generated name). Why: a shipped model can then be refitted (``train.presence_refit``) on a
+    machine that lacks its training checkpoint, and its quality outputs stay bit for bit."""
+    proto = onnx.load(str(path))
+    props = {p.key: p.value for p in proto.metadata_props}
+    if "config" not in props:
+        raise ValueError(f"{path}: no student config in its metadata (not written by train.export)")
+    model = Student(StudentConfig.from_json(props["config"]))
+    targets = model.state_dict()
+    weights = {init.name: numpy_helper.to_array(init) for init in proto.graph.initializer}
+    for node in proto.graph.node:  # the exporter keeps equal tensors once, the others as Identity of it
+        if node.op_type == "Identity" and node.input[0] in weights:
+            weights[node.output[0]] = weights[node.input[0]]
+    state: dict[str, Tensor] = {}
+
+    def put(key: str, value: np.ndarray) -> None:
+        if key not in targets:  # a causal conv's, exported by _Conv2dCausal without the .conv level
+            prefix, leaf = key.rsplit(".", 1)
+            key = f"{prefix}.conv.{leaf}"
+        state[key] = torch.from_numpy(np.array(value, np.float32)).reshape(targets[key].shape)
+
+    # By the node that uses each weight (its name may be another's: see the Identity above).
+    slots = {"Conv": ("weight", "bias"), "LayerNormalization": ("weight", "bias"), "Gemm": ("weight", "bias")}
+    for node in proto.graph.node:
+        module = _module_of(node.name)
+        params = [(k, name) for k, name in enumerate(node.input) if name in weights]
+        for k, name in params:
+            value = weights[name]
+            if node.op_type in slots and k > 0:
+                put(f"{module}.{slots[node.op_type][k - 1]}", value)
+            elif node.op_type == "MatMul":  # a Linear's weight, transposed
+                put(f"{module}.weight", value.T)
+            elif node.op_type in ("Mul", "Add") and value.shape == (1, model.cfg.n_bands, 1):
+                put("feat_scale" if node.op_type == "Mul" else "feat_bias", value)
+            elif name.startswith("student."):  # a bias added on its own, out_bias
+                put(name[len("student."):], value)
+    model.load_state_dict(state)  # strict: every weight of the student was found
+
+    def meta_value(text: str) -> Any:
+        try:
+            value = json.loads(text)
+        except ValueError:
+            return text
+        return text if isinstance(value, str) else value
+
+    meta = {k: meta_value(v) for k, v in props.items() if k not in _OWN_METADATA}
+    return model.eval(), meta
+
+
 def export_onnx(model: Student, out: Path, meta: dict[str, Any], *, window_s: float = DEFAULT_WINDOW_S) -> Path:
     """Write the step() graph with its metadata; returns ``out``."""
     model = model.eval()

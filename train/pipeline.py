@@ -179,8 +179,10 @@ def train_student(args: argparse.Namespace, name: str, labels: list[Path]) -> Pa
               "--out", str(ckpt), "--epochs", str(args.epochs), "--audio-dir", str(args.cache / "audio"),
               "--threads", str(args.jobs), "--warp", str(args.warp), "--teacher", args.teachers.replace(",", "+"),
               *(["--balance-voices"] if args.balance_voices else [])])
-    if args.presence_refit and "presence_refit" not in load_checkpoint(ckpt)[1]:
+    refit = load_checkpoint(ckpt)[1].get("presence_refit")
+    if args.presence_refit and (refit is None or refit.get("mlp", 0) != args.presence_mlp):
         _run([sys.executable, "-m", "train.presence_refit", str(ckpt), "--out", str(ckpt), "--keep-speech",
+              *(["--mlp", str(args.presence_mlp)] if args.presence_mlp else []),
               "--labels", *map(str, labels), "--extra", args.presence_refit,
               "--audio-dir", str(args.cache / "audio"), "--speech-dir", str(args.speech_cache),
               "--cache", str(ckpt.with_name("presence_hidden.pt")),
@@ -351,6 +353,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--presence-refit", metavar="SPLIT=N,...",
                     help="after training, refit the speech-presence row with this many more no-speech renders per "
                          "split, at the trained row's operating point (train.presence_refit --keep-speech)")
+    ap.add_argument("--presence-mlp", type=int, default=0, metavar="H",
+                    help="with --presence-refit: fit a presence head of H hidden units over the pooled vector "
+                         "instead of refitting the row (train.presence_refit --mlp)")
     ap.add_argument("--jobs", type=int, default=2, help="labelling processes / training threads")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--int8", action="store_true", help="also evaluate int8 dynamic quantisation")

@@ -16,7 +16,17 @@ by construction.
 
 The regression is fitted on the train split (class-balanced, L2 penalty); the penalty is
 chosen on the val split by balanced accuracy at the runtime's threshold
-(``streamqa.presence.SPEECH_THRESHOLD``); the test split is not read. The JSON reports, per
+(``streamqa.presence.SPEECH_THRESHOLD``); the test split is not read.
+
+``--mlp H`` fits, instead of that row, a small MLP (H hidden units) over the pooled vector the
+head reads, which becomes the student's presence head (``StudentConfig.presence_hidden``);
+the quality outputs still keep their weights bit for bit. A row of the head is linear in the
+quality outputs' hidden vector and could not separate sirens, music and tones from speech at
+0 dB SNR without losing speech (rounds 6 and 6b in docs/experiments/2026-12-real-voices.md).
+Its recipe is fixed (no choice on val): standardised inputs, class-balanced loss,
+``MLP_EPOCHS`` full-batch AdamW steps, seed 0. The checkpoint may also be an ONNX file that
+``train.export`` wrote (``train.export.load_onnx_student``), for a shipped model whose
+checkpoint is gone. The JSON reports, per
 split, how many speech clips each of the original and the refitted row judges speech and how
 many no-speech clips (by kind) it takes for speech.
 """
@@ -29,31 +39,38 @@ import math
 import sys
 from pathlib import Path
 
+import dataclasses
+
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from streamqa.presence import SPEECH_THRESHOLD
 from train.data.manifest import no_speech_rows, parse_split_counts, render_clip
 from train.distill import clip_audio, featurise, merge_labels, with_audio
-from train.export import load_checkpoint, save_atomic, save_checkpoint, sha256_file
+from train.export import load_checkpoint, load_onnx_student, save_atomic, save_checkpoint, sha256_file
 from train.students import PRESENCE, Student
 
 EXTRA_KINDS = ("recorded", "music", "tones")
 EXTRA_SEED = 17  # the extra rows' random streams, apart from the manifest's (seed 0)
 EXTRA_FIRST_INDEX = 900_000  # their clip ids, far above any manifest row's
 PENALTIES = (1e-4, 1e-3, 1e-2, 1e-1)
+MLP_EPOCHS, MLP_LR, MLP_WEIGHT_DECAY = 300, 3e-3, 1e-2  # --mlp's fixed recipe (full-batch steps)
 
 
 @torch.no_grad()
-def hidden(student: Student, clips: list[np.ndarray], batch: int = 64) -> Tensor:
-    """The head's hidden vector (after its GELU) of each whole clip: what the presence row
-    weighs. Clips are grouped by length so none is trimmed to another's."""
-    captured: list[Tensor] = []
-    hook = student.head[1].register_forward_hook(lambda _m, _i, out: captured.append(out))
+def vectors(student: Student, clips: list[np.ndarray], batch: int = 64) -> tuple[Tensor, Tensor]:
+    """Of each whole clip, the head's hidden vector (after its GELU: what the presence row
+    weighs) and the pooled vector the head reads (what ``--mlp`` weighs). Clips are grouped by
+    length so none is trimmed to another's."""
+    hid: list[Tensor] = []
+    pool: list[Tensor] = []
+    hooks = [student.head[1].register_forward_hook(lambda _m, _i, out: hid.append(out)),
+             student.head[0].register_forward_pre_hook(lambda _m, args: pool.append(args[0]))]
     try:
         order = sorted(range(len(clips)), key=lambda i: len(clips[i]))
-        out = torch.empty(len(clips), student.cfg.head_hidden)
+        h = torch.empty(len(clips), student.cfg.head_hidden)
+        p = torch.empty(len(clips), 2 * student.cfg.embed)
         i = 0
         while i < len(order):
             j = i
@@ -61,11 +78,12 @@ def hidden(student: Student, clips: list[np.ndarray], batch: int = 64) -> Tensor
                 j += 1
             idx = order[i:j]
             student.forward_features(featurise(student, [clips[k] for k in idx]))
-            out[idx] = captured.pop()
+            h[idx], p[idx] = hid.pop(), pool.pop()
             i = j
-        return out
+        return h, p
     finally:
-        hook.remove()
+        for hook in hooks:
+            hook.remove()
 
 
 def fit_row(h: Tensor, y: Tensor, penalty: float, init: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
@@ -88,6 +106,39 @@ def fit_row(h: Tensor, y: Tensor, penalty: float, init: tuple[Tensor, Tensor]) -
     return w.detach(), b.detach()
 
 
+def fit_mlp(x: Tensor, y: Tensor, hidden: int, seed: int = 0) -> nn.Sequential:
+    """A class-balanced MLP (``hidden`` GELU units) from ``x`` to the presence logit, by
+    ``MLP_EPOCHS`` full-batch AdamW steps on standardised inputs; the standardisation is then
+    folded into its first layer, so it takes the raw pooled vector as the student gives it."""
+    torch.manual_seed(seed)
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    mlp = nn.Sequential(nn.Linear(x.shape[1], hidden), nn.GELU(), nn.Linear(hidden, 1))
+    pos = y.mean().clamp(1e-6, 1 - 1e-6)
+    weight = torch.where(y > 0.5, 0.5 / pos, 0.5 / (1 - pos))
+    opt = torch.optim.AdamW(mlp.parameters(), lr=MLP_LR, weight_decay=MLP_WEIGHT_DECAY)
+    z = (x - mean) / std
+    for _ in range(MLP_EPOCHS):
+        opt.zero_grad()
+        loss = (weight * torch.nn.functional.binary_cross_entropy_with_logits(mlp(z)[:, 0], y, reduction="none")).mean()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        first = mlp[0]
+        first.bias -= first.weight @ (mean / std)
+        first.weight /= std
+    return mlp.eval()
+
+
+def bias_shift(speech_logits: Tensor, hits: int) -> float:
+    """What to add to a presence logit's bias so that at least ``hits`` of these speech
+    clips' logits reach the runtime's threshold, and no more than that: the operating point
+    on the speech side fixed, with as few false alarms as it allows."""
+    logits = speech_logits.sort(descending=True).values
+    kth = logits[min(hits, len(logits)) - 1]
+    threshold = math.log(SPEECH_THRESHOLD / (1 - SPEECH_THRESHOLD))  # the runtime's threshold as a logit
+    return float(threshold - kth) + 1e-6
+
+
 def presence_row(student: Student) -> tuple[Tensor, Tensor]:
     """The presence logit's weights over the hidden vector and its bias (the output bias
     folded in)."""
@@ -105,20 +156,25 @@ def set_presence_row(student: Student, row: tuple[Tensor, Tensor]) -> None:
 
 
 def keep_speech(h: Tensor, y: Tensor, row: tuple[Tensor, Tensor], hits: int) -> tuple[Tensor, Tensor]:
-    """``row`` with its bias moved to the smallest value at which at least ``hits`` of the
-    speech clips (``y`` 1) are judged speech: the refit's direction at a given operating
-    point on the speech side, with as few false alarms as that allows."""
+    """``row`` with its bias moved by :func:`bias_shift` to hear ``hits`` of the speech clips
+    (``y`` 1): the refit's direction at a given operating point."""
     if hits <= 0:
         return row
-    logits = (h[y > 0.5] @ row[0] + row[1]).sort(descending=True).values
-    kth = logits[min(hits, len(logits)) - 1]
-    threshold = math.log(SPEECH_THRESHOLD / (1 - SPEECH_THRESHOLD))  # the runtime's threshold as a logit
-    return row[0], row[1] + (threshold - kth) + 1e-6
+    return row[0], row[1] + bias_shift(h[y > 0.5] @ row[0] + row[1], hits)
 
 
-def judged(h: Tensor, row: tuple[Tensor, Tensor]) -> np.ndarray:
-    """Whether the runtime would judge each clip speech with this presence row."""
-    return (torch.sigmoid(h @ row[0] + row[1]) >= SPEECH_THRESHOLD).numpy()
+def judged(logits: Tensor) -> np.ndarray:
+    """Whether the runtime would judge each clip speech, given its presence logit."""
+    return (torch.sigmoid(logits) >= SPEECH_THRESHOLD).numpy()
+
+
+def row_logits(h: Tensor, row: tuple[Tensor, Tensor]) -> Tensor:
+    return h @ row[0] + row[1]
+
+
+@torch.no_grad()
+def mlp_logits(p: Tensor, mlp: nn.Sequential) -> Tensor:
+    return mlp(p)[:, 0]
 
 
 def rates(speech: np.ndarray, y: np.ndarray, kinds: list[str]) -> dict:
@@ -149,9 +205,10 @@ def _kind(chain: str) -> str:
 
 
 def load_split(student: Student, rows: list[dict[str, str]], extra: dict[str, int], split: str,
-               audio_dir: Path, speech_dir: Path, chunk: int = 512) -> tuple[Tensor, Tensor, list[str]]:
-    """Hidden vectors, presence targets and kinds of a split's labelled clips plus its extra
-    no-speech renders (read ``chunk`` clips at a time: 10,000 clips of audio are 5 GB)."""
+               audio_dir: Path, speech_dir: Path, chunk: int = 512) -> tuple[Tensor, Tensor, Tensor, list[str]]:
+    """Hidden and pooled vectors (:func:`vectors`), presence targets and kinds of a split's
+    labelled clips plus its extra no-speech renders (read ``chunk`` clips at a time: 10,000
+    clips of audio are 5 GB)."""
     mine = [r for r in rows if r.get("split") == split and r.get(PRESENCE) in ("0", "1")]
     added = no_speech_rows({split: extra.get(split, 0)}, seed=EXTRA_SEED,
                            first_index={split: EXTRA_FIRST_INDEX}, kinds=EXTRA_KINDS)
@@ -160,17 +217,29 @@ def load_split(student: Student, rows: list[dict[str, str]], extra: dict[str, in
     y = [float(r[PRESENCE]) for r in mine] + [0.0] * len(added)
     kinds = ["speech" if r[PRESENCE] == "1" else "manifest no-speech" for r in mine] + \
             [_kind(r.chain) for r in added]
-    parts = []
+    hs, ps = [], []
     for i in range(0, len(loaders), chunk):
-        parts.append(hidden(student, [load() for load in loaders[i:i + chunk]]))
+        h, p = vectors(student, [load() for load in loaders[i:i + chunk]])
+        hs.append(h)
+        ps.append(p)
         print(f"{split}: {min(i + chunk, len(loaders))}/{len(loaders)} clips ({len(added)} extra no-speech renders)",
               file=sys.stderr, flush=True)
-    return torch.cat(parts), torch.tensor(y), kinds
+    return torch.cat(hs), torch.cat(ps), torch.tensor(y), kinds
+
+
+def with_presence_head(student: Student, mlp: nn.Sequential) -> Student:
+    """A copy of ``student`` whose presence logit comes from ``mlp`` (its other weights
+    shared as they are)."""
+    cfg = dataclasses.replace(student.cfg, presence_hidden=mlp[0].out_features)
+    out = Student(cfg)
+    out.load_state_dict(student.state_dict(), strict=False)
+    out.presence_head.load_state_dict(mlp.state_dict())
+    return out.eval()
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("checkpoint", type=Path)
+    ap.add_argument("checkpoint", type=Path, help="a student checkpoint, or an ONNX file train.export wrote")
     ap.add_argument("--out", type=Path, required=True, help="the refitted checkpoint")
     ap.add_argument("--labels", type=Path, nargs="+", required=True,
                     help="label CSVs of the train and val clips, with the presence CSVs (train.speech.csv...)")
@@ -179,55 +248,72 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--audio-dir", type=Path, default=Path("cache/audio"))
     ap.add_argument("--speech-dir", type=Path, default=Path("cache/speech"))
     ap.add_argument("--keep-speech", action="store_true",
-                    help="move the refitted row's bias so that it hears as many train speech clips as the original")
-    ap.add_argument("--cache", type=Path, help="keep the hidden vectors here and reuse them (same checkpoint bytes, labels, extra)")
+                    help="move the refitted output's bias so that it hears as many train speech clips as the original")
+    ap.add_argument("--mlp", type=int, default=0, metavar="H",
+                    help="fit a presence head of H hidden units over the pooled vector instead of the row")
+    ap.add_argument("--cache", type=Path, help="keep the vectors here and reuse them (same checkpoint bytes, labels, extra)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    student, meta = load_checkpoint(args.checkpoint)
+    if args.checkpoint.suffix == ".onnx":
+        student, meta = load_onnx_student(args.checkpoint)
+        meta.pop("name", None)  # the shipped name is the card's, not the checkpoint's
+    else:
+        student, meta = load_checkpoint(args.checkpoint)
+    if student.presence_head is not None:
+        raise SystemExit(f"{args.checkpoint}: its presence output is an MLP already; refit the checkpoint it came from")
     original = presence_row(student)
     # the checkpoint by content: a retrained student at the same path must not reuse old vectors
     key = {"checkpoint": sha256_file(args.checkpoint), "labels": [str(p) for p in args.labels], "extra": args.extra}
     cached = torch.load(args.cache) if args.cache and args.cache.exists() else None
     if cached is not None and cached["key"] == key:
-        (h_tr, y_tr, kinds_tr), (h_va, y_va, kinds_va) = cached["train"], cached["val"]
+        (h_tr, p_tr, y_tr, kinds_tr), (h_va, p_va, y_va, kinds_va) = cached["train"], cached["val"]
     else:
         rows = with_audio(merge_labels(args.labels))
-        h_tr, y_tr, kinds_tr = load_split(student, rows, args.extra, "train", args.audio_dir, args.speech_dir)
-        h_va, y_va, kinds_va = load_split(student, rows, args.extra, "val", args.audio_dir, args.speech_dir)
+        h_tr, p_tr, y_tr, kinds_tr = load_split(student, rows, args.extra, "train", args.audio_dir, args.speech_dir)
+        h_va, p_va, y_va, kinds_va = load_split(student, rows, args.extra, "val", args.audio_dir, args.speech_dir)
         if args.cache:
-            save_atomic({"key": key, "train": (h_tr, y_tr, kinds_tr), "val": (h_va, y_va, kinds_va)}, args.cache)
+            save_atomic({"key": key, "train": (h_tr, p_tr, y_tr, kinds_tr), "val": (h_va, p_va, y_va, kinds_va)},
+                        args.cache)
+    hits = int(judged(row_logits(h_tr, original))[y_tr.numpy() > 0.5].sum())
 
-    def balanced(row: tuple[Tensor, Tensor]) -> float:
-        r = rates(judged(h_va, row), y_va.numpy(), kinds_va)
-        return 0.5 * (r["speech_rate"] + 1.0 - r["false_alarm_rate"])
+    def val_rates(logits: Tensor) -> dict:
+        return rates(judged(logits), y_va.numpy(), kinds_va)
 
-    fits = {p: fit_row(h_tr, y_tr, p, original) for p in PENALTIES}
-    if args.keep_speech:
-        hits = int(judged(h_tr, original)[y_tr.numpy() > 0.5].sum())
-        fits = {p: keep_speech(h_tr, y_tr, row, hits) for p, row in fits.items()}
-    scores = {p: balanced(row) for p, row in fits.items()}
-    chosen = max(PENALTIES, key=lambda p: (scores[p], p))  # ties: the stronger penalty
-    row = fits[chosen]
-
-    report = {
-        "checkpoint": str(args.checkpoint),
-        "extra": args.extra,
-        "keep_speech": args.keep_speech,
-        "penalties": {str(p): round(s, 5) for p, s in scores.items()},
-        "chosen_penalty": chosen,
-        "original": {"train": rates(judged(h_tr, original), y_tr.numpy(), kinds_tr),
-                     "val": rates(judged(h_va, original), y_va.numpy(), kinds_va)},
-        "refit": {"train": rates(judged(h_tr, row), y_tr.numpy(), kinds_tr),
-                  "val": rates(judged(h_va, row), y_va.numpy(), kinds_va)},
-    }
-    set_presence_row(student, row)
-    refit = {"from": str(args.checkpoint), "extra": args.extra, "penalty": chosen, "keep_speech": args.keep_speech}
+    report: dict = {"checkpoint": str(args.checkpoint), "extra": args.extra, "keep_speech": args.keep_speech}
+    if args.mlp:
+        mlp = fit_mlp(p_tr, y_tr, args.mlp)
+        if args.keep_speech:
+            with torch.no_grad():
+                mlp[-1].bias += bias_shift(mlp_logits(p_tr[y_tr > 0.5], mlp), hits)
+        refit_tr, refit_va = mlp_logits(p_tr, mlp), mlp_logits(p_va, mlp)
+        report["mlp"] = {"hidden": args.mlp, "epochs": MLP_EPOCHS, "lr": MLP_LR, "weight_decay": MLP_WEIGHT_DECAY}
+        refit = {"from": str(args.checkpoint), "extra": args.extra, "mlp": args.mlp, "keep_speech": args.keep_speech}
+        what = f"speech-presence head (an MLP of {args.mlp} units over the pooled vector) fitted"
+        student = with_presence_head(student, mlp)
+    else:
+        fits = {p: fit_row(h_tr, y_tr, p, original) for p in PENALTIES}
+        if args.keep_speech:
+            fits = {p: keep_speech(h_tr, y_tr, row, hits) for p, row in fits.items()}
+        scores = {}
+        for p, row in fits.items():
+            r = val_rates(row_logits(h_va, row))
+            scores[p] = 0.5 * (r["speech_rate"] + 1.0 - r["false_alarm_rate"])  # balanced accuracy
+        chosen = max(PENALTIES, key=lambda p: (scores[p], p))  # ties: the stronger penalty
+        row = fits[chosen]
+        refit_tr, refit_va = row_logits(h_tr, row), row_logits(h_va, row)
+        report.update(penalties={str(p): round(v, 5) for p, v in scores.items()}, chosen_penalty=chosen)
+        refit = {"from": str(args.checkpoint), "extra": args.extra, "penalty": chosen, "keep_speech": args.keep_speech}
+        what = "speech-presence row refitted"
+        set_presence_row(student, row)
+    report["original"] = {"train": rates(judged(row_logits(h_tr, original)), y_tr.numpy(), kinds_tr),
+                          "val": val_rates(row_logits(h_va, original))}
+    report["refit"] = {"train": rates(judged(refit_tr), y_tr.numpy(), kinds_tr), "val": val_rates(refit_va)}
     extra = ", ".join(f"{n} {split}" for split, n in args.extra.items())
     data = "; ".join(filter(None, [meta.get("training_data"), (
-        f"speech-presence row refitted by train.presence_refit{' --keep-speech' if args.keep_speech else ''} "
+        f"{what} by train.presence_refit{' --keep-speech' if args.keep_speech else ''} "
         f"with {extra} more no-speech renders (recorded effects, music, signalling tones)")]))
     save_checkpoint(args.out, student, {**meta, "training_data": data, "presence_refit": refit})
     text = json.dumps(report, indent=1)

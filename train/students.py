@@ -61,6 +61,11 @@ class StudentConfig:
     # students overfit the few voices they train on (train MSE keeps falling while
     # validation on unseen voices stalls), so branches and the pooled vector are dropped.
     dropout: float = 0.0
+    # > 0: the speech-presence logit comes from its own small MLP over the pooled vector
+    # (this many hidden units; fitted by ``train.presence_refit --mlp``) instead of a row of
+    # the head, which is linear in the quality outputs' hidden vector and cannot tell a siren
+    # or music from speech at 0 dB SNR without losing speech.
+    presence_hidden: int = 0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -179,6 +184,12 @@ class Student(nn.Module):
             nn.Linear(2 * cfg.embed, cfg.head_hidden), nn.GELU(), nn.Linear(cfg.head_hidden, len(cfg.outputs))
         )
         self.out_bias = nn.Parameter(torch.full((len(cfg.outputs),), 3.0))
+        self.presence_head = None
+        if cfg.presence_hidden:
+            if PRESENCE not in cfg.outputs:
+                raise ValueError("presence_hidden needs the speech-presence output")
+            self.presence_head = nn.Sequential(
+                nn.Linear(2 * cfg.embed, cfg.presence_hidden), nn.GELU(), nn.Linear(cfg.presence_hidden, 1))
 
     # --- state -----------------------------------------------------------------------
     def state_shapes(self, window_frames: int) -> dict[str, tuple[int, ...]]:
@@ -223,7 +234,11 @@ class Student(nn.Module):
         att = (weights.unsqueeze(-1) * values).sum(1) / (weights.sum(1, keepdim=True) + 1e-6)
         mean = (mask.unsqueeze(-1) * values).sum(1) / (mask.sum(1, keepdim=True) + 1e-6)
         pooled = F.dropout(torch.cat([att, mean], dim=1), self.cfg.dropout, self.training)
-        return self.head(pooled) + self.out_bias
+        scores = self.head(pooled) + self.out_bias
+        if self.presence_head is None:
+            return scores
+        k = self.cfg.outputs.index(PRESENCE)
+        return torch.cat([scores[:, :k], self.presence_head(pooled), scores[:, k + 1 :]], dim=1)
 
     def step(self, audio: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """One hop: audio [B, H] (H a multiple of 640) -> (scores [B, K], next state)."""
@@ -273,4 +288,5 @@ def macs_per_second(cfg: StudentConfig, window_frames: int = 192) -> int:
         per_s += n * rate * (c * cfg.kernel + 2 * c * c * x)
     per_s += 25 * c * (e + 1)  # projection of each 40 ms frame
     head = window_frames * 2 * e + 2 * e * cfg.head_hidden + cfg.head_hidden * len(cfg.outputs)
+    head += 2 * e * cfg.presence_hidden + cfg.presence_hidden  # the presence MLP, if any
     return int(per_s + head)
