@@ -266,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{args.checkpoint}: its presence output is an MLP already; refit the checkpoint it came from")
     original = presence_row(student)
     # the checkpoint by content: a retrained student at the same path must not reuse old vectors
-    key = {"checkpoint": sha256_file(args.checkpoint), "labels": [str(p) for p in args.labels], "extra": args.extra}
+    key = {"checkpoint": sha256_file(args.checkpoint), "labels": [str(p) for p in args.labels], "extra": args.extra,
+           "vectors": "hidden+pooled"}  # what each split holds: caches of the hidden vectors alone are not reused
     cached = torch.load(args.cache) if args.cache and args.cache.exists() else None
     if cached is not None and cached["key"] == key:
         (h_tr, p_tr, y_tr, kinds_tr), (h_va, p_va, y_va, kinds_va) = cached["train"], cached["val"]
