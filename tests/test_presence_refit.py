@@ -76,15 +76,21 @@ def test_fit_row_separates_separable_classes():
     assert (judged(row_logits(h, row)) == (y.numpy() > 0.5)).mean() > 0.98
 
 
-def test_a_new_presence_row_leaves_the_quality_outputs_alone():
+def _tiny_student_scoring_three_clips():
+    """A random ``xxxs`` student, three 2 s clips, their log energies and the outputs on them."""
+    from train.distill import featurise
+
     torch.manual_seed(0)
     student = Student(FAMILY["xxxs"]).eval()
     clips = [np.random.default_rng(i).normal(0, 0.1, 16000 * 2).astype(np.float32) for i in range(3)]
-    from train.distill import featurise
-
     feats = featurise(student, clips)
     with torch.no_grad():
         before = student.forward_features(feats)
+    return student, clips, feats, before
+
+
+def test_a_new_presence_row_leaves_the_quality_outputs_alone():
+    student, clips, feats, before = _tiny_student_scoring_three_clips()
     h, _ = vectors(student, clips)
     row = (torch.randn(student.cfg.head_hidden), torch.tensor(0.7))
     set_presence_row(student, row)
@@ -169,15 +175,9 @@ def test_bias_shift_hears_exactly_the_asked_speech_clips():
 def test_a_presence_head_leaves_the_quality_outputs_alone_and_exports():
     """The MLP becomes the student's presence output (the ONNX graph included: the runtime
     reads it with no change); every other output keeps its value bit for bit."""
-    from train.distill import featurise
     from train.export import export_onnx
 
-    torch.manual_seed(0)
-    student = Student(FAMILY["xxxs"]).eval()
-    clips = [np.random.default_rng(i).normal(0, 0.1, 16000 * 2).astype(np.float32) for i in range(3)]
-    feats = featurise(student, clips)
-    with torch.no_grad():
-        before = student.forward_features(feats)
+    student, clips, feats, before = _tiny_student_scoring_three_clips()
     _, pooled = vectors(student, clips)
     mlp = fit_mlp(pooled, torch.tensor([1.0, 0.0, 1.0]), 4)
     headed = with_presence_head(student, mlp)
