@@ -21,25 +21,24 @@ chosen on the val split by balanced accuracy at the runtime's threshold
 ``--mlp H`` fits, instead of that row, a small MLP (H hidden units) over the pooled vector the
 head reads, which becomes the student's presence head (``StudentConfig.presence_hidden``);
 the quality outputs still keep their weights bit for bit. A row of the head is linear in the
-quality outputs' hidden vector and could not separate sirens, music and tones from speech at
-0 dB SNR without losing speech (rounds 6 and 6b in docs/experiments/2026-12-real-voices.md).
-Its recipe is fixed (no choice on val): standardised inputs, class-balanced loss,
-``MLP_EPOCHS`` full-batch AdamW steps, seed 0. The checkpoint may also be an ONNX file that
+quality outputs' hidden vector; the head was tried for what the row kept taking for speech
+(effects, music), and at the shipped row's operating point it did no better on val (round 7
+in docs/experiments/2026-12-real-voices.md). Its recipe is fixed (no choice on val):
+standardised inputs, class-balanced loss, ``MLP_EPOCHS`` full-batch AdamW steps, seed 0. The checkpoint may also be an ONNX file that
 ``train.export`` wrote (``train.export.load_onnx_student``), for a shipped model whose
-checkpoint is gone. The JSON reports, per
-split, how many speech clips each of the original and the refitted row judges speech and how
-many no-speech clips (by kind) it takes for speech.
+checkpoint is gone. The JSON reports, per split, how many speech clips the original row and
+the refitted output each judge speech, and how many no-speech clips (by kind) they take for
+speech.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
 from pathlib import Path
-
-import dataclasses
 
 import numpy as np
 import torch

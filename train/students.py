@@ -63,8 +63,8 @@ class StudentConfig:
     dropout: float = 0.0
     # > 0: the speech-presence logit comes from its own small MLP over the pooled vector
     # (this many hidden units; fitted by ``train.presence_refit --mlp``) instead of a row of
-    # the head, which is linear in the quality outputs' hidden vector and cannot tell a siren
-    # or music from speech at 0 dB SNR without losing speech.
+    # the head, which is linear in the hidden vector the quality outputs share. Tried once on
+    # streamqa-s, not shipped (docs/experiments/2026-12-real-voices.md, round 7).
     presence_hidden: int = 0
 
     def to_json(self) -> str:
