@@ -132,6 +132,53 @@ def test_busy_socket_is_read_in_batches_quiet_one_at_once():
     assert max(rest) - min(rest) < coalesce / 2  # read in one batch, not one by one
 
 
+def _free_port_pair() -> int:
+    """A port whose next port is free too (RTP and its RTCP)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a:
+            a.bind(("127.0.0.1", 0))
+            port = a.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as b:
+                try:
+                    b.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+        return port
+    raise RuntimeError("no free port pair")
+
+
+def test_a_bye_waits_for_the_rtp_that_came_before_it():
+    """A sender's last packets wait in a coalescing pause of the RTP reader while its BYE
+    reaches the RTCP socket: they are read first, so the stream keeps them and ends once,
+    instead of ending early and the last packets opening a stream of their own (which made
+    tests/test_capture_e2e.py flaky under load)."""
+    from streamqa.rtp.rtcp import build_bye, build_rr
+
+    async def main():
+        sink = RecordingSink()
+        source = RtpSource(sink, jitter_depth=0, coalesce_s=0.5, min_sequential=1, idle_timeout=30.0)
+        port = _free_port_pair()
+        await source.start("127.0.0.1", port)
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sender.bind(("127.0.0.1", 0))
+        packets = pcmu_packets(10, ssrc=0xB1E)
+        sender.sendto(packets[0], ("127.0.0.1", port))
+        await wait_for(lambda: sink.started)  # read at once; the reader now pauses 0.5 s
+        for pkt in packets[1:]:
+            sender.sendto(pkt, ("127.0.0.1", port))
+        sender.sendto(build_rr(0xB1E) + build_bye(0xB1E), ("127.0.0.1", port + 1))
+        await wait_for(lambda: sink.ended)
+        await asyncio.sleep(0.6)  # past the pause: anything left would open a new stream now
+        source.stop()
+        sender.close()
+        return sink, source
+
+    sink, source = asyncio.run(main())
+    (sid,) = sink.started
+    assert sink.ended == [sid] and source.counters["rtcp_bye"] == 1
+    assert sink.audio_of(sid).size == 10 * 160  # every packet sent before the BYE
+
+
 def test_net_reports_about_once_per_interval(monkeypatch):
     monkeypatch.setattr(rtp_stream, "NET_INTERVAL", 0.05)
 

@@ -178,6 +178,11 @@ class RtpSource:
         self._loop.add_reader(sock.fileno(), self._read_rtcp)
 
     def _read_rtcp(self) -> None:
+        # The RTP that arrived before this RTCP first: the RTP reader may be in a coalescing
+        # pause, and a BYE handled ahead of its stream's last packets would end the stream
+        # early and let those packets (sent before the BYE) open a stream of their own.
+        if self._sock is not None:
+            self._read_batch()
         sock = self._rtcp_sock
         for _ in range(READ_BATCH):
             try:
@@ -239,9 +244,15 @@ class RtpSource:
             self._paused = loop.call_at(self._last_read + self.coalesce_s, self._resume)
             return
         self._last_read = now
-        self._drained = False
+        self._read_batch()
+
+    def _read_batch(self) -> None:
+        """Read up to READ_BATCH datagrams from the RTP socket; ``_drained`` says whether
+        the read emptied it."""
+        sock = self._sock
         handle = self.handle_datagram
         clock = time.monotonic
+        self._drained = False
         for _ in range(READ_BATCH):
             try:
                 data, addr = sock.recvfrom(_MAX_DATAGRAM)
