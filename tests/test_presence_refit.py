@@ -226,3 +226,37 @@ def test_an_onnx_student_is_rebuilt_with_its_weights(tmp_path):
     a, b = Model(first), Model(second)
     x = np.random.default_rng(0).normal(0, 0.1, (2, 16000)).astype(np.float32)
     assert np.array_equal(a.step(x, a.init_state(2))[0], b.step(x, b.init_state(2))[0])
+
+
+def test_mlp_refit_writes_a_student_with_its_presence_head(tmp_path, monkeypatch):
+    """``--mlp`` through the command line: the saved checkpoint has the head, records it
+    (train.pipeline reruns the refit only when ``mlp`` differs), and with ``--keep-speech``
+    hears as many train speech clips as the original row."""
+    import json
+
+    import train.presence_refit as refit
+    from train.export import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "student.pt"
+    save_checkpoint(ckpt, Student(FAMILY["xxxs"]).eval(), {"training_data": "x"})
+    gen = torch.Generator().manual_seed(4)
+
+    def fake_split(student, rows, extra, split, audio_dir, speech_dir):
+        p = torch.randn(200, 2 * student.cfg.embed, generator=gen)
+        h = torch.randn(200, student.cfg.head_hidden, generator=gen)
+        y = (p[:, 0] > 0).float()
+        return h, p, y, ["speech" if v > 0 else "music" for v in p[:, 0]]
+
+    monkeypatch.setattr(refit, "load_split", fake_split)
+    monkeypatch.setattr(refit, "merge_labels", lambda paths: [])
+    out = tmp_path / "out.pt"
+    refit.main([str(ckpt), "--out", str(out), "--labels", "x.csv", "--extra", "train=0", "--mlp", "8",
+                "--keep-speech", "--json", str(tmp_path / "r.json")])
+    student, meta = load_checkpoint(out)
+    assert student.presence_head is not None and student.cfg.presence_hidden == 8
+    assert meta["presence_refit"]["mlp"] == 8 and "speech-presence head" in meta["training_data"]
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["refit"]["train"]["speech_judged_speech"] >= report["original"]["train"]["speech_judged_speech"]
+    with pytest.raises(SystemExit, match="MLP already"):
+        refit.main([str(out), "--out", str(tmp_path / "again.pt"), "--labels", "x.csv", "--mlp", "8"])
