@@ -172,10 +172,12 @@ def test_bias_shift_hears_exactly_the_asked_speech_clips():
         assert int(judged(logits + bias_shift(logits, hits)).sum()) == hits
 
 
-def test_a_presence_head_leaves_the_quality_outputs_alone_and_exports():
+def test_a_presence_head_leaves_the_quality_outputs_alone_and_exports(tmp_path):
     """The MLP becomes the student's presence output (the ONNX graph included: the runtime
     reads it with no change); every other output keeps its value bit for bit."""
+    from streamqa.model import Model
     from train.export import export_onnx
+    from train.students import count_params
 
     student, clips, feats, before = _tiny_student_scoring_three_clips()
     _, pooled = vectors(student, clips)
@@ -188,20 +190,12 @@ def test_a_presence_head_leaves_the_quality_outputs_alone_and_exports():
     assert torch.equal(before[:, others], after[:, others])
     assert torch.allclose(after[:, k], mlp_logits(pooled, mlp), atol=1e-5)
     assert headed.cfg.presence_hidden == 4
-    from train.students import count_params
-
     assert count_params(headed) == count_params(student) + (2 * student.cfg.embed + 1) * 4 + 4 + 1
-    import tempfile
-    from pathlib import Path
-
-    from streamqa.model import Model
-
-    with tempfile.TemporaryDirectory() as d:
-        model = Model(export_onnx(headed, Path(d) / "headed.onnx", {}))
-        audio = np.concatenate(clips[:1])[None, : 16000 * 2]
-        scores, _ = model.step(audio, model.init_state(1, window_seconds=2.0))
-        with torch.no_grad():
-            expected = headed(torch.from_numpy(audio))
+    model = Model(export_onnx(headed, tmp_path / "headed.onnx", {}))
+    audio = clips[0][None, :]
+    scores, _ = model.step(audio, model.init_state(1, window_seconds=2.0))
+    with torch.no_grad():
+        expected = headed(torch.from_numpy(audio))
     assert np.allclose(scores, expected.numpy(), atol=1e-4)
 
 

@@ -132,8 +132,9 @@ def load_onnx_student(path: Path) -> tuple[Student, dict[str, Any]]:
     """A student rebuilt from an ONNX file that :func:`export_onnx` wrote, and the ``meta``
     it was exported with: the config comes from the metadata, the weights from the
     initializers, each found by the node that uses it (a Linear's weight is stored
-    transposed, the per-band affine of the log energies under a generated name). Why: a shipped model can then be refitted (``train.presence_refit``) on a
-    machine that lacks its training checkpoint, and its quality outputs stay bit for bit."""
+    transposed, the per-band affine of the log energies under a generated name). Why: a
+    shipped model can then be refitted (``train.presence_refit``) on a machine that lacks its
+    training checkpoint, and its quality outputs stay bit for bit."""
     proto = onnx.load(str(path))
     props = {p.key: p.value for p in proto.metadata_props}
     if "config" not in props:
@@ -156,8 +157,9 @@ def load_onnx_student(path: Path) -> tuple[Student, dict[str, Any]]:
     slots = {"Conv": ("weight", "bias"), "LayerNormalization": ("weight", "bias"), "Gemm": ("weight", "bias")}
     for node in proto.graph.node:
         module = _module_of(node.name)
-        params = [(k, name) for k, name in enumerate(node.input) if name in weights]
-        for k, name in params:
+        for k, name in enumerate(node.input):
+            if name not in weights:
+                continue
             value = weights[name]
             if node.op_type in slots and k > 0:
                 put(f"{module}.{slots[node.op_type][k - 1]}", value)

@@ -159,7 +159,7 @@ def keep_speech(h: Tensor, y: Tensor, row: tuple[Tensor, Tensor], hits: int) -> 
     (``y`` 1): the refit's direction at a given operating point."""
     if hits <= 0:
         return row
-    return row[0], row[1] + bias_shift(h[y > 0.5] @ row[0] + row[1], hits)
+    return row[0], row[1] + bias_shift(row_logits(h[y > 0.5], row), hits)
 
 
 def judged(logits: Tensor) -> np.ndarray:
