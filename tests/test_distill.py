@@ -143,6 +143,16 @@ def test_every_batch_target_and_parameter_is_on_the_chosen_device(monkeypatch):
     assert seen == [(meta, {meta})]
 
 
+def _exit_rank() -> None:
+    """End a spawned rank whose work is saved without the interpreter's teardown: even after
+    the ranks left together (leave_ranks), gloo's threads still abort a process at exit now
+    and then ("terminate called without an active exception", 1 of 5 fresh-clone runs),
+    which spawn reports as a failed test though every result is on disk."""
+    import os
+
+    os._exit(0)
+
+
 def _rank(rank: int, port: int, out: str, balance_bins: int) -> None:
     import os
 
@@ -152,6 +162,7 @@ def _rank(rank: int, port: int, out: str, balance_bins: int) -> None:
     try:
         _fit(4, "cpu", out, balance_bins)
         leave_ranks()
+        _exit_rank()
     finally:
         if torch.distributed.is_initialized():  # a rank that failed: leave without waiting
             torch.distributed.destroy_process_group()
@@ -386,6 +397,7 @@ def _rank_resumable(rank: int, port: int, checkpoint: str, snapshot: str, out: s
         if rank == 0:
             torch.save(weights, out)
         leave_ranks()
+        _exit_rank()
     finally:
         if torch.distributed.is_initialized():  # a rank that failed: leave without waiting
             torch.distributed.destroy_process_group()
