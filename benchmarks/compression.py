@@ -403,7 +403,7 @@ def run_study(args: argparse.Namespace, inputs: StudyInputs, log: Callable[[str]
     def b_distill(member: str):
         torch.manual_seed(args.seed)
         student = Student(STUDENTS[member])
-        feats = student.log_energies(torch.from_numpy(crops), torch.zeros(len(crops), 240))[0]
+        feats = student.clip_energies(torch.from_numpy(crops))
         init_feature_norm(student, feats.detach())
         m = StudentMos(student)
         extra = tune(m, lr=args.student_lr)

@@ -134,8 +134,7 @@ def featurise(student: Student, clips: list[np.ndarray], batch: int = 64) -> Ten
     out = []
     for i in range(0, len(clips), batch):
         x = torch.from_numpy(np.stack([c[:n] for c in clips[i : i + batch]]))
-        cache = torch.zeros(x.shape[0], 240)
-        out.append(student.log_energies(x, cache)[0])
+        out.append(student.clip_energies(x))
     return torch.cat(out)
 
 

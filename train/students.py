@@ -3,9 +3,11 @@
 The student is built so that the live monitor pays per hop only for the new audio:
 
 - a fixed complex Gabor filterbank on mel-spaced centre frequencies (a strided conv, 25 ms
-  kernel, 10 ms hop) gives log band energies; its cache is the last 15 ms of audio;
+  kernel, 10 or 20 ms hop: ``feature_hop``) gives log band energies; its cache is the
+  kernel's last ``400 - feature_hop`` samples of audio;
 - causal ConvNeXt-style blocks (depthwise causal conv, per-frame layer norm, pointwise MLP)
-  at 100, 50 and 25 frames/s, each keeping its last ``k - 1`` input frames as state;
+  in stages that halve the frame rate down to 25 frames/s (100, 50 and 25 at a 10 ms hop;
+  50 and 25 at 20 ms), each keeping its last ``k - 1`` input frames as state;
 - every 40 ms embedding is projected once to (value, attention logit) and pushed into a ring
   of the last N frames, N = window / 40 ms (the ring's length *is* the window: the runtime
   picks it by the shape of the state it creates);
@@ -30,7 +32,7 @@ from torch.nn import functional as F
 from train.compress.cost import count_params  # noqa: F401 (the students' count is the study's)
 
 SAMPLE_RATE = 16000
-STFT_HOP = 160  # 10 ms feature frames
+STFT_HOP = 160  # 10 ms feature frames, the default front-end hop
 GABOR_KERNEL = 400  # 25 ms analysis window
 FRAME_SAMPLES = 640  # 40 ms: one embedding; every hop is a multiple of it
 OUTPUTS = ("mos", "sig", "bak", "ovrl")
@@ -48,7 +50,7 @@ class StudentConfig:
     name: str = "s"
     n_bands: int = 40
     channels: int = 64
-    blocks: tuple[int, int, int] = (1, 2, 2)  # blocks at 100, 50 and 25 frames/s
+    blocks: tuple[int, ...] = (1, 2, 2)  # blocks per stage: at 100, 50 and 25 frames/s
     kernel: int = 5
     # Dilation of each block at 25 frames/s (empty: all 1). Dilations widen the context an
     # embedding sees (about 0.5 s undilated) at no extra MACs; the state grows instead.
@@ -66,6 +68,21 @@ class StudentConfig:
     # the head, which is linear in the hidden vector the quality outputs share. Tried once on
     # streamqa-s, not shipped (docs/experiments/2026-12-real-voices.md, round 7).
     presence_hidden: int = 0
+    # Samples between front-end frames: 160 (100 frames/s) or 320 (50 frames/s). Each stage
+    # after the first halves the rate, and the last must run at one frame per 40 ms, so a
+    # 320-sample hop takes two stages. Why 320: a live 1 s hop pays per second of audio for
+    # the front end and the first stage, which at 100 frames/s were 60 % of its MACs.
+    feature_hop: int = STFT_HOP
+
+    def __post_init__(self) -> None:
+        if FRAME_SAMPLES != self.feature_hop * 2 ** (len(self.blocks) - 1):
+            raise ValueError(f"feature_hop {self.feature_hop} with {len(self.blocks)} stages does not end "
+                             f"at one frame per {FRAME_SAMPLES} samples")
+
+    @property
+    def feature_rate(self) -> int:
+        """Front-end frames per second."""
+        return SAMPLE_RATE // self.feature_hop
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -90,6 +107,10 @@ FAMILY: dict[str, StudentConfig] = {
     # Near the top of the shipping budget (<= 250 k parameters, <= 20 M MAC/s): wider,
     # and its depth moved to the 50 and 25 frames/s stages where a block costs less.
     "sm": StudentConfig("sm", channels=96, blocks=(0, 2, 3), embed=96, head_hidden=96),
+    # ``s`` on a 20 ms front end: its 100 frames/s block moves to 50 frames/s, for the live
+    # monitor's cost per hop (docs/experiments/2026-12-real-voices.md, round 8).
+    "s50": StudentConfig("s50", channels=64, blocks=(2, 2), embed=64, head_hidden=64, feature_hop=320),
+    "s50d": StudentConfig("s50d", channels=64, blocks=(2, 3), embed=64, head_hidden=64, feature_hop=320),
     "m": StudentConfig("m", channels=128, blocks=(1, 2, 3), embed=128, head_hidden=128),
     "l": StudentConfig("l", channels=192, blocks=(1, 3, 4), embed=192, head_hidden=192),
     "xl": StudentConfig("xl", channels=256, blocks=(1, 4, 5), embed=256, head_hidden=256, expansion=3),
@@ -194,7 +215,8 @@ class Student(nn.Module):
     # --- state -----------------------------------------------------------------------
     def state_shapes(self, window_frames: int) -> dict[str, tuple[int, ...]]:
         """Per-item shapes of the named state tensors (batch dim excluded)."""
-        shapes: dict[str, tuple[int, ...]] = {"audio": (GABOR_KERNEL - STFT_HOP,), "stem": self.stem.state_shape()}
+        shapes: dict[str, tuple[int, ...]] = {"audio": (GABOR_KERNEL - self.cfg.feature_hop,),
+                                              "stem": self.stem.state_shape()}
         for s, stage in enumerate(self.stages):
             for b, block in enumerate(stage):
                 shapes[f"s{s}b{b}"] = block.dw.state_shape()
@@ -208,14 +230,19 @@ class Student(nn.Module):
 
     # --- computation -----------------------------------------------------------------
     def log_energies(self, audio: Tensor, cache: Tensor) -> tuple[Tensor, Tensor]:
-        """Band energies [B, n_bands, H / 160] of ``audio`` [B, H] given the audio cache."""
+        """Band energies [B, n_bands, H / feature_hop] of ``audio`` [B, H] given the audio cache."""
         full = torch.cat([cache, audio], dim=1)
-        z = F.conv1d(full.unsqueeze(1), self.gabor, stride=STFT_HOP)
+        z = F.conv1d(full.unsqueeze(1), self.gabor, stride=self.cfg.feature_hop)
         energy = z.pow(2).reshape(z.shape[0], self.cfg.n_bands, 2, z.shape[2]).sum(2)
         return torch.log(energy + 1e-7), full[:, audio.shape[1] :]
 
+    def clip_energies(self, audio: Tensor) -> Tensor:
+        """Band energies of whole clips [B, T] from their first sample (an empty audio cache)."""
+        cache = audio.new_zeros(audio.shape[0], GABOR_KERNEL - self.cfg.feature_hop)
+        return self.log_energies(audio, cache)[0]
+
     def embed_frames(self, logmel: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        """Causal encoder: [B, bands, 4n] at 100 frames/s -> [B, n, embed + 1] at 25/s."""
+        """Causal encoder: [B, bands, n * 640 / feature_hop] -> [B, n, embed + 1] at 25 frames/s."""
         new: dict[str, Tensor] = {}
         x = logmel * self.feat_scale[None, :, None] + self.feat_bias[None, :, None]
         x, new["stem"] = self.stem(x, state["stem"])
@@ -230,10 +257,11 @@ class Student(nn.Module):
         """Masked attention + mean pooling over the ring, then the head: [B, K] scores."""
         values, logits = ring[..., :-1], ring[..., -1]
         logits = logits + (mask - 1.0) * 1e4
-        weights = torch.softmax(logits, dim=1) * mask
-        att = (weights.unsqueeze(-1) * values).sum(1) / (weights.sum(1, keepdim=True) + 1e-6)
-        mean = (mask.unsqueeze(-1) * values).sum(1) / (mask.sum(1, keepdim=True) + 1e-6)
-        pooled = F.dropout(torch.cat([att, mean], dim=1), self.cfg.dropout, self.training)
+        # Both poolings as one [B, 2, N] x [B, N, E] product: one MatMul node in the graph
+        # instead of two multiplies and four sums, for the live step's fixed cost per hop.
+        rows = torch.stack([torch.softmax(logits, dim=1) * mask, mask], dim=1)
+        sums = torch.matmul(rows, values) / (rows.sum(2, keepdim=True) + 1e-6)
+        pooled = F.dropout(sums.flatten(1), self.cfg.dropout, self.training)
         scores = self.head(pooled) + self.out_bias
         if self.presence_head is None:
             return scores
@@ -264,9 +292,9 @@ class Student(nn.Module):
         return self.step(audio, state)[0]
 
     def forward_features(self, logmel: Tensor) -> Tensor:
-        """Score whole clips from precomputed log energies [B, bands, T/160] (fast training;
-        the speech-presence column is a logit here)."""
-        state = self.init_state(logmel.shape[0], logmel.shape[2] // 4)
+        """Score whole clips from precomputed log energies [B, bands, T / feature_hop] (fast
+        training; the speech-presence column is a logit here)."""
+        state = self.init_state(logmel.shape[0], logmel.shape[2] * self.cfg.feature_hop // FRAME_SAMPLES)
         state = {k: v.to(logmel) for k, v in state.items()}
         frames, _ = self.embed_frames(logmel, state)
         return self.pool(frames, torch.ones_like(frames[..., 0]))
@@ -281,10 +309,10 @@ def macs_per_second(cfg: StudentConfig, window_frames: int = 192) -> int:
     """
     c, e, x = cfg.channels, cfg.embed, cfg.expansion
     per_s = 0
-    per_s += 100 * 2 * cfg.n_bands * GABOR_KERNEL  # Gabor filterbank
-    per_s += 100 * cfg.n_bands * c * 3  # stem
+    per_s += cfg.feature_rate * 2 * cfg.n_bands * GABOR_KERNEL  # Gabor filterbank
+    per_s += cfg.feature_rate * cfg.n_bands * c * 3  # stem
     for stage, n in enumerate(cfg.blocks):
-        rate = 100 // (2**stage)
+        rate = cfg.feature_rate // (2**stage)
         per_s += n * rate * (c * cfg.kernel + 2 * c * c * x)
     per_s += 25 * c * (e + 1)  # projection of each 40 ms frame
     head = window_frames * 2 * e + 2 * e * cfg.head_hidden + cfg.head_hidden * len(cfg.outputs)
