@@ -136,7 +136,7 @@ def test_the_cache_is_reused_only_for_the_same_checkpoint_bytes(tmp_path, monkey
     save_checkpoint(ckpt, Student(FAMILY["xxxs"]).eval(), {})
     calls = []
 
-    def fake_split(student, rows, extra, split, audio_dir, speech_dir):
+    def fake_split(student, rows, extra, split, audio_dir, speech_dir, kinds):
         calls.append(split)
         h = torch.randn(40, student.cfg.head_hidden)
         p = torch.randn(40, 2 * student.cfg.embed)
@@ -152,6 +152,15 @@ def test_the_cache_is_reused_only_for_the_same_checkpoint_bytes(tmp_path, monkey
     save_checkpoint(ckpt, Student(FAMILY["xxxs"]).eval(), {"retrained": True})
     refit.main(args)
     assert calls == ["train", "val", "train", "val"]
+    refit.main([*args, "--kinds", "siren,synth-music"])  # other renders: not the cached vectors
+    assert calls == ["train", "val"] * 3
+    from train.export import load_checkpoint
+
+    meta = load_checkpoint(tmp_path / "out.pt")[1]
+    assert meta["presence_refit"]["kinds"] == ["siren", "synth-music"]
+    assert meta["training_data"].endswith("(sirens, synthetic tunes)")
+    with pytest.raises(SystemExit):
+        refit.main([*args, "--kinds", "siren,foghorn"])
 
 
 def test_fit_mlp_separates_what_no_row_can():
@@ -236,7 +245,7 @@ def test_mlp_refit_writes_a_student_with_its_presence_head(tmp_path, monkeypatch
     save_checkpoint(ckpt, Student(FAMILY["xxxs"]).eval(), {"training_data": "x"})
     gen = torch.Generator().manual_seed(4)
 
-    def fake_split(student, rows, extra, split, audio_dir, speech_dir):
+    def fake_split(student, rows, extra, split, audio_dir, speech_dir, kinds):
         p = torch.randn(200, 2 * student.cfg.embed, generator=gen)
         h = torch.randn(200, student.cfg.head_hidden, generator=gen)
         y = (p[:, 0] > 0).float()

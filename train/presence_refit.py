@@ -8,8 +8,9 @@ Why only that output: the presence probability is one row of the head's last lin
 over the hidden vector every output shares, so refitting that row (a logistic regression on
 the frozen hidden vectors) changes when the runtime hears speech and leaves every quality
 score bit for bit as it was. The student trained its presence output on 1,600 clips without
-speech, mostly synthetic noise; the refit adds ``--extra`` clips of recorded effects, music
-and telephone signalling tones (``train.data.tones``) per split, rendered like the manifest's
+speech, mostly synthetic noise; the refit adds ``--extra`` clips per split of ``--kinds``
+(recorded effects, music and telephone signalling tones, ``train.data.tones``, by default;
+sirens and synthetic tunes on request), rendered like the manifest's
 no-speech rows (``train.data.manifest.no_speech_rows``: one sound at an absolute level, then
 an ordinary codec and network chain), and needs no teacher: a clip without speech is labelled
 by construction.
@@ -50,7 +51,13 @@ from train.distill import clip_audio, featurise, merge_labels, with_audio
 from train.export import load_checkpoint, load_onnx_student, save_atomic, save_checkpoint, sha256_file
 from train.students import PRESENCE, Student
 
+# What the extra renders are made of (drawn evenly; ``--kinds``): recorded effects, recorded
+# music, signalling tones (train.data.tones), sirens (train.data.sirens), synthetic tunes
+# (train.data.music).
 EXTRA_KINDS = ("recorded", "music", "tones")
+ALL_KINDS = EXTRA_KINDS + ("siren", "synth-music")
+KIND_NAMES = {"recorded": "recorded effects", "music": "music", "tones": "signalling tones", "siren": "sirens",
+              "synth-music": "synthetic tunes"}
 EXTRA_SEED = 17  # the extra rows' random streams, apart from the manifest's (seed 0)
 EXTRA_FIRST_INDEX = 900_000  # their clip ids, far above any manifest row's
 PENALTIES = (1e-4, 1e-3, 1e-2, 1e-1)
@@ -204,13 +211,14 @@ def _kind(chain: str) -> str:
 
 
 def load_split(student: Student, rows: list[dict[str, str]], extra: dict[str, int], split: str,
-               audio_dir: Path, speech_dir: Path, chunk: int = 512) -> tuple[Tensor, Tensor, Tensor, list[str]]:
+               audio_dir: Path, speech_dir: Path, chunk: int = 512,
+               kinds: tuple[str, ...] = EXTRA_KINDS) -> tuple[Tensor, Tensor, Tensor, list[str]]:
     """Hidden and pooled vectors (:func:`vectors`), presence targets and kinds of a split's
     labelled clips plus its extra no-speech renders (read ``chunk`` clips at a time: 10,000
     clips of audio are 5 GB)."""
     mine = [r for r in rows if r.get("split") == split and r.get(PRESENCE) in ("0", "1")]
     added = no_speech_rows({split: extra.get(split, 0)}, seed=EXTRA_SEED,
-                           first_index={split: EXTRA_FIRST_INDEX}, kinds=EXTRA_KINDS)
+                           first_index={split: EXTRA_FIRST_INDEX}, kinds=kinds)
     loaders = [lambda r=r: clip_audio(r, audio_dir) for r in mine] + \
               [lambda r=r: render_clip(r, speech_dir) for r in added]
     y = [float(r[PRESENCE]) for r in mine] + [0.0] * len(added)
@@ -244,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="label CSVs of the train and val clips, with the presence CSVs (train.speech.csv...)")
     ap.add_argument("--extra", type=parse_split_counts, default={"train": 3000, "val": 400},
                     help="extra no-speech renders per split (SPLIT=N,...)")
+    ap.add_argument("--kinds", type=lambda t: tuple(t.split(",")), default=EXTRA_KINDS,
+                    help=f"what the extra renders are, drawn evenly (comma-separated, of {','.join(ALL_KINDS)})")
     ap.add_argument("--audio-dir", type=Path, default=Path("cache/audio"))
     ap.add_argument("--speech-dir", type=Path, default=Path("cache/speech"))
     ap.add_argument("--keep-speech", action="store_true",
@@ -254,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
+    if unknown := set(args.kinds) - set(ALL_KINDS):
+        ap.error(f"unknown --kinds {', '.join(sorted(unknown))} (of {', '.join(ALL_KINDS)})")
     torch.set_num_threads(args.threads)
 
     if args.checkpoint.suffix == ".onnx":
@@ -266,14 +278,16 @@ def main(argv: list[str] | None = None) -> int:
     original = presence_row(student)
     # the checkpoint by content: a retrained student at the same path must not reuse old vectors
     key = {"checkpoint": sha256_file(args.checkpoint), "labels": [str(p) for p in args.labels], "extra": args.extra,
-           "vectors": "hidden+pooled"}  # what each split holds: caches of the hidden vectors alone are not reused
+           "vectors": "hidden+pooled", **({"kinds": list(args.kinds)} if args.kinds != EXTRA_KINDS else {})}  # what each split holds: caches of the hidden vectors alone are not reused
     cached = torch.load(args.cache) if args.cache and args.cache.exists() else None
     if cached is not None and cached["key"] == key:
         (h_tr, p_tr, y_tr, kinds_tr), (h_va, p_va, y_va, kinds_va) = cached["train"], cached["val"]
     else:
         rows = with_audio(merge_labels(args.labels))
-        h_tr, p_tr, y_tr, kinds_tr = load_split(student, rows, args.extra, "train", args.audio_dir, args.speech_dir)
-        h_va, p_va, y_va, kinds_va = load_split(student, rows, args.extra, "val", args.audio_dir, args.speech_dir)
+        h_tr, p_tr, y_tr, kinds_tr = load_split(student, rows, args.extra, "train", args.audio_dir, args.speech_dir,
+                                                kinds=args.kinds)
+        h_va, p_va, y_va, kinds_va = load_split(student, rows, args.extra, "val", args.audio_dir, args.speech_dir,
+                                                kinds=args.kinds)
         if args.cache:
             save_atomic({"key": key, "train": (h_tr, p_tr, y_tr, kinds_tr), "val": (h_va, p_va, y_va, kinds_va)},
                         args.cache)
@@ -282,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     def val_rates(logits: Tensor) -> dict:
         return rates(judged(logits), y_va.numpy(), kinds_va)
 
-    report: dict = {"checkpoint": str(args.checkpoint), "extra": args.extra, "keep_speech": args.keep_speech}
+    report: dict = {"checkpoint": str(args.checkpoint), "extra": args.extra, "kinds": list(args.kinds),
+                    "keep_speech": args.keep_speech}
     if args.mlp:
         mlp = fit_mlp(p_tr, y_tr, args.mlp)
         if args.keep_speech:
@@ -290,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
                 mlp[-1].bias += bias_shift(mlp_logits(p_tr[y_tr > 0.5], mlp), hits)
         refit_tr, refit_va = mlp_logits(p_tr, mlp), mlp_logits(p_va, mlp)
         report["mlp"] = {"hidden": args.mlp, "epochs": MLP_EPOCHS, "lr": MLP_LR, "weight_decay": MLP_WEIGHT_DECAY}
-        refit = {"from": str(args.checkpoint), "extra": args.extra, "mlp": args.mlp, "keep_speech": args.keep_speech}
+        refit = {"from": str(args.checkpoint), "extra": args.extra, "kinds": list(args.kinds), "mlp": args.mlp, "keep_speech": args.keep_speech}
         what = f"speech-presence head (an MLP of {args.mlp} units over the pooled vector) fitted"
         student = with_presence_head(student, mlp)
     else:
@@ -305,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         row = fits[chosen]
         refit_tr, refit_va = row_logits(h_tr, row), row_logits(h_va, row)
         report.update(penalties={str(p): round(v, 5) for p, v in scores.items()}, chosen_penalty=chosen)
-        refit = {"from": str(args.checkpoint), "extra": args.extra, "penalty": chosen, "keep_speech": args.keep_speech}
+        refit = {"from": str(args.checkpoint), "extra": args.extra, "kinds": list(args.kinds), "penalty": chosen, "keep_speech": args.keep_speech}
         what = "speech-presence row refitted"
         set_presence_row(student, row)
     report["original"] = {"train": rates(judged(row_logits(h_tr, original)), y_tr.numpy(), kinds_tr),
@@ -314,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     extra = ", ".join(f"{n} {split}" for split, n in args.extra.items())
     data = "; ".join(filter(None, [meta.get("training_data"), (
         f"{what} by train.presence_refit{' --keep-speech' if args.keep_speech else ''} "
-        f"with {extra} more no-speech renders (recorded effects, music, signalling tones)")]))
+        f"with {extra} more no-speech renders ({', '.join(KIND_NAMES[k] for k in args.kinds)})")]))
     save_checkpoint(args.out, student, {**meta, "training_data": data, "presence_refit": refit})
     text = json.dumps(report, indent=1)
     if args.json:

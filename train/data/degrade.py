@@ -19,6 +19,8 @@ import soxr
 
 from train.data.noises import load_noise
 from train.data.level import SAMPLE_RATE, active_rms
+from train.data.music import synth_music
+from train.data.sirens import siren
 from train.data.tones import signalling_tone
 
 BabblePool = Callable[[np.random.Generator], np.ndarray]
@@ -191,7 +193,8 @@ def add_noise(x: np.ndarray, rng: np.random.Generator, kind: str, snr_db: float 
     ``level_dbfs`` instead sets the noise's RMS itself: a clip with no speech has no level to
     measure an SNR against. Kind ``recorded`` plays ``source`` (``train.data.noises``) from a
     random point, repeated if it is shorter than the clip; kind ``tones`` a telephone signalling
-    tone (``train.data.tones``).
+    tone (``train.data.tones``); kind ``siren`` an emergency-vehicle siren (``train.data.sirens``);
+    kind ``synth-music`` a synthetic tune (``train.data.music``).
     """
     n = len(x)
     gate = np.ones(n)
@@ -205,6 +208,10 @@ def add_noise(x: np.ndarray, rng: np.random.Generator, kind: str, snr_db: float 
         noise = coloured_noise(rng, n, kind)
     elif kind == "tones":
         noise = signalling_tone(rng, n)
+    elif kind == "siren":
+        noise = siren(rng, n)
+    elif kind == "synth-music":
+        noise = synth_music(rng, n)
     elif kind == "babble":
         noise = _fit(np.asarray(babble_pool(rng), np.float64), n) if babble_pool else \
             _synthetic_babble(rng, n)
@@ -219,7 +226,7 @@ def add_noise(x: np.ndarray, rng: np.random.Generator, kind: str, snr_db: float 
         ramp = np.hanning(161)
         gate = np.clip(np.convolve(gate, ramp / ramp.sum(), mode="same"), 0, 1)
     else:
-        raise ValueError(f"unknown noise kind {kind!r} ({', '.join(NOISE_KINDS)}, recorded, tones)")
+        raise ValueError(f"unknown noise kind {kind!r} ({', '.join(NOISE_KINDS)}, recorded, tones, siren, synth-music)")
     noise = noise * gate
     on = gate > 0.5
     noise_rms = np.sqrt(np.mean(noise[on] ** 2)) if on.any() else 0.0
