@@ -9,7 +9,7 @@ re-weigh what that encoder already tells apart. These rows (``train.data.manifes
 of the given kinds, their own random streams and clip ids) go to ``train.distill --labels``
 beside the manifest's: the CSV has the label files' columns plus ``speech`` = 0, and every
 quality label empty (a quality label of noise alone means nothing), so they teach the presence
-output alone. No teacher runs; each clip is rendered once into ``--audio-dir`` by content hash,
+output alone. No teacher runs; each clip is rendered and kept in ``--audio-dir`` by content hash,
 as ``train.label`` keeps its clips, so training reads it like any labelled clip.
 """
 
