@@ -86,3 +86,29 @@ def write_reference(path: Path = REFERENCE) -> None:
 if __name__ == "__main__":
     write_reference()
     print(REFERENCE)
+
+
+def test_reexporting_an_onnx_keeps_outputs_and_window_and_updates_its_card(tmp_path, monkeypatch):
+    """``python -m train.export X.onnx --out X.onnx --card``: how a bundled student gets the
+    exporter's later graph work (its weights read back from the file)."""
+    torch = pytest.importorskip("torch")
+    import json
+
+    import train.pipeline
+    from train.export import export_onnx, main
+    from train.students import FAMILY, Student
+
+    torch.manual_seed(0)
+    path = tmp_path / "tiny.onnx"
+    export_onnx(Student(FAMILY["xxs"]).eval(), path, {"name": "tiny"}, window_s=3.84)
+    (tmp_path / "tiny.json").write_text(json.dumps({"name": "tiny", "sha256": "old"}))
+    before = demo_outputs(Model(path))
+    rewritten = []
+    monkeypatch.setattr(train.pipeline, "write_models_doc", lambda: rewritten.append(True))
+    main([str(path), "--out", str(path), "--card"])
+    model = Model(path)
+    assert model.info.window_seconds == 3.84 and model.info.name == "tiny"
+    for key, value in demo_outputs(model).items():
+        np.testing.assert_allclose(value, before[key], atol=1e-5, err_msg=key)
+    assert json.loads((tmp_path / "tiny.json").read_text())["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert rewritten == [True]

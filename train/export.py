@@ -11,6 +11,11 @@ stay bit-identical. The causal convs are written as 2-D convs over a height-1 im
 (:class:`_Conv2dCausal`), which ONNX Runtime runs on faster kernels than 1-D ones.
 
     python -m train.export CHECKPOINT --out streamqa/models/NAME.onnx [--int8]
+    python -m train.export streamqa/models/NAME.onnx --out streamqa/models/NAME.onnx --card
+
+The second form writes a shipped student again through this exporter (its weights read back
+by :func:`load_onnx_student`), so a bundled file gets what the exporter has learnt since it
+was made; ``--card`` then puts the new sha256 into its card and docs/models.md.
 """
 
 from __future__ import annotations
@@ -273,14 +278,31 @@ def sha256_file(path: Path) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("checkpoint", type=Path, help="student checkpoint written by train.distill")
+    ap.add_argument("checkpoint", type=Path, help="student checkpoint written by train.distill, or an ONNX file "
+                                                   "this exporter wrote")
     ap.add_argument("--out", type=Path, required=True, help="ONNX file to write")
     ap.add_argument("--window", type=float, default=DEFAULT_WINDOW_S, help="default window in seconds (metadata)")
     ap.add_argument("--int8", action="store_true", help="also write OUT with .int8.onnx: dynamic int8 weights")
+    ap.add_argument("--card", action="store_true",
+                    help="OUT is a bundled model: put its new sha256 into its card and rewrite docs/models.md")
     args = ap.parse_args(argv)
-    model, meta = load_checkpoint(args.checkpoint)
-    out = export_onnx(model, args.out, meta, window_s=args.window)
+    if args.checkpoint.suffix == ".onnx":
+        model, meta = load_onnx_student(args.checkpoint)
+        props = {p.key: p.value for p in onnx.load(str(args.checkpoint)).metadata_props}
+        window = float(props["window_seconds"])  # the file's own window, not the default
+    else:
+        model, meta = load_checkpoint(args.checkpoint)
+        window = args.window
+    out = export_onnx(model, args.out, meta, window_s=window)
     print(f"{out}  sha256={sha256_file(out)}")
+    if args.card:
+        from train.pipeline import write_models_doc
+
+        card_path = out.with_suffix(".json")
+        card = json.loads(card_path.read_text())
+        card["sha256"] = sha256_file(out)
+        card_path.write_text(json.dumps(card, indent=2) + "\n")
+        write_models_doc()
     if args.int8:
         q = quantize_int8(out, out.with_suffix(".int8.onnx"))
         print(f"{q}  sha256={sha256_file(q)}")
