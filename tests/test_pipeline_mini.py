@@ -23,7 +23,8 @@ def test_mini_pipeline(tmp_path):
     speech = Path(os.environ.get("STREAMQA_TEST_SPEECH_CACHE", "/tmp/streamqa-test-speech"))
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "train.pipeline", "--mini", "--out", str(run), "--cache", str(tmp_path / "cache"),
-           "--labels", str(tmp_path / "labels"), "--speech-cache", str(speech), "--presence-refit", "train=6,val=3"]
+           "--labels", str(tmp_path / "labels"), "--speech-cache", str(speech), "--presence-refit", "train=6,val=3",
+           "--hard-no-speech", "train=5"]
     subprocess.run(cmd, cwd=ROOT, check=True, timeout=1500)
 
     summary = json.loads((run / "summary.json").read_text())
@@ -47,6 +48,10 @@ def test_mini_pipeline(tmp_path):
     refit = json.loads((run / "xxs" / "presence_refit.json").read_text())
     assert refit["refit"]["train"]["no_speech_clips"] >= 6
     assert "speech-presence row refitted" in summary["xxs"]["training"]["training_data"]
+    # the hard rows without speech were rendered and trained on (their CSV is in the data line)
+    hard = (tmp_path / "labels" / "train.hard_none.csv").read_text().splitlines()
+    assert len(hard) == 6 and all(line.endswith(",0") for line in hard[1:])
+    assert "train.hard_none.csv" in summary["xxs"]["training"]["training_data"]
     model = Model(Path(summary["xxs"]["onnx"]))
     clip = np.load(next((tmp_path / "cache" / "audio").glob("*.npy"))).astype(np.float32) / 32768
     state = model.init_state(1)

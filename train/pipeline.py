@@ -169,6 +169,26 @@ def make_labels(args: argparse.Namespace, mdir: Path) -> list[Path]:
     return outs
 
 
+def hard_no_speech(args: argparse.Namespace) -> list[Path]:
+    """``SPLIT.hard_none.csv`` for ``--hard-no-speech``: rows without speech of every kind the
+    presence output confused with a voice (recorded effects and music, signalling tones,
+    sirens, synthetic tunes), trained on like the manifest's (``train.data.no_speech_set``).
+    Rendered unless the CSV and every clip of it are already there."""
+    from train.distill import read_labels
+    from train.presence_refit import ALL_KINDS
+
+    outs = []
+    for split, n in parse_split_counts(args.hard_no_speech or "").items():
+        out = args.labels / f"{split}.hard_none.csv"
+        rows = read_labels(out) if out.exists() else []
+        if len(rows) != n or not all((args.cache / "audio" / f"{r['sha256']}.npy").exists() for r in rows):
+            _run([sys.executable, "-m", "train.data.no_speech_set", "--clips", f"{split}={n}",
+                  "--kinds", ",".join(ALL_KINDS), "--out", str(out), "--audio-dir", str(args.cache / "audio"),
+                  "--speech-dir", str(args.speech_cache)])
+        outs.append(out)
+    return outs
+
+
 def train_student(args: argparse.Namespace, name: str, labels: list[Path]) -> Path:
     """Distil one family member (or a config JSON in --out) unless its checkpoint exists."""
     ckpt = args.out / name / "student.pt"
@@ -181,9 +201,13 @@ def train_student(args: argparse.Namespace, name: str, labels: list[Path]) -> Pa
               *(["--balance-voices"] if args.balance_voices else [])])
     refit = load_checkpoint(ckpt)[1].get("presence_refit")
     if args.presence_refit and (refit is None or refit.get("mlp", 0) != args.presence_mlp):
+        # the refit reads the manifest's clips and renders its own extra rows; the hard rows
+        # without speech taught the encoder and stay out, as in the refit that was evaluated
+        # (round 10 of docs/experiments/2026-12-real-voices.md)
+        manifest_labels = [p for p in labels if not p.name.endswith(".hard_none.csv")]
         _run([sys.executable, "-m", "train.presence_refit", str(ckpt), "--out", str(ckpt), "--keep-speech",
               *(["--mlp", str(args.presence_mlp)] if args.presence_mlp else []),
-              "--labels", *map(str, labels), "--extra", args.presence_refit,
+              "--labels", *map(str, manifest_labels), "--extra", args.presence_refit,
               "--audio-dir", str(args.cache / "audio"), "--speech-dir", str(args.speech_cache),
               "--cache", str(ckpt.with_name("presence_hidden.pt")),
               "--json", str(ckpt.with_name("presence_refit.json")), "--threads", str(args.jobs)])
@@ -334,6 +358,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--music-clips", help="rows of music alone (no speech) appended with them, e.g. train=600")
     ap.add_argument("--even-clips",
                     help="after them, degraded clips of the real voices drawn evenly over voices, e.g. train=4000")
+    ap.add_argument("--hard-no-speech", metavar="SPLIT=N,...",
+                    help="train also on this many rows without speech of the kinds the speech output confuses "
+                         "with a voice, e.g. train=3000 (train.data.no_speech_set)")
     ap.add_argument("--real-train-rows", type=int,
                     help="label and train on only the first K real-voice train rows (default: all)")
     ap.add_argument("--none-dnsmos", type=int, default=300,
@@ -371,7 +398,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.skip_labels:
         labels = sorted(args.labels.glob("*.csv"))
     else:
-        labels = make_labels(args, make_manifest(args))
+        labels = make_labels(args, make_manifest(args)) + hard_no_speech(args)
     results = {}
     for name in args.students.split(","):
         if name not in FAMILY and not (args.out / f"{name}.json").exists():
