@@ -278,7 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     original = presence_row(student)
     # the checkpoint by content: a retrained student at the same path must not reuse old vectors
     key = {"checkpoint": sha256_file(args.checkpoint), "labels": [str(p) for p in args.labels], "extra": args.extra,
-           "vectors": "hidden+pooled", **({"kinds": list(args.kinds)} if args.kinds != EXTRA_KINDS else {})}  # what each split holds: caches of the hidden vectors alone are not reused
+           # what each split holds: caches of the hidden vectors alone are not reused; other --kinds
+           # are other renders (the default leaves the key as it was, so existing caches still count)
+           "vectors": "hidden+pooled", **({"kinds": list(args.kinds)} if args.kinds != EXTRA_KINDS else {})}
     cached = torch.load(args.cache) if args.cache and args.cache.exists() else None
     if cached is not None and cached["key"] == key:
         (h_tr, p_tr, y_tr, kinds_tr), (h_va, p_va, y_va, kinds_va) = cached["train"], cached["val"]
@@ -305,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
                 mlp[-1].bias += bias_shift(mlp_logits(p_tr[y_tr > 0.5], mlp), hits)
         refit_tr, refit_va = mlp_logits(p_tr, mlp), mlp_logits(p_va, mlp)
         report["mlp"] = {"hidden": args.mlp, "epochs": MLP_EPOCHS, "lr": MLP_LR, "weight_decay": MLP_WEIGHT_DECAY}
-        refit = {"from": str(args.checkpoint), "extra": args.extra, "kinds": list(args.kinds), "mlp": args.mlp, "keep_speech": args.keep_speech}
+        refit = {"from": str(args.checkpoint), "extra": args.extra, "kinds": list(args.kinds), "mlp": args.mlp,
+                 "keep_speech": args.keep_speech}
         what = f"speech-presence head (an MLP of {args.mlp} units over the pooled vector) fitted"
         student = with_presence_head(student, mlp)
     else:
@@ -320,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
         row = fits[chosen]
         refit_tr, refit_va = row_logits(h_tr, row), row_logits(h_va, row)
         report.update(penalties={str(p): round(v, 5) for p, v in scores.items()}, chosen_penalty=chosen)
-        refit = {"from": str(args.checkpoint), "extra": args.extra, "kinds": list(args.kinds), "penalty": chosen, "keep_speech": args.keep_speech}
+        refit = {"from": str(args.checkpoint), "extra": args.extra, "kinds": list(args.kinds), "penalty": chosen,
+                 "keep_speech": args.keep_speech}
         what = "speech-presence row refitted"
         set_presence_row(student, row)
     report["original"] = {"train": rates(judged(row_logits(h_tr, original)), y_tr.numpy(), kinds_tr),
