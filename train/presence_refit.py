@@ -58,6 +58,15 @@ EXTRA_KINDS = ("recorded", "music", "tones")
 ALL_KINDS = EXTRA_KINDS + ("siren", "synth-music")
 KIND_NAMES = {"recorded": "recorded effects", "music": "music", "tones": "signalling tones", "siren": "sirens",
               "synth-music": "synthetic tunes"}
+
+
+def parse_kinds(text: str) -> tuple[str, ...]:
+    """``--kinds`` of this tool and of ``train.data.no_speech_set``: comma-separated names
+    from :data:`ALL_KINDS` (an argparse type, so a wrong name is a usage error)."""
+    kinds = tuple(k for k in text.split(",") if k)
+    if unknown := sorted(set(kinds) - set(ALL_KINDS)):
+        raise argparse.ArgumentTypeError(f"unknown kinds {', '.join(unknown)} (of {', '.join(ALL_KINDS)})")
+    return kinds
 EXTRA_SEED = 17  # the extra rows' random streams, apart from the manifest's (seed 0)
 EXTRA_FIRST_INDEX = 900_000  # their clip ids, far above any manifest row's
 PENALTIES = (1e-4, 1e-3, 1e-2, 1e-1)
@@ -252,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="label CSVs of the train and val clips, with the presence CSVs (train.speech.csv...)")
     ap.add_argument("--extra", type=parse_split_counts, default={"train": 3000, "val": 400},
                     help="extra no-speech renders per split (SPLIT=N,...)")
-    ap.add_argument("--kinds", type=lambda t: tuple(t.split(",")), default=EXTRA_KINDS,
+    ap.add_argument("--kinds", type=parse_kinds, default=EXTRA_KINDS,
                     help=f"what the extra renders are, drawn evenly (comma-separated, of {','.join(ALL_KINDS)})")
     ap.add_argument("--audio-dir", type=Path, default=Path("cache/audio"))
     ap.add_argument("--speech-dir", type=Path, default=Path("cache/speech"))
@@ -264,8 +273,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
-    if unknown := set(args.kinds) - set(ALL_KINDS):
-        ap.error(f"unknown --kinds {', '.join(sorted(unknown))} (of {', '.join(ALL_KINDS)})")
     torch.set_num_threads(args.threads)
 
     if args.checkpoint.suffix == ".onnx":
