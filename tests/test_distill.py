@@ -240,6 +240,16 @@ def test_voice_balance_weights_draw_real_voices_evenly_and_keep_their_share():
         voice_balance_weights(["espeak-pl", "none"])
 
 
+def test_capped_voices_names_the_voices_the_cap_held_back():
+    from train.distill import capped_voices, voice_balance_weights
+
+    speakers = ["tuxpaint-es"] * 90 + ["kde-nb"] * 9 + ["kde-tn"] + ["kde-sl"] * 3 + ["espeak-pl"] * 40
+    # cap 5: a voice under 90 / 5 = 18 clips is held at the cap, the largest first
+    assert capped_voices(speakers, voice_balance_weights(speakers, cap=5.0), 5.0) == ["kde-nb", "kde-sl", "kde-tn"]
+    # cap 100 binds for none: every voice is drawn alike and none is named
+    assert capped_voices(speakers, voice_balance_weights(speakers, cap=100.0), 100.0) == []
+
+
 def _drawn(data, weights, epochs: int, seed: int = 0) -> torch.Tensor:
     """How often each clip of ``data`` is drawn in ``epochs`` of ``epoch_batches`` (batch 8;
     one frame of features, which the draw does not look at, keeps it fast)."""

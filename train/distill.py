@@ -300,6 +300,22 @@ def voice_balance_weights(speakers: list[str], cap: float = 10.0) -> Tensor:
     return out
 
 
+def capped_voices(speakers: list[str], weights: Tensor, cap: float) -> list[str]:
+    """The recorded voices whose clips got :func:`voice_balance_weights`'s capped weight,
+    largest first; empty when the cap did not bind. Why: the cap is relative to a clip of the
+    largest voice, so one voice with far more clips than the others lowers it for all of
+    them, and the epoch is drawn in proportion to the clip counts again without a word
+    (round 11 in docs/experiments/2026-12-real-voices.md)."""
+    from train.data.voices import is_real
+
+    per_voice = {s: w for s, w in zip(speakers, weights.tolist()) if is_real(s)}
+    lo, hi = min(per_voice.values()), max(per_voice.values())
+    if not math.isclose(hi, lo * cap, rel_tol=1e-9):
+        return []
+    counts = Counter(s for s in speakers if s in per_voice)
+    return sorted((s for s, w in per_voice.items() if math.isclose(w, hi, rel_tol=1e-9)), key=lambda s: -counts[s])
+
+
 def partial_path(out: Path) -> Path:
     """Where a run writing ``out`` keeps its state after each epoch (see the module docstring)."""
     return out.with_suffix(".partial.pt")
@@ -416,6 +432,11 @@ def train(
         if balance_bins:
             raise ValueError("--balance-voices and --balance-labels are two ways to draw an epoch; choose one")
         weights = voice_balance_weights(train_set.speakers, balance_cap)
+        capped = capped_voices(train_set.speakers, weights, balance_cap)
+        if capped and rank == 0:
+            log(f"--balance-voices: {len(capped)} voices drawn in proportion to their clips, not evenly, at the cap "
+                f"of {balance_cap:g} times the weight of a clip of the largest voice ({', '.join(capped[:5])}"
+                f"{', ...' if len(capped) > 5 else ''}): a larger --balance-cap draws them evenly")
     # What a saved state must match to be continued: anything that changes the draws or the schedule.
     run = {"epochs": epochs, "batch": batch, "lr": lr, "seed": seed, "world": world, "human_ratio": human_ratio,
            "human_clips": len(human.ids) if human is not None else 0, "gain_db": gain_db, "warp": warp,

@@ -198,7 +198,7 @@ def train_student(args: argparse.Namespace, name: str, labels: list[Path]) -> Pa
               "--student", str(config) if config.exists() else name,
               "--out", str(ckpt), "--epochs", str(args.epochs), "--audio-dir", str(args.cache / "audio"),
               "--threads", str(args.jobs), "--warp", str(args.warp), "--teacher", args.teachers.replace(",", "+"),
-              *(["--balance-voices"] if args.balance_voices else [])])
+              *(["--balance-voices", "--balance-cap", str(args.balance_cap)] if args.balance_voices else [])])
     refit = load_checkpoint(ckpt)[1].get("presence_refit")
     if args.presence_refit and (refit is None or refit.get("mlp", 0) != args.presence_mlp):
         # the refit reads the manifest's clips and renders its own extra rows; the hard rows
@@ -377,6 +377,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="vocal-tract-length perturbation while training (train.distill --warp)")
     ap.add_argument("--balance-voices", action="store_true",
                     help="draw the recorded voices evenly while training (train.distill --balance-voices)")
+    ap.add_argument("--balance-cap", type=float, default=10.0,
+                    help="with --balance-voices: a clip weighs at most this many times a clip of the largest voice "
+                         "(train.distill --balance-cap)")
     ap.add_argument("--presence-refit", metavar="SPLIT=N,...",
                     help="after training, refit the speech-presence row with this many more no-speech renders per "
                          "split, at the trained row's operating point (train.presence_refit --keep-speech)")
