@@ -240,6 +240,21 @@ def test_voice_balance_weights_draw_real_voices_evenly_and_keep_their_share():
         voice_balance_weights(["espeak-pl", "none"])
 
 
+def test_voice_balance_weights_give_the_real_voices_the_share_asked_for():
+    from train.distill import main, voice_balance_weights
+
+    speakers = ["tuxpaint-es"] * 90 + ["kde-nb"] * 10 + ["espeak-pl"] * 300
+    w = voice_balance_weights(speakers, cap=20.0, share=0.5)
+    assert w[:100].sum().item() == pytest.approx(300.0)  # half of the draws, against a quarter of the clips
+    assert w[:90].sum().item() == pytest.approx(w[90:100].sum().item())  # still even over voices
+    assert torch.all(w[100:] == 1.0)
+    for share in (0.0, 1.0):
+        with pytest.raises(ValueError):
+            voice_balance_weights(speakers, share=share)
+    with pytest.raises(SystemExit):  # a share of no draw at all is a usage error
+        main(["--labels", "x.csv", "--out", "y.pt", "--real-share", "0.5"])
+
+
 def test_capped_voices_names_the_voices_the_cap_held_back():
     from train.distill import capped_voices, voice_balance_weights
 

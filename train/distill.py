@@ -33,8 +33,9 @@ speech) take the mean weight, which keeps their expected share of an epoch. Off 
 
 ``--balance-voices`` draws instead the recorded human voices evenly (:func:`voice_balance_weights`):
 a real-voice clip is drawn in inverse proportion to its voice's clip count (capped by
-``--balance-cap``), the real-voice clips together keeping their share of an epoch, every other
-clip as under a shuffle. Off by default; not combined with ``--balance-labels``.
+``--balance-cap``), the real-voice clips together keeping their share of an epoch (or taking
+``--real-share`` of it), every other clip as under a shuffle. Off by default; not combined
+with ``--balance-labels``.
 
 After every epoch the run's whole state (weights, optimiser, LR schedule, random generators,
 epoch, last validation) is written beside ``--out`` (``student.pt``: ``student.partial.pt``),
@@ -275,7 +276,7 @@ def balance_weights(labels: Tensor, bins: int, cap: float = 10.0) -> Tensor:
     return out
 
 
-def voice_balance_weights(speakers: list[str], cap: float = 10.0) -> Tensor:
+def voice_balance_weights(speakers: list[str], cap: float = 10.0, share: float | None = None) -> Tensor:
     """Sampling weight per clip (float64) that draws the recorded human voices evenly.
 
     Why: what the student misses is voices it never heard, and a few voices hold most of
@@ -283,11 +284,16 @@ def voice_balance_weights(speakers: list[str], cap: float = 10.0) -> Tensor:
     clip of a real voice (:func:`train.data.voices.is_real`) weighs the inverse of its voice's
     clip count, at most ``cap`` times the smallest such weight (a voice of 19 clips is not
     repeated fifty times), scaled so that the real-voice clips together weigh what they do
-    under a plain shuffle, one each; every other clip (TTS, no speech) weighs 1."""
+    under a plain shuffle, one each; every other clip (TTS, no speech) weighs 1. With
+    ``share`` the real-voice clips together take that fraction of the draws instead: adding
+    TTS rows must not thin out the real voices an epoch sees (round 13 in
+    docs/experiments/2026-12-real-voices.md)."""
     from train.data.voices import is_real
 
     if cap < 1:
         raise ValueError(f"balancing needs cap >= 1, got {cap}")
+    if share is not None and not 0 < share < 1:
+        raise ValueError(f"the real voices' share of an epoch must be between 0 and 1, got {share}")
     real = [is_real(s) for s in speakers]
     if not any(real):
         raise ValueError("no clip of a recorded human voice to balance")
@@ -296,7 +302,12 @@ def voice_balance_weights(speakers: list[str], cap: float = 10.0) -> Tensor:
     mask = torch.tensor(real)
     w = torch.minimum(inverse[mask], inverse[mask].min() * cap)
     out = torch.ones(len(speakers), dtype=torch.float64)
-    out[mask] = w * (mask.sum() / w.sum())
+    others = len(speakers) - int(mask.sum())
+    if share is None or not others:
+        total = float(mask.sum())
+    else:
+        total = share / (1 - share) * others
+    out[mask] = w * (total / w.sum())
     return out
 
 
@@ -401,6 +412,7 @@ def train(
     balance_bins: int = 0,
     balance_voices: bool = False,
     balance_cap: float = 10.0,
+    real_share: float | None = None,
     checkpoint: Path | None = None,
     resume: bool = False,
     device: str | torch.device | None = None,
@@ -431,7 +443,7 @@ def train(
     if balance_voices:
         if balance_bins:
             raise ValueError("--balance-voices and --balance-labels are two ways to draw an epoch; choose one")
-        weights = voice_balance_weights(train_set.speakers, balance_cap)
+        weights = voice_balance_weights(train_set.speakers, balance_cap, real_share)
         capped = capped_voices(train_set.speakers, weights, balance_cap)
         if capped and rank == 0:
             log(f"--balance-voices: {len(capped)} voices drawn in proportion to their clips, not evenly, at the cap "
@@ -441,6 +453,7 @@ def train(
     run = {"epochs": epochs, "batch": batch, "lr": lr, "seed": seed, "world": world, "human_ratio": human_ratio,
            "human_clips": len(human.ids) if human is not None else 0, "gain_db": gain_db, "warp": warp,
            "balance_bins": balance_bins, "balance_cap": balance_cap, "balance_voices": balance_voices,
+           **({"real_share": real_share} if real_share is not None else {}),
            "clips": hashlib.sha256("\n".join(train_set.ids).encode()).hexdigest()}
     metrics: dict[str, float] = {}
     start = 0
@@ -537,6 +550,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="draw the recorded human voices' clips evenly over voices (their share of an epoch kept)")
     ap.add_argument("--balance-cap", type=float, default=10.0,
                     help="with --balance-labels/--balance-voices: the largest weight at most this many times the smallest")
+    ap.add_argument("--real-share", type=float, metavar="F",
+                    help="with --balance-voices: the recorded voices' clips together take this fraction of an epoch "
+                         "(default: their fraction of the training clips)")
     ap.add_argument("--resume", action="store_true",
                     help="continue from OUT's .partial.pt (written after every epoch) when there is one")
     ap.add_argument("--teacher", default="distillmos+dnsmos", help="recorded in the checkpoint and model card")
@@ -544,6 +560,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="torch device to train on (default: cuda when available, else cpu); under torchrun "
                     "cuda means cuda:LOCAL_RANK with NCCL, anything else gloo")
     args = ap.parse_args(argv)
+    if args.real_share is not None and not args.balance_voices:
+        ap.error("--real-share sets the recorded voices' share of a --balance-voices draw; add --balance-voices")
     partial = partial_path(args.out)
     if partial.exists() and not args.resume:
         ap.error(f"{partial} holds an unfinished run: pass --resume to continue it, or delete it to start over")
@@ -580,7 +598,7 @@ def main(argv: list[str] | None = None) -> None:
     metrics = train(
         student, train_set, val_set, epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed,
         human=human, human_ratio=args.human_ratio, warp=args.warp, balance_bins=args.balance_labels,
-        balance_voices=args.balance_voices, balance_cap=args.balance_cap, checkpoint=partial, resume=args.resume, device=args.device,
+        balance_voices=args.balance_voices, balance_cap=args.balance_cap, real_share=args.real_share, checkpoint=partial, resume=args.resume, device=args.device,
     )
     rank, _, _ = init_ranks(args.device)
     student.cpu()  # checkpoints hold CPU tensors whatever the training device
@@ -602,9 +620,12 @@ def main(argv: list[str] | None = None) -> None:
             meta["balance_cap"] = args.balance_cap
         if args.balance_voices:
             meta["training_data"] = (f"{data}; the recorded voices' clips drawn evenly over voices "
-                                     f"(weights capped at {args.balance_cap:g}x)")
+                                     f"(weights capped at {args.balance_cap:g}x"
+                                     + (f", {args.real_share:g} of an epoch)" if args.real_share else ")"))
             meta["balance_voices"] = True
             meta["balance_cap"] = args.balance_cap
+            if args.real_share:
+                meta["real_share"] = args.real_share
         save_checkpoint(args.out, student, meta)
         partial.unlink(missing_ok=True)
         print(f"saved {args.out} ({count_params(student)} params)", file=sys.stderr)
