@@ -198,7 +198,8 @@ def train_student(args: argparse.Namespace, name: str, labels: list[Path]) -> Pa
               "--student", str(config) if config.exists() else name,
               "--out", str(ckpt), "--epochs", str(args.epochs), "--audio-dir", str(args.cache / "audio"),
               "--threads", str(args.jobs), "--warp", str(args.warp), "--teacher", args.teachers.replace(",", "+"),
-              *(["--balance-voices", "--balance-cap", str(args.balance_cap)] if args.balance_voices else [])])
+              *(["--balance-voices", "--balance-cap", str(args.balance_cap)] if args.balance_voices else []),
+              *(["--real-share", str(args.real_share)] if args.real_share is not None else [])])
     refit = load_checkpoint(ckpt)[1].get("presence_refit")
     if args.presence_refit and (refit is None or refit.get("mlp", 0) != args.presence_mlp):
         # the refit reads the manifest's clips and renders its own extra rows; the hard rows
@@ -380,6 +381,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--balance-cap", type=float, default=10.0,
                     help="with --balance-voices: a clip weighs at most this many times a clip of the largest voice "
                          "(train.distill --balance-cap)")
+    ap.add_argument("--real-share", type=float, metavar="F",
+                    help="with --balance-voices: the recorded voices' share of an epoch (train.distill --real-share)")
     ap.add_argument("--presence-refit", metavar="SPLIT=N,...",
                     help="after training, refit the speech-presence row with this many more no-speech renders per "
                          "split, at the trained row's operating point (train.presence_refit --keep-speech)")
@@ -393,6 +396,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--skip-labels", action="store_true", help="use the label CSVs already in --labels")
     ap.add_argument("--mini", action="store_true", help="CI miniature: few clips, one tiny student, 2 epochs")
     args = ap.parse_args(argv)
+    if args.real_share is not None and not args.balance_voices:
+        ap.error("--real-share sets the recorded voices' share of a --balance-voices draw; add --balance-voices")
     if args.mini:
         args.clips, args.students, args.epochs, args.eval_clips = min(args.clips, 40), "xxs", 2, {}
         args.dnsmos_train = True
