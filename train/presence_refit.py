@@ -58,6 +58,10 @@ EXTRA_KINDS = ("recorded", "music", "tones")
 ALL_KINDS = EXTRA_KINDS + ("siren", "synth-music")
 KIND_NAMES = {"recorded": "recorded effects", "music": "music", "tones": "signalling tones", "siren": "sirens",
               "synth-music": "synthetic tunes"}
+EXTRA_SEED = 17  # the extra rows' random streams, apart from the manifest's (seed 0)
+EXTRA_FIRST_INDEX = 900_000  # their clip ids, far above any manifest row's
+PENALTIES = (1e-4, 1e-3, 1e-2, 1e-1)
+MLP_EPOCHS, MLP_LR, MLP_WEIGHT_DECAY = 300, 3e-3, 1e-2  # --mlp's fixed recipe (full-batch steps)
 
 
 def parse_kinds(text: str) -> tuple[str, ...]:
@@ -67,10 +71,6 @@ def parse_kinds(text: str) -> tuple[str, ...]:
     if unknown := sorted(set(kinds) - set(ALL_KINDS)):
         raise argparse.ArgumentTypeError(f"unknown kinds {', '.join(unknown)} (of {', '.join(ALL_KINDS)})")
     return kinds
-EXTRA_SEED = 17  # the extra rows' random streams, apart from the manifest's (seed 0)
-EXTRA_FIRST_INDEX = 900_000  # their clip ids, far above any manifest row's
-PENALTIES = (1e-4, 1e-3, 1e-2, 1e-1)
-MLP_EPOCHS, MLP_LR, MLP_WEIGHT_DECAY = 300, 3e-3, 1e-2  # --mlp's fixed recipe (full-batch steps)
 
 
 @torch.no_grad()
