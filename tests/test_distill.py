@@ -240,7 +240,7 @@ def test_voice_balance_weights_draw_real_voices_evenly_and_keep_their_share():
         voice_balance_weights(["espeak-pl", "none"])
 
 
-def test_voice_balance_weights_give_the_real_voices_the_share_asked_for():
+def test_voice_balance_weights_give_the_real_voices_the_share_asked_for(capsys):
     from train.distill import main, voice_balance_weights
 
     speakers = ["tuxpaint-es"] * 90 + ["kde-nb"] * 10 + ["espeak-pl"] * 300
@@ -253,6 +253,7 @@ def test_voice_balance_weights_give_the_real_voices_the_share_asked_for():
             voice_balance_weights(speakers, share=share)
     with pytest.raises(SystemExit):  # a share of no draw at all is a usage error
         main(["--labels", "x.csv", "--out", "y.pt", "--real-share", "0.5"])
+    assert "add --balance-voices" in capsys.readouterr().err
 
 
 def test_capped_voices_names_the_voices_the_cap_held_back():

@@ -621,10 +621,10 @@ def main(argv: list[str] | None = None) -> None:
         if args.balance_voices:
             meta["training_data"] = (f"{data}; the recorded voices' clips drawn evenly over voices "
                                      f"(weights capped at {args.balance_cap:g}x"
-                                     + (f", {args.real_share:g} of an epoch)" if args.real_share else ")"))
+                                     + (f", {args.real_share:g} of an epoch)" if args.real_share is not None else ")"))
             meta["balance_voices"] = True
             meta["balance_cap"] = args.balance_cap
-            if args.real_share:
+            if args.real_share is not None:
                 meta["real_share"] = args.real_share
         save_checkpoint(args.out, student, meta)
         partial.unlink(missing_ok=True)
