@@ -175,6 +175,9 @@ class Model:
         self._state_shapes = {
             i.name[len("state_") :]: i.shape for i in self.session.get_inputs() if i.name.startswith("state_")
         }
+        # Names fixed once: step() is the live monitor's cost per hop, paid per stream.
+        self._state_inputs = [f"state_{k}" for k in self.state_names]
+        self._outputs = ["scores", *(f"next_{k}" for k in self.state_names)]
 
     def window_frames(self, window_seconds: float | None = None) -> int:
         """Ring length for a window; at least one frame."""
@@ -194,12 +197,10 @@ class Model:
         """Advance by one hop. ``audio`` [B, H] float32, H a multiple of frame_samples."""
         if audio.ndim != 2 or audio.shape[1] % self.info.frame_samples:
             raise ValueError(f"audio must be [batch, k*{self.info.frame_samples}], got {audio.shape}")
-        feeds = {"audio": np.ascontiguousarray(audio, np.float32)}
-        feeds.update({f"state_{k}": state[k] for k in self.state_names})
-        out = self.session.run(None, feeds)
-        names = [o.name for o in self.session.get_outputs()]
-        result = dict(zip(names, out))
-        return result["scores"], {k: result[f"next_{k}"] for k in self.state_names}
+        feeds = dict(zip(self._state_inputs, (state[k] for k in self.state_names)))
+        feeds["audio"] = np.ascontiguousarray(audio, np.float32)
+        scores, *states = self.session.run(self._outputs, feeds)
+        return scores, dict(zip(self.state_names, states))
 
 
 def stack_states(states: list[State]) -> State:

@@ -45,24 +45,26 @@ def test_shipped_model_gives_the_reference_outputs():
     outputs = demo_outputs(model)
     assert set(outputs) == set(reference.files) - {"sha256"}
     for name, value in outputs.items():
-        diff = float(np.max(np.abs(value - reference[name])))
+        # the same values whatever shape the exporter keeps a state in
+        diff = float(np.max(np.abs(value.ravel() - reference[name].ravel())))
         assert diff <= TOLERANCE, f"{name}: max abs diff {diff:.2e} against {reference['sha256']}"
 
 
-def test_flushing_subnormals_changes_no_output(tmp_path):
-    """The Gabor weights as train.students computes them (with their subnormal taps) put
-    back into the shipped graph give the same outputs: flushing them changed nothing."""
+def test_flushing_negligible_weights_changes_outputs_by_rounding_only(tmp_path):
+    """The Gabor weights as train.students computes them (with their taps below 1e-20) put
+    back into the shipped graph give the same outputs within float rounding: flushing them
+    dropped nothing a score or a state can show."""
     onnx = pytest.importorskip("onnx")
     from onnx import numpy_helper
 
-    from train.export import flush_subnormals
+    from train.export import NEGLIGIBLE, flush_negligible
     from train.students import gabor_filterbank
 
     shipped = load_model("streamqa-s")
     proto = onnx.load(str(shipped.info.path))
-    original = gabor_filterbank(40)
+    original = gabor_filterbank(40)[:, :, None, :]  # the 2-D conv's [out, in, 1, taps]
     kept = original.copy()
-    kept[np.abs(kept) < np.finfo(np.float32).tiny] = 0.0
+    kept[np.abs(kept) < NEGLIGIBLE] = 0.0
     tensors = list(proto.graph.initializer) + [n.attribute[0].t for n in proto.graph.node if n.op_type == "Constant"]
     gabor = [t for t in tensors if numpy_helper.to_array(t).shape == kept.shape]
     assert len(gabor) == 1 and np.array_equal(numpy_helper.to_array(gabor[0]), kept)
@@ -71,8 +73,8 @@ def test_flushing_subnormals_changes_no_output(tmp_path):
     onnx.save(proto, str(unflushed))
     a, b = demo_outputs(shipped), demo_outputs(Model(unflushed))
     for name in a:
-        np.testing.assert_array_equal(a[name], b[name])
-    assert flush_subnormals(proto) == int(np.count_nonzero(original != kept)) > 0
+        np.testing.assert_allclose(a[name], b[name], rtol=0, atol=1e-5, err_msg=name)
+    assert flush_negligible(proto) == int(np.count_nonzero(original != kept)) > 1000
 
 
 def write_reference(path: Path = REFERENCE) -> None:

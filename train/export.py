@@ -4,11 +4,11 @@ The graph is ``(audio[B, H], state_*) -> (scores[B, K], next_*)``; the runtime r
 framing and meaning from ``metadata_props`` (docs/architecture.md, section 2) instead of repeating
 constants. Optional int8 dynamic quantisation is offered for the linear layers.
 
-Float constants below float32's smallest normal number are written as zero
-(:func:`flush_subnormals`): a CPU multiplies a subnormal operand through a slow microcode
-path, and those weights never change a float32 sum, so the graph gets faster and its outputs
-stay bit-identical. The causal convs are written as 2-D convs over a height-1 image
-(:class:`_Conv2dCausal`), which ONNX Runtime runs on faster kernels than 1-D ones.
+Float constants of magnitude below 1e-20 are written as zero (:func:`flush_negligible`): a
+CPU multiplies a subnormal operand or product through a slow microcode path, and those
+weights never change a float32 sum that matters, so the graph gets faster and its outputs
+change by float rounding only. The graph is the student in the layout ONNX Runtime runs
+fastest (:class:`_GraphStudent`): its convs are 2-D convs over height-1 images.
 
     python -m train.export CHECKPOINT --out streamqa/models/NAME.onnx [--int8]
     python -m train.export streamqa/models/NAME.onnx --out streamqa/models/NAME.onnx --card
@@ -21,7 +21,6 @@ was made; ``--card`` then puts the new sha256 into its card and docs/models.md.
 from __future__ import annotations
 
 import argparse
-import copy
 import hashlib
 import json
 import os
@@ -35,7 +34,8 @@ from onnx import numpy_helper
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from train.students import FRAME_SAMPLES, SAMPLE_RATE, CausalConv, Student, StudentConfig, count_params, macs_per_second
+from train.students import (FRAME_SAMPLES, SAMPLE_RATE, Block, CausalConv, Student, StudentConfig, count_params,
+                            macs_per_second)
 
 FORMAT_VERSION = "1"
 DEFAULT_WINDOW_S = 7.68  # the teacher's segment: what the students were trained to judge
@@ -57,40 +57,80 @@ class _StepGraph(nn.Module):
 
 class _Conv2dCausal(nn.Module):
     """A student's :class:`~train.students.CausalConv` as the exported graph computes it: the
-    same weights and the same cache, the conv taken over a ``[B, C, 1, T]`` image.
+    same weights, the conv taken over a ``[B, C, 1, T]`` image and the cache kept in that
+    shape (``[B, C, 1, k - 1]``), so no Unsqueeze/Squeeze pair surrounds each conv.
 
     Why: ONNX Runtime's CPU Conv runs a 1-D depthwise conv one channel at a time (a tiny
     matrix product per channel and item), while a 2-D Conv goes to its channel-blocked
     (NCHWc) kernels: a depthwise conv of a 1 s hop costs about half as much at batch 20,
     and step() about 12 % less. The new cache is cut at a constant offset from the end, so
     no Shape/Gather nodes compute it. Outputs differ from the 1-D form by float rounding
-    only (at most 4e-6 over the demo call, tests/test_export_speed.py).
+    only (tests/test_export_speed.py).
     """
 
     def __init__(self, causal: CausalConv):
         super().__init__()
         conv = causal.conv
-        self.keep = causal.state_shape()[1]
+        self.channels, self.keep = causal.state_shape()
         self.groups = conv.groups
         self.dilation = (1, conv.dilation[0])
         self.weight = nn.Parameter(conv.weight.detach().unsqueeze(2), requires_grad=False)
         self.bias = nn.Parameter(conv.bias.detach(), requires_grad=False)
 
+    def state_shape(self) -> tuple[int, int, int]:
+        return (self.channels, 1, self.keep)
+
     def forward(self, x: Tensor, cache: Tensor) -> tuple[Tensor, Tensor]:
-        full = torch.cat([cache, x], dim=2)
-        y = F.conv2d(full.unsqueeze(2), self.weight, self.bias, dilation=self.dilation, groups=self.groups)
-        return y.squeeze(2), full[:, :, -self.keep :] if self.keep else full[:, :, :0]
+        full = torch.cat([cache, x], dim=3)
+        y = F.conv2d(full, self.weight, self.bias, dilation=self.dilation, groups=self.groups)
+        return y, full[..., -self.keep :] if self.keep else full[..., :0]
 
 
-def _graph_form(model: Student) -> Student:
-    """A copy of ``model`` whose causal convs are :class:`_Conv2dCausal`: the module the
-    exporter traces (the checkpoint's own layout stays the 1-D one training uses)."""
-    graph = copy.deepcopy(model)
-    for module in list(graph.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, CausalConv):
-                setattr(module, name, _Conv2dCausal(child))
-    return graph
+class _GraphBlock(nn.Module):
+    """A :class:`~train.students.Block` on ``[B, C, 1, T]``. Its LayerNorm and MLP run
+    channels-last; ONNX Runtime folds the transpose into the depthwise conv's NCHWc reorder."""
+
+    def __init__(self, block: Block):
+        super().__init__()
+        self.dw = _Conv2dCausal(block.dw)
+        self.norm, self.pw1, self.pw2 = block.norm, block.pw1, block.pw2
+
+    def forward(self, x: Tensor, cache: Tensor) -> tuple[Tensor, Tensor]:
+        y, cache = self.dw(x, cache)
+        y = self.pw2(F.gelu(self.pw1(self.norm(y.permute(0, 2, 3, 1)))))
+        return x + y.permute(0, 3, 1, 2), cache
+
+
+class _GraphStudent(Student):
+    """A student as the exported graph computes it: the same weights and outputs, in the
+    layout ONNX Runtime runs fastest (a live 1 s hop about 17 % cheaper than the 1-D form,
+    docs/results.md). The Gabor filterbank and every causal conv are 2-D convs over
+    ``[B, C, 1, T]`` images, and the stream stays in that shape from the stem to the last
+    block, so the convs' caches are ``[B, C, 1, k - 1]`` states. The checkpoint's own layout
+    stays the 1-D one training uses."""
+
+    def __init__(self, model: Student):
+        super().__init__(model.cfg)
+        self.load_state_dict(model.state_dict())
+        self.stem = _Conv2dCausal(model.stem)
+        self.stages = nn.ModuleList(nn.ModuleList(_GraphBlock(b) for b in stage) for stage in model.stages)
+        self.presence_head = model.presence_head
+        self.eval()
+
+    def filterbank(self, full: Tensor) -> Tensor:
+        z = F.conv2d(full[:, None, None, :], self.gabor.unsqueeze(2), stride=(1, self.cfg.feature_hop))
+        return z.squeeze(2)
+
+    def embed_frames(self, logmel: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        new: dict[str, Tensor] = {}
+        x = logmel * self.feat_scale[None, :, None] + self.feat_bias[None, :, None]
+        x, new["stem"] = self.stem(x.unsqueeze(2), state["stem"])
+        for s, stage in enumerate(self.stages):
+            if s > 0:
+                x = F.avg_pool2d(x, (1, 2))
+            for b, block in enumerate(stage):
+                x, new[f"s{s}b{b}"] = block(x, state[f"s{s}b{b}"])
+        return self.proj(x.squeeze(2).transpose(1, 2)), new
 
 
 def save_atomic(obj: object, path: Path) -> None:
@@ -190,8 +230,9 @@ def load_onnx_student(path: Path) -> tuple[Student, dict[str, Any]]:
 def export_onnx(model: Student, out: Path, meta: dict[str, Any], *, window_s: float = DEFAULT_WINDOW_S) -> Path:
     """Write the step() graph with its metadata; returns ``out``."""
     model = model.eval()
+    graph = _GraphStudent(model)
     window_frames = round(window_s * SAMPLE_RATE / FRAME_SAMPLES)
-    state = model.init_state(2, window_frames)
+    state = graph.init_state(2, window_frames)
     names = list(state)
     audio = torch.zeros(2, DEFAULT_HOP_SAMPLES)
     dynamic: dict[str, dict[int, str]] = {"audio": {0: "batch", 1: "samples"}, "scores": {0: "batch"}}
@@ -201,7 +242,7 @@ def export_onnx(model: Student, out: Path, meta: dict[str, Any], *, window_s: fl
         dynamic[f"next_{n}"] = axes
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.onnx.export(
-        _StepGraph(_graph_form(model), names),
+        _StepGraph(graph, names),
         (audio, *state.values()),
         str(out),
         input_names=["audio", *(f"state_{n}" for n in names)],
@@ -226,25 +267,30 @@ def export_onnx(model: Student, out: Path, meta: dict[str, Any], *, window_s: fl
     }
     props.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()})
     onnx.helper.set_model_props(proto, props)
-    flush_subnormals(proto)
+    flush_negligible(proto)
     onnx.save(proto, str(out))
     return out
 
 
-def flush_subnormals(proto: onnx.ModelProto) -> int:
-    """Set the float32 weights and constants of ``proto`` whose magnitude is below the
-    smallest normal float32 (1.2e-38) to zero, in place; returns how many there were.
+# Weights of smaller magnitude are written as zero (flush_negligible).
+NEGLIGIBLE = 1e-20
+
+
+def flush_negligible(proto: onnx.ModelProto) -> int:
+    """Set the float32 weights and constants of ``proto`` whose magnitude is below
+    :data:`NEGLIGIBLE` to zero, in place; returns how many there were.
 
     Why: x86 CPUs (without the denormals-are-zero mode, which ONNX Runtime does not set on
-    the calling thread) take a microcode assist for every multiply with a subnormal operand.
-    The Gabor filterbank's outermost taps of its widest bands underflow to subnormals (216
-    of its 32,000 weights for 40 bands), which made the front end's Conv, the costliest
-    node of step(), 1.7 times slower (325 against 190 us per 1 s hop on this project's
-    2-core Xeon). A product of such a weight with audio is below float32's resolution of any
-    sum it enters, so zeroing them leaves the outputs bit-identical
+    the calling thread) take a microcode assist for every multiply whose operand *or
+    product* is subnormal (below 1.2e-38). The Gabor filterbank's outer taps of its widest
+    bands decay to 1e-45: 1,764 of its 32,000 weights for 40 bands are below 1e-20, 216 of
+    them subnormal, and the others' products with audio are. With only the subnormal weights
+    flushed, the 2-D form of the front end was slower than the 1-D one; with these flushed
+    too, a live 1 s hop is about 12 % cheaper. What they drop is below 400 x 1e-20 = 4e-18 per filter output
+    for audio within [-1, 1], 1e-14 of the smallest amplitude the log energies' floor
+    resolves (1e-7 in energy), so outputs change by float rounding only
     (tests/test_export_speed.py).
     """
-    tiny = np.finfo(np.float32).tiny
     tensors = list(proto.graph.initializer)
     tensors += [a.t for n in proto.graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"]
     flushed = 0
@@ -252,10 +298,10 @@ def flush_subnormals(proto: onnx.ModelProto) -> int:
         if tensor.data_type != onnx.TensorProto.FLOAT:
             continue
         values = numpy_helper.to_array(tensor)
-        subnormal = (values != 0) & (np.abs(values) < tiny)
-        if subnormal.any():
-            flushed += int(subnormal.sum())
-            tensor.CopyFrom(numpy_helper.from_array(np.where(subnormal, np.float32(0), values), tensor.name))
+        negligible = (values != 0) & (np.abs(values) < NEGLIGIBLE)
+        if negligible.any():
+            flushed += int(negligible.sum())
+            tensor.CopyFrom(numpy_helper.from_array(np.where(negligible, np.float32(0), values), tensor.name))
     return flushed
 
 

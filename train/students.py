@@ -232,10 +232,15 @@ class Student(nn.Module):
     def log_energies(self, audio: Tensor, cache: Tensor) -> tuple[Tensor, Tensor]:
         """Band energies [B, n_bands, H / feature_hop] of ``audio`` [B, H] given the audio cache."""
         full = torch.cat([cache, audio], dim=1)
-        z = F.conv1d(full.unsqueeze(1), self.gabor, stride=self.cfg.feature_hop)
+        z = self.filterbank(full)
         energy = z.pow(2).reshape(z.shape[0], self.cfg.n_bands, 2, z.shape[2]).sum(2)
         # the new cache cut at a constant offset from the end: no Shape/Gather nodes in the graph
         return torch.log(energy + 1e-7), full[:, -(GABOR_KERNEL - self.cfg.feature_hop):]
+
+    def filterbank(self, full: Tensor) -> Tensor:
+        """The Gabor filters' outputs [B, 2 * n_bands, frames] of audio [B, T] (the cache
+        included): the one op the exporter writes in another form (train.export)."""
+        return F.conv1d(full.unsqueeze(1), self.gabor, stride=self.cfg.feature_hop)
 
     def clip_energies(self, audio: Tensor) -> Tensor:
         """Band energies of whole clips [B, T] from their first sample (an empty audio cache)."""
