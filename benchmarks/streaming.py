@@ -327,7 +327,9 @@ def _summarise(cfg: TrialConfig, subs: list[Subscriber], t0: float, phase: dict[
     pairs = np.array([x for sub in subs for x in _latencies(sub, t0, phase, cfg.hop_s)], np.float64).reshape(-1, 2)
     lat, to_score = pairs[:, 0], pairs[:, 1]
     totals = done["totals"]
-    dropped = (sent - received) + totals.get("hops_dropped", 0) + int(done["ws_dropped"])
+    # Where a loss happened says what limits the run: the wire, the scorer or a subscriber.
+    lost = {"packets": sent - received, "hops": totals.get("hops_dropped", 0), "messages": int(done["ws_dropped"])}
+    dropped = sum(lost.values())
     per_stream = (peak_rss - idle_rss) / cfg.streams
     p99 = float(np.percentile(lat, 99)) if lat.size else float("inf")
     every_hop = complete == cfg.streams * cfg.subscribers and all(len(s.ssrc) == cfg.streams for s in subs)
@@ -342,6 +344,7 @@ def _summarise(cfg: TrialConfig, subs: list[Subscriber], t0: float, phase: dict[
         "tail_hops_scored": _tail_hops(first, cfg.hop_s),
         "messages_received": sum(s.messages for s in subs),
         "dropped": dropped,
+        "dropped_by_kind": lost,
         "latency_ms_p50": float(np.percentile(lat, 50)) if lat.size else None,
         "latency_ms_p99": p99 if lat.size else None,
         "latency_ms_p99_to_score": float(np.percentile(to_score, 99)) if lat.size else None,

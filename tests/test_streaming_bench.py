@@ -36,7 +36,7 @@ def test_miniature_run_scores_every_hop_of_every_stream(tiny_onnx):
     per_stream = int(3.0 / streaming.PACKET_S) + streaming.TAIL_PACKETS
     assert row["packets_sent"] == 3 * per_stream
     assert row["packets_received"] == row["packets_sent"]
-    assert row["dropped"] == 0
+    assert row["dropped"] == 0 and row["dropped_by_kind"] == {"packets": 0, "hops": 0, "messages": 0}
     assert row["every_hop_scored"] and row["hops_expected"] == 9
     assert row["hops_scored"] >= 9 and row["messages_received"] >= 2 * 9
     assert 0 < row["latency_ms_p50"] <= row["latency_ms_p99"] < 5000
