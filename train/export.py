@@ -104,16 +104,16 @@ class _GraphBlock(nn.Module):
 class _GraphStudent(Student):
     """A student as the exported graph computes it: the same weights and outputs, in the
     layout ONNX Runtime runs fastest (a live 1 s hop about 15 % cheaper than the previous
-    graph, docs/results.md "Speed"; docs/experiments/2026-12-export-layout.md). The Gabor filterbank and every causal conv are 2-D convs over
-    ``[B, C, 1, T]`` images, and the stream stays in that shape from the stem to the last
-    block, so the convs' caches are ``[B, C, 1, k - 1]`` states. The checkpoint's own layout
-    stays the 1-D one training uses."""
+    graph, docs/results.md "Speed"; docs/experiments/2026-12-export-layout.md). The Gabor
+    filterbank and every causal conv are 2-D convs over ``[B, C, 1, T]`` images, and the
+    stream stays in that shape from the stem to the last block, so the convs' caches are
+    ``[B, C, 1, k - 1]`` states. The checkpoint's own layout stays the 1-D one training uses."""
 
     def __init__(self, model: Student):
         super().__init__(model.cfg)
-        self.load_state_dict(model.state_dict())
-        self.stem = _Conv2dCausal(model.stem)
-        self.stages = nn.ModuleList(nn.ModuleList(_GraphBlock(b) for b in stage) for stage in model.stages)
+        self.load_state_dict(model.state_dict())  # a copy: the caller's student is left as it is
+        self.stem = _Conv2dCausal(self.stem)
+        self.stages = nn.ModuleList(nn.ModuleList(_GraphBlock(b) for b in stage) for stage in self.stages)
         self.eval()
 
     def filterbank(self, full: Tensor) -> Tensor:

@@ -239,7 +239,7 @@ class Student(nn.Module):
 
     def filterbank(self, full: Tensor) -> Tensor:
         """The Gabor filters' outputs [B, 2 * n_bands, frames] of audio [B, T] (the cache
-        included): the one op the exporter writes in another form (train.export)."""
+        included); the exported graph computes it as a 2-D conv (train.export._GraphStudent)."""
         return F.conv1d(full.unsqueeze(1), self.gabor, stride=self.cfg.feature_hop)
 
     def clip_energies(self, audio: Tensor) -> Tensor:
