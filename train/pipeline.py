@@ -34,13 +34,14 @@ def _run(cmd: list[str]) -> None:
 
 def make_manifest(args: argparse.Namespace) -> Path:
     """The base manifest (``--clips``), then ``--festival-clips`` appended from the Festival
-    voices, ``--converted-clips`` from the converted copies of the training voice, and
-    ``--real-clips`` per split from the real voices with ``--no-speech-clips`` rows without
-    speech, then ``--mild-clips`` of the real voices with light degradations and
+    voices, ``--real-clips`` per split from the real voices with ``--no-speech-clips`` rows
+    without speech, then ``--mild-clips`` of the real voices with light degradations and
     ``--music-clips`` of music alone, then ``--even-clips`` of the real voices drawn evenly
-    over voices; appending is a no-op once they are there, so a resumed
-    run keeps its rows. The speech-presence labels of every row go to ``--labels`` as
-    ``SPLIT.speech.csv``."""
+    over voices, and last ``--converted-clips`` from the converted copies of the Asterisk
+    prompt voice (last, so that adding them leaves every earlier row where it was: the rows
+    round 16 of docs/experiments/2026-12-real-voices.md labelled); appending is a no-op once
+    they are there, so a resumed run keeps its rows. The speech-presence labels of every row
+    go to ``--labels`` as ``SPLIT.speech.csv``."""
     mdir = args.cache / "manifests"
     common = ["--out", str(mdir), "--seed", str(args.seed), "--cache", str(args.speech_cache)]
     manifest = [sys.executable, "-m", "train.data.manifest"]
@@ -48,8 +49,6 @@ def make_manifest(args: argparse.Namespace) -> Path:
         _run([*manifest, "--clips", str(args.clips), *common])
     if args.festival_clips:
         _run([*manifest, "--extend", "--festival", "--clips", str(args.festival_clips), *common])
-    if args.converted_clips:
-        _run([*manifest, "--extend", "--converted", "--clips", str(args.converted_clips), *common])
     real = ["--real"] if args.real_clips else []
     if args.real_clips:
         _run([*manifest, "--extend", "--real", "--clips", "0", "--split-clips", args.real_clips,
@@ -59,6 +58,8 @@ def make_manifest(args: argparse.Namespace) -> Path:
               "--music-clips", args.music_clips or "", *common])
     if args.even_clips:
         _run([*manifest, "--extend", "--real", "--clips", "0", "--even-clips", args.even_clips, *common])
+    if args.converted_clips:
+        _run([*manifest, "--extend", "--converted", "--clips", str(args.converted_clips), *common])
     presence = [args.labels / f"{s}.speech.csv" for s in SPLITS]
     if not all(p.exists() and p.stat().st_mtime >= (mdir / p.name.replace(".speech", "")).stat().st_mtime
                for p in presence):
@@ -199,7 +200,8 @@ def train_student(args: argparse.Namespace, name: str, labels: list[Path]) -> Pa
               "--out", str(ckpt), "--epochs", str(args.epochs), "--audio-dir", str(args.cache / "audio"),
               "--threads", str(args.jobs), "--warp", str(args.warp), "--teacher", args.teachers.replace(",", "+"),
               *(["--balance-voices", "--balance-cap", str(args.balance_cap)] if args.balance_voices else []),
-              *(["--real-share", str(args.real_share)] if args.real_share is not None else [])])
+              *(["--real-share", str(args.real_share)] if args.real_share is not None else []),
+              *(["--dropout", str(args.dropout)] if args.dropout is not None else [])])
     refit = load_checkpoint(ckpt)[1].get("presence_refit")
     if args.presence_refit and (refit is None or refit.get("mlp", 0) != args.presence_mlp):
         # the refit reads the manifest's clips and renders its own extra rows; the hard rows
@@ -352,7 +354,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--festival-clips", type=int, default=0,
                     help="clips of the Festival voices appended to the manifest (default: 0)")
     ap.add_argument("--converted-clips", type=int, default=0,
-                    help="clips of the converted training voice appended after them (default: 0)")
+                    help="clips of the converted copies of the Asterisk prompt voice, appended after every "
+                         "other row (default: 0)")
     ap.add_argument("--real-clips", help="clips of the real voices appended per split, e.g. train=4000,val=500,test=900")
     ap.add_argument("--no-speech-clips", help="rows without speech appended per split, e.g. train=1000,val=120,test=200")
     ap.add_argument("--mild-clips", help="clean or lightly degraded clips of the real voices appended once more, e.g. train=2500")
@@ -374,6 +377,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--students", default="xxs,xs,s,m,l", help="family members to train")
     ap.add_argument("--teachers", default="distillmos,dnsmos1", help="teachers for the pseudo-labels")
     ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--dropout", type=float,
+                    help="training dropout in the blocks and before the head (train.distill --dropout)")
     ap.add_argument("--warp", type=float, default=0.25,
                     help="vocal-tract-length perturbation while training (train.distill --warp)")
     ap.add_argument("--balance-voices", action="store_true",
