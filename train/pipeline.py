@@ -229,7 +229,8 @@ def export_and_evaluate(args: argparse.Namespace, name: str, ckpt: Path, labels:
         "outputs": list(model.cfg.outputs),
         "test": evaluate_onnx(onnx_path, labels, args.cache / "audio"),
         "onnx": str(onnx_path),
-        "training": {k: meta.get(k) for k in ("training_data", "epochs", "warp", "val")},  # val: what picked it
+        # val: what picked it
+        "training": {**{k: meta.get(k) for k in ("training_data", "epochs", "warp", "val")}, "dropout": model.cfg.dropout},
     }
     if args.int8:
         q = quantize_int8(onnx_path, onnx_path.with_suffix(".int8.onnx"))
@@ -425,7 +426,8 @@ def main(argv: list[str] | None = None) -> None:
         command = "python -m train.pipeline " + " ".join(argv if argv is not None else sys.argv[1:])
         fit = results[args.ship]["training"]  # what the checkpoint itself records
         data = (f"{fit['training_data']}; generated degraded speech of the train split; "
-                f"{fit['epochs']} epochs, frequency warp {fit['warp'] or 0}")
+                f"{fit['epochs']} epochs, frequency warp {fit['warp'] or 0}"
+                + (f", dropout {fit['dropout']}" if fit.get("dropout") else ""))
         dst = ship(results[args.ship], args.teachers, data, command)
         write_models_doc()
         print(f"shipped {dst}", file=sys.stderr)
