@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -43,16 +44,32 @@ DEFAULT_HOP_SAMPLES = 16000
 
 
 class _StepGraph(nn.Module):
-    """Flattens the student's state dict into positional tensors for the ONNX exporter."""
+    """The student's step() with positional tensors for the ONNX exporter, its fixed-size
+    states (the audio cache and every conv's cache) packed into one ``[B, N]`` tensor,
+    ``caches``, beside the ring and its mask, whose length follows the window.
 
-    def __init__(self, student: Student, names: list[str]):
+    Why: ONNX Runtime pays for every input and output of a run, and a live hop of
+    ``streamqa-s`` is small enough that ten of each cost it about 2 % more than four
+    (docs/experiments/2026-12-export-layout.md). The runtime never looks inside a state."""
+
+    RING = ("ring", "mask")
+
+    def __init__(self, student: Student, shapes: dict[str, tuple[int, ...]]):
         super().__init__()
         self.student = student
-        self.names = names
+        self.packed = [n for n in shapes if n not in self.RING]
+        self.shapes = {n: shapes[n] for n in self.packed}
+        self.sizes = [math.prod(shapes[n]) for n in self.packed]
 
-    def forward(self, audio: Tensor, *states: Tensor) -> tuple[Tensor, ...]:
-        scores, new = self.student.step(audio, dict(zip(self.names, states)))
-        return (scores, *(new[n] for n in self.names))
+    def pack(self, state: dict[str, Tensor]) -> tuple[Tensor, ...]:
+        """``state`` as the graph's state inputs: ``caches``, ``ring``, ``mask``."""
+        return (torch.cat([state[n].flatten(1) for n in self.packed], dim=1), *(state[n] for n in self.RING))
+
+    def forward(self, audio: Tensor, caches: Tensor, ring: Tensor, mask: Tensor) -> tuple[Tensor, ...]:
+        parts = torch.split(caches, self.sizes, dim=1)
+        state = {n: p.reshape(-1, *self.shapes[n]) for n, p in zip(self.packed, parts)}
+        scores, new = self.student.step(audio, {**state, "ring": ring, "mask": mask})
+        return (scores, *self.pack(new))
 
 
 class _Conv2dCausal(nn.Module):
@@ -232,17 +249,18 @@ def export_onnx(model: Student, out: Path, meta: dict[str, Any], *, window_s: fl
     graph = _GraphStudent(model)
     window_frames = round(window_s * SAMPLE_RATE / FRAME_SAMPLES)
     state = graph.init_state(2, window_frames)
-    names = list(state)
+    step = _StepGraph(graph, {n: tuple(v.shape[1:]) for n, v in state.items()})
+    names = ["caches", *step.RING]
     audio = torch.zeros(2, DEFAULT_HOP_SAMPLES)
     dynamic: dict[str, dict[int, str]] = {"audio": {0: "batch", 1: "samples"}, "scores": {0: "batch"}}
     for n in names:
-        axes = {0: "batch", 1: "frames"} if n in ("ring", "mask") else {0: "batch"}
+        axes = {0: "batch", 1: "frames"} if n in step.RING else {0: "batch"}
         dynamic[f"state_{n}"] = axes
         dynamic[f"next_{n}"] = axes
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.onnx.export(
-        _StepGraph(graph, names),
-        (audio, *state.values()),
+        step,
+        (audio, *step.pack(state)),
         str(out),
         input_names=["audio", *(f"state_{n}" for n in names)],
         output_names=["scores", *(f"next_{n}" for n in names)],
