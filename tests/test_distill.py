@@ -393,9 +393,12 @@ def test_cli_records_balancing_keeps_no_partial_and_refuses_to_overwrite_one(tmp
     assert meta["balance_labels"] == 5 and meta["balance_cap"] == 4.0
     assert "balanced over 5 bins" in meta["training_data"]
     assert not partial_path(out).exists()  # the finished checkpoint replaces it
-    main(argv + ["--out", str(tmp_path / "plain.pt")])
+    held_out = tmp_path / "test.labels.csv"  # a test split's file, handed over as train.pipeline does
+    held_out.write_text("clip_id,sha256,split,speaker,mos\nt0,h0,test,s,3.0\n")
+    main(argv + ["--out", str(tmp_path / "plain.pt"), "--labels", str(labels), str(held_out)])
     _, plain = load_checkpoint(tmp_path / "plain.pt")
     assert "balance_labels" not in plain and "balanced" not in plain["training_data"]
+    assert plain["training_data"] == f"{len(labels.read_text().splitlines()) - 5} clips from labels.csv"
     partial_path(out).write_bytes(b"an unfinished run")
     with pytest.raises(SystemExit):
         main(argv)

@@ -100,6 +100,14 @@ def merge_labels(paths: list[Path]) -> list[dict[str, str]]:
     return list(merged.values())
 
 
+def training_sources(paths: list[Path], train_rows: list[dict[str, str]]) -> list[str]:
+    """Names of the label files that gave ``train_rows`` a row. A run is often handed every
+    split's files (train.pipeline passes them all); the card names only these, so a test
+    split's file never reads as training data."""
+    ids = {r["clip_id"] for r in train_rows}
+    return [p.name for p in paths if any(r["clip_id"] in ids for r in read_labels(p))]
+
+
 def with_audio(rows: list[dict[str, str]]) -> list[dict[str, str]]:
     """The rows whose clip can be read: a presence label file covers every manifest row, but
     only rows some teacher labelled (or a user corpus's files) have audio."""
@@ -603,7 +611,7 @@ def main(argv: list[str] | None = None) -> None:
     rank, _, _ = init_ranks(args.device)
     student.cpu()  # checkpoints hold CPU tensors whatever the training device
     if rank == 0:
-        data = f"{len(train_rows)} clips from {', '.join(p.name for p in args.labels)}"
+        data = f"{len(train_rows)} clips from {', '.join(training_sources(args.labels, train_rows))}"
         meta = {
             "teacher": args.teacher,
             "training_data": data,
