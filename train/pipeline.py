@@ -198,7 +198,7 @@ def train_student(args: argparse.Namespace, name: str, labels: list[Path]) -> Pa
         _run([sys.executable, "-m", "train.distill", "--labels", *map(str, labels),
               "--student", str(config) if config.exists() else name,
               "--out", str(ckpt), "--epochs", str(args.epochs), "--audio-dir", str(args.cache / "audio"),
-              "--threads", str(args.jobs), "--warp", str(args.warp), "--teacher", args.teachers.replace(",", "+"),
+              "--threads", str(args.train_threads), "--warp", str(args.warp), "--teacher", args.teachers.replace(",", "+"),
               *(["--balance-voices", "--balance-cap", str(args.balance_cap)] if args.balance_voices else []),
               *(["--real-share", str(args.real_share)] if args.real_share is not None else []),
               *(["--dropout", str(args.dropout)] if args.dropout is not None else [])])
@@ -213,7 +213,7 @@ def train_student(args: argparse.Namespace, name: str, labels: list[Path]) -> Pa
               "--labels", *map(str, manifest_labels), "--extra", args.presence_refit,
               "--audio-dir", str(args.cache / "audio"), "--speech-dir", str(args.speech_cache),
               "--cache", str(ckpt.with_name("presence_hidden.pt")),
-              "--json", str(ckpt.with_name("presence_refit.json")), "--threads", str(args.jobs)])
+              "--json", str(ckpt.with_name("presence_refit.json")), "--threads", str(args.train_threads)])
     return ckpt
 
 
@@ -395,13 +395,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--presence-mlp", type=int, default=0, metavar="H",
                     help="with --presence-refit: fit a presence head of H hidden units over the pooled vector "
                          "instead of refitting the row (train.presence_refit --mlp)")
-    ap.add_argument("--jobs", type=int, default=2, help="labelling processes / training threads")
+    ap.add_argument("--jobs", type=int, default=2, help="labelling processes")
+    ap.add_argument("--train-threads", type=int, metavar="N",
+                    help="torch threads of the training and the refit (default: --jobs); a float sum's order "
+                         "follows the thread count, so the same weights need the same count")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--int8", action="store_true", help="also evaluate int8 dynamic quantisation")
     ap.add_argument("--ship", help="copy this student into streamqa/models with its card")
     ap.add_argument("--skip-labels", action="store_true", help="use the label CSVs already in --labels")
     ap.add_argument("--mini", action="store_true", help="CI miniature: few clips, one tiny student, 2 epochs")
     args = ap.parse_args(argv)
+    args.train_threads = args.train_threads or args.jobs
     if args.real_share is not None and not args.balance_voices:
         ap.error("--real-share sets the recorded voices' share of a --balance-voices draw; add --balance-voices")
     if args.mini:
