@@ -395,7 +395,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--presence-mlp", type=int, default=0, metavar="H",
                     help="with --presence-refit: fit a presence head of H hidden units over the pooled vector "
                          "instead of refitting the row (train.presence_refit --mlp)")
-    ap.add_argument("--jobs", type=int, default=2, help="labelling processes")
+    ap.add_argument("--jobs", type=int, default=2, help="labelling processes (and training threads without --train-threads)")
     ap.add_argument("--train-threads", type=int, metavar="N",
                     help="torch threads of the training and the refit (default: --jobs); a float sum's order "
                          "follows the thread count, so the same weights need the same count")
