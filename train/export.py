@@ -53,6 +53,7 @@ class _StepGraph(nn.Module):
     (docs/experiments/2026-12-export-layout.md). The runtime never looks inside a state."""
 
     RING = ("ring", "mask")
+    NAMES = ("caches", *RING)  # the graph's state inputs, in the order pack() gives them
 
     def __init__(self, student: Student, shapes: dict[str, tuple[int, ...]]):
         super().__init__()
@@ -62,7 +63,7 @@ class _StepGraph(nn.Module):
         self.sizes = [math.prod(shapes[n]) for n in self.packed]
 
     def pack(self, state: dict[str, Tensor]) -> tuple[Tensor, ...]:
-        """``state`` as the graph's state inputs: ``caches``, ``ring``, ``mask``."""
+        """``state`` as the graph's state inputs, :attr:`NAMES`."""
         return (torch.cat([state[n].flatten(1) for n in self.packed], dim=1), *(state[n] for n in self.RING))
 
     def forward(self, audio: Tensor, caches: Tensor, ring: Tensor, mask: Tensor) -> tuple[Tensor, ...]:
@@ -250,7 +251,7 @@ def export_onnx(model: Student, out: Path, meta: dict[str, Any], *, window_s: fl
     window_frames = round(window_s * SAMPLE_RATE / FRAME_SAMPLES)
     state = graph.init_state(2, window_frames)
     step = _StepGraph(graph, {n: tuple(v.shape[1:]) for n, v in state.items()})
-    names = ["caches", *step.RING]
+    names = step.NAMES
     audio = torch.zeros(2, DEFAULT_HOP_SAMPLES)
     dynamic: dict[str, dict[int, str]] = {"audio": {0: "batch", 1: "samples"}, "scores": {0: "batch"}}
     for n in names:
