@@ -19,9 +19,12 @@ def _speechlike(n: int, seed: int = 0) -> torch.Tensor:
 
 
 DILATED = dataclasses.replace(FAMILY["xs"], name="xs-dilated", dilations=(2, 4))
+# A 16 ms Gabor window with 32 bands: the audio cache is 96 samples, not 240.
+SHORT_WINDOW = dataclasses.replace(FAMILY["xs"], name="xs-k256", n_bands=32, gabor_kernel=256)
 
 
-@pytest.mark.parametrize("cfg", [FAMILY["xs"], DILATED, FAMILY["s50"]], ids=["xs", "dilated", "20ms-front-end"])
+@pytest.mark.parametrize("cfg", [FAMILY["xs"], DILATED, FAMILY["s50"], SHORT_WINDOW],
+                         ids=["xs", "dilated", "20ms-front-end", "16ms-gabor-window"])
 @pytest.mark.parametrize("hop_frames", [1, 5, 25, 48])
 def test_chunked_equals_whole(hop_frames, cfg):
     torch.manual_seed(1)
@@ -86,17 +89,18 @@ def test_family_spans_orders_of_magnitude():
         assert sizes[name] <= 250_000 and macs_per_second(FAMILY[name]) <= 20e6
 
 
-@pytest.mark.parametrize("name", ["xxs", "s", "sm", "m", "s50"])
+@pytest.mark.parametrize("name", ["xxs", "s", "sm", "m", "s50", "s-k256"])
 def test_macs_counter_matches_torch_flop_counter(name):
     from torch.utils.flop_counter import FlopCounterMode
 
-    m = Student(FAMILY[name]).eval()
+    cfg = dataclasses.replace(FAMILY["s"], gabor_kernel=256) if name == "s-k256" else FAMILY[name]
+    m = Student(cfg).eval()
     x = torch.zeros(1, 16000)
     state = m.init_state(1, 192)
     with FlopCounterMode(display=False) as fc, torch.no_grad():
         m.step(x, state)
     measured = fc.get_total_flops() / 2  # one MAC = two FLOPs
-    analytical = macs_per_second(FAMILY[name], 192)
+    analytical = macs_per_second(cfg, 192)
     # The counter skips elementwise work (norms, activations); convs and matmuls must agree.
     assert abs(measured - analytical) / analytical < 0.05, (measured, analytical)
 
@@ -156,3 +160,10 @@ def test_dilation_widens_the_state_not_the_macs():
 def test_a_front_end_hop_that_does_not_end_at_40_ms_frames_is_refused():
     with pytest.raises(ValueError, match="feature_hop 320 with 3 stages"):
         dataclasses.replace(FAMILY["s"], feature_hop=320)
+
+
+def test_the_gabor_window_sets_the_audio_cache_and_must_outlast_a_hop():
+    assert Student(SHORT_WINDOW).state_shapes(192)["audio"] == (256 - 160,)
+    assert Student(SHORT_WINDOW).gabor.shape == (64, 1, 256)
+    with pytest.raises(ValueError, match="gabor_kernel 160 must be longer than feature_hop 160"):
+        dataclasses.replace(FAMILY["s"], gabor_kernel=160)

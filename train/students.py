@@ -73,8 +73,14 @@ class StudentConfig:
     # 320-sample hop takes two stages. Why 320: a live 1 s hop pays per second of audio for
     # the front end and the first stage, which at 100 frames/s were 60 % of its MACs.
     feature_hop: int = STFT_HOP
+    # Taps of the Gabor filters (their analysis window): 400 = 25 ms. The front end costs
+    # 2 * n_bands * gabor_kernel MACs per frame, the largest single cost of a live hop
+    # (docs/experiments/2026-12-real-voices.md, round 18).
+    gabor_kernel: int = GABOR_KERNEL
 
     def __post_init__(self) -> None:
+        if self.gabor_kernel <= self.feature_hop:  # the audio cache holds the kernel's overlap
+            raise ValueError(f"gabor_kernel {self.gabor_kernel} must be longer than feature_hop {self.feature_hop}")
         if FRAME_SAMPLES != self.feature_hop * 2 ** (len(self.blocks) - 1):
             raise ValueError(f"feature_hop {self.feature_hop} with {len(self.blocks)} stages does not end "
                              f"at one frame per {FRAME_SAMPLES} samples")
@@ -187,7 +193,8 @@ class Student(nn.Module):
     def __init__(self, cfg: StudentConfig):
         super().__init__()
         self.cfg = cfg
-        self.register_buffer("gabor", torch.from_numpy(gabor_filterbank(cfg.n_bands)), persistent=False)
+        self.register_buffer("gabor", torch.from_numpy(gabor_filterbank(cfg.n_bands, cfg.gabor_kernel)),
+                             persistent=False)
         # Per-band affine on log energies; set from data by :meth:`init_feature_norm`.
         self.feat_scale = nn.Parameter(torch.full((cfg.n_bands,), 0.25))
         self.feat_bias = nn.Parameter(torch.zeros(cfg.n_bands))
@@ -215,7 +222,7 @@ class Student(nn.Module):
     # --- state -----------------------------------------------------------------------
     def state_shapes(self, window_frames: int) -> dict[str, tuple[int, ...]]:
         """Per-item shapes of the named state tensors (batch dim excluded)."""
-        shapes: dict[str, tuple[int, ...]] = {"audio": (GABOR_KERNEL - self.cfg.feature_hop,),
+        shapes: dict[str, tuple[int, ...]] = {"audio": (self.cfg.gabor_kernel - self.cfg.feature_hop,),
                                               "stem": self.stem.state_shape()}
         for s, stage in enumerate(self.stages):
             for b, block in enumerate(stage):
@@ -235,7 +242,7 @@ class Student(nn.Module):
         z = self.filterbank(full)
         energy = z.pow(2).reshape(z.shape[0], self.cfg.n_bands, 2, z.shape[2]).sum(2)
         # the new cache cut at a constant offset from the end: no Shape/Gather nodes in the graph
-        return torch.log(energy + 1e-7), full[:, -(GABOR_KERNEL - self.cfg.feature_hop):]
+        return torch.log(energy + 1e-7), full[:, -(self.cfg.gabor_kernel - self.cfg.feature_hop):]
 
     def filterbank(self, full: Tensor) -> Tensor:
         """The Gabor filters' outputs [B, 2 * n_bands, frames] of audio [B, T] (the cache
@@ -244,7 +251,7 @@ class Student(nn.Module):
 
     def clip_energies(self, audio: Tensor) -> Tensor:
         """Band energies of whole clips [B, T] from their first sample (an empty audio cache)."""
-        cache = audio.new_zeros(audio.shape[0], GABOR_KERNEL - self.cfg.feature_hop)
+        cache = audio.new_zeros(audio.shape[0], self.cfg.gabor_kernel - self.cfg.feature_hop)
         return self.log_energies(audio, cache)[0]
 
     def embed_frames(self, logmel: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
@@ -316,7 +323,7 @@ def macs_per_second(cfg: StudentConfig, window_frames: int = 192) -> int:
     """
     c, e, x = cfg.channels, cfg.embed, cfg.expansion
     per_s = 0
-    per_s += cfg.feature_rate * 2 * cfg.n_bands * GABOR_KERNEL  # Gabor filterbank
+    per_s += cfg.feature_rate * 2 * cfg.n_bands * cfg.gabor_kernel  # Gabor filterbank
     per_s += cfg.feature_rate * cfg.n_bands * c * 3  # stem
     for stage, n in enumerate(cfg.blocks):
         rate = cfg.feature_rate // (2**stage)
