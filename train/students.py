@@ -3,8 +3,8 @@
 The student is built so that the live monitor pays per hop only for the new audio:
 
 - a fixed complex Gabor filterbank on mel-spaced centre frequencies (a strided conv, 25 ms
-  kernel, 10 or 20 ms hop: ``feature_hop``) gives log band energies; its cache is the
-  kernel's last ``400 - feature_hop`` samples of audio;
+  kernel by default: ``gabor_kernel``; 10 or 20 ms hop: ``feature_hop``) gives log band
+  energies; its cache is the kernel's last ``gabor_kernel - feature_hop`` samples of audio;
 - causal ConvNeXt-style blocks (depthwise causal conv, per-frame layer norm, pointwise MLP)
   in stages that halve the frame rate down to 25 frames/s (100, 50 and 25 at a 10 ms hop;
   50 and 25 at 20 ms), each keeping its last ``k - 1`` input frames as state;
