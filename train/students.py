@@ -86,6 +86,11 @@ class StudentConfig:
                              f"at one frame per {FRAME_SAMPLES} samples")
 
     @property
+    def audio_cache(self) -> int:
+        """Samples of audio the front end keeps between hops: the Gabor window's overlap."""
+        return self.gabor_kernel - self.feature_hop
+
+    @property
     def feature_rate(self) -> int:
         """Front-end frames per second."""
         return SAMPLE_RATE // self.feature_hop
@@ -222,7 +227,7 @@ class Student(nn.Module):
     # --- state -----------------------------------------------------------------------
     def state_shapes(self, window_frames: int) -> dict[str, tuple[int, ...]]:
         """Per-item shapes of the named state tensors (batch dim excluded)."""
-        shapes: dict[str, tuple[int, ...]] = {"audio": (self.cfg.gabor_kernel - self.cfg.feature_hop,),
+        shapes: dict[str, tuple[int, ...]] = {"audio": (self.cfg.audio_cache,),
                                               "stem": self.stem.state_shape()}
         for s, stage in enumerate(self.stages):
             for b, block in enumerate(stage):
@@ -242,7 +247,7 @@ class Student(nn.Module):
         z = self.filterbank(full)
         energy = z.pow(2).reshape(z.shape[0], self.cfg.n_bands, 2, z.shape[2]).sum(2)
         # the new cache cut at a constant offset from the end: no Shape/Gather nodes in the graph
-        return torch.log(energy + 1e-7), full[:, -(self.cfg.gabor_kernel - self.cfg.feature_hop):]
+        return torch.log(energy + 1e-7), full[:, -self.cfg.audio_cache:]
 
     def filterbank(self, full: Tensor) -> Tensor:
         """The Gabor filters' outputs [B, 2 * n_bands, frames] of audio [B, T] (the cache
@@ -251,7 +256,7 @@ class Student(nn.Module):
 
     def clip_energies(self, audio: Tensor) -> Tensor:
         """Band energies of whole clips [B, T] from their first sample (an empty audio cache)."""
-        cache = audio.new_zeros(audio.shape[0], self.cfg.gabor_kernel - self.cfg.feature_hop)
+        cache = audio.new_zeros(audio.shape[0], self.cfg.audio_cache)
         return self.log_energies(audio, cache)[0]
 
     def embed_frames(self, logmel: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
