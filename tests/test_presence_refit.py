@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,7 @@ import torch
 from train.data.degrade import add_noise
 from train.data.tones import KINDS, SAMPLE_RATE, TONES, signalling_tone
 from train.presence_refit import (
-    bias_shift, fit_mlp, fit_row, judged, keep_speech, mlp_logits, presence_row, rates, row_logits, set_presence_row,
+    bias_shift, fit_mlp, fit_row, judged, keep_flag, keep_record, keep_share, keep_speech, mlp_logits, presence_row, rates, row_logits, set_presence_row,
     vectors, with_presence_head,
 )
 from train.students import FAMILY, PRESENCE, Student
@@ -263,3 +265,47 @@ def test_mlp_refit_writes_a_student_with_its_presence_head(tmp_path, monkeypatch
     assert report["refit"]["train"]["speech_judged_speech"] >= report["original"]["train"]["speech_judged_speech"]
     with pytest.raises(SystemExit, match="MLP already"):
         refit.main([str(out), "--out", str(tmp_path / "again.pt"), "--labels", "x.csv", "--mlp", "8"])
+
+
+def test_keep_speech_share_is_checked_and_recorded_as_before_when_whole():
+    """A checkpoint refitted at the whole operating point records ``true`` and the bare flag,
+    as before the share existed, so ``make train`` rebuilds the shipped metadata unchanged."""
+    assert keep_share("0.998") == 0.998 and keep_share("1") == 1.0
+    for bad in ("0", "1.5", "-0.2"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            keep_share(bad)
+    assert (keep_record(1.0), keep_flag(1.0)) == (True, " --keep-speech")
+    assert (keep_record(None), keep_flag(None)) == (False, "")
+    assert (keep_record(0.998), keep_flag(0.998)) == (0.998, " --keep-speech 0.998")
+
+
+def test_row_refit_hears_the_asked_share_of_the_original_speech_clips(tmp_path, monkeypatch):
+    """``--keep-speech 0.9`` through the command line: the refitted row hears the smallest
+    whole number of train speech clips at least 0.9 of what the original row heard."""
+    import json
+    import math
+
+    import train.presence_refit as refit
+    from train.export import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "student.pt"
+    save_checkpoint(ckpt, Student(FAMILY["xxxs"]).eval(), {"training_data": "x"})
+    gen = torch.Generator().manual_seed(5)
+
+    def fake_split(student, rows, extra, split, audio_dir, speech_dir, kinds):
+        h = torch.randn(400, student.cfg.head_hidden, generator=gen)
+        y = (h[:, 0] + 0.5 * torch.randn(400, generator=gen) > 0).float()
+        return h, torch.zeros(400, 2 * student.cfg.embed), y, ["speech" if v > 0.5 else "music" for v in y]
+
+    monkeypatch.setattr(refit, "load_split", fake_split)
+    monkeypatch.setattr(refit, "merge_labels", lambda paths: [])
+    out = tmp_path / "out.pt"
+    refit.main([str(ckpt), "--out", str(out), "--labels", "x.csv", "--extra", "train=0", "--keep-speech", "0.9",
+                "--json", str(tmp_path / "r.json")])
+    report = json.loads((tmp_path / "r.json").read_text())
+    heard = report["original"]["train"]["speech_judged_speech"]
+    assert heard > 0
+    assert report["refit"]["train"]["speech_judged_speech"] == math.ceil(0.9 * heard)
+    meta = load_checkpoint(out)[1]
+    assert meta["presence_refit"]["keep_speech"] == 0.9 and "--keep-speech 0.9 with" in meta["training_data"]

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from train.data.manifest import parse_split_counts
 from train.export import export_onnx, load_checkpoint, quantize_int8, sha256_file
+from train.presence_refit import ALL_KINDS, keep_record, keep_share
 from train.students import FAMILY, count_params, macs_per_second
 
 SPLITS = ("train", "val", "test")
@@ -176,7 +177,6 @@ def hard_no_speech(args: argparse.Namespace) -> list[Path]:
     sirens, synthetic tunes), trained on like the manifest's (``train.data.no_speech_set``).
     Rendered unless the CSV and every clip of it are already there."""
     from train.distill import read_labels
-    from train.presence_refit import ALL_KINDS
 
     outs = []
     for split, n in parse_split_counts(args.hard_no_speech or "").items():
@@ -203,12 +203,14 @@ def train_student(args: argparse.Namespace, name: str, labels: list[Path]) -> Pa
               *(["--real-share", str(args.real_share)] if args.real_share is not None else []),
               *(["--dropout", str(args.dropout)] if args.dropout is not None else [])])
     refit = load_checkpoint(ckpt)[1].get("presence_refit")
-    if args.presence_refit and (refit is None or refit.get("mlp", 0) != args.presence_mlp):
+    if args.presence_refit and (refit is None or refit.get("mlp", 0) != args.presence_mlp
+                                or refit.get("keep_speech") != keep_record(args.presence_keep)):
         # the refit reads the manifest's clips and renders its own extra rows; the hard rows
         # without speech taught the encoder and stay out, as in the refit that was evaluated
         # (round 10 of docs/experiments/2026-12-real-voices.md)
         manifest_labels = [p for p in labels if not p.name.endswith(".hard_none.csv")]
-        _run([sys.executable, "-m", "train.presence_refit", str(ckpt), "--out", str(ckpt), "--keep-speech",
+        _run([sys.executable, "-m", "train.presence_refit", str(ckpt), "--out", str(ckpt),
+              "--keep-speech", str(args.presence_keep),
               *(["--mlp", str(args.presence_mlp)] if args.presence_mlp else []),
               "--labels", *map(str, manifest_labels), "--extra", args.presence_refit,
               "--audio-dir", str(args.cache / "audio"), "--speech-dir", str(args.speech_cache),
@@ -392,6 +394,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--presence-refit", metavar="SPLIT=N,...",
                     help="after training, refit the speech-presence row with this many more no-speech renders per "
                          "split, at the trained row's operating point (train.presence_refit --keep-speech)")
+    ap.add_argument("--presence-keep", type=keep_share, default=1.0, metavar="SHARE",
+                    help="with --presence-refit: the share of the trained row's train speech clips the refitted "
+                         "output still hears (train.presence_refit --keep-speech SHARE)")
     ap.add_argument("--presence-mlp", type=int, default=0, metavar="H",
                     help="with --presence-refit: fit a presence head of H hidden units over the pooled vector "
                          "instead of refitting the row (train.presence_refit --mlp)")

@@ -178,6 +178,28 @@ def keep_speech(h: Tensor, y: Tensor, row: tuple[Tensor, Tensor], hits: int) -> 
     return row[0], row[1] + bias_shift(row_logits(h[y > 0.5], row), hits)
 
 
+def keep_share(text: str) -> float:
+    """``--keep-speech``'s share of the original row's train speech hits (an argparse type):
+    above 0 and at most 1."""
+    share = float(text)
+    if not 0.0 < share <= 1.0:
+        raise argparse.ArgumentTypeError(f"a share of the speech clips heard is in (0, 1], not {text}")
+    return share
+
+
+def keep_flag(share: float | None) -> str:
+    """How ``--keep-speech`` reads in a checkpoint's training-data line (bare for the whole
+    operating point, so that lines written before the share existed stay as they were)."""
+    return "" if share is None else " --keep-speech" if share == 1.0 else f" --keep-speech {share}"
+
+
+def keep_record(share: float | None) -> bool | float:
+    """``--keep-speech`` as a checkpoint and the report record it: ``true`` for the whole
+    operating point (as before the share existed, so a rebuilt model's metadata is unchanged),
+    else the share, ``false`` without it."""
+    return share == 1.0 if share in (None, 1.0) else share
+
+
 def judged(logits: Tensor) -> np.ndarray:
     """Whether the runtime would judge each clip speech, given its presence logit."""
     return (torch.sigmoid(logits) >= SPEECH_THRESHOLD).numpy()
@@ -265,8 +287,9 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"what the extra renders are, drawn evenly (comma-separated, of {','.join(ALL_KINDS)})")
     ap.add_argument("--audio-dir", type=Path, default=Path("cache/audio"))
     ap.add_argument("--speech-dir", type=Path, default=Path("cache/speech"))
-    ap.add_argument("--keep-speech", action="store_true",
-                    help="move the refitted output's bias so that it hears as many train speech clips as the original")
+    ap.add_argument("--keep-speech", type=keep_share, nargs="?", const=1.0, metavar="SHARE",
+                    help="move the refitted output's bias so that it hears as many train speech clips as the original "
+                         "(or this share of them, e.g. 0.998)")
     ap.add_argument("--mlp", type=int, default=0, metavar="H",
                     help="fit a presence head of H hidden units over the pooled vector instead of the row")
     ap.add_argument("--cache", type=Path, help="keep the vectors here and reuse them (same checkpoint bytes, labels, extra)")
@@ -300,28 +323,27 @@ def main(argv: list[str] | None = None) -> int:
         if args.cache:
             save_atomic({"key": key, "train": (h_tr, p_tr, y_tr, kinds_tr), "val": (h_va, p_va, y_va, kinds_va)},
                         args.cache)
-    hits = int(judged(row_logits(h_tr, original))[y_tr.numpy() > 0.5].sum())
+    hits = math.ceil((args.keep_speech or 0.0) * int(judged(row_logits(h_tr, original))[y_tr.numpy() > 0.5].sum()))
 
     def val_rates(logits: Tensor) -> dict:
         return rates(judged(logits), y_va.numpy(), kinds_va)
 
     report: dict = {"checkpoint": str(args.checkpoint), "extra": args.extra, "kinds": list(args.kinds),
-                    "keep_speech": args.keep_speech}
+                    "keep_speech": keep_record(args.keep_speech)}
     if args.mlp:
         mlp = fit_mlp(p_tr, y_tr, args.mlp)
-        if args.keep_speech:
+        if hits:
             with torch.no_grad():
                 mlp[-1].bias += bias_shift(mlp_logits(p_tr[y_tr > 0.5], mlp), hits)
         refit_tr, refit_va = mlp_logits(p_tr, mlp), mlp_logits(p_va, mlp)
         report["mlp"] = {"hidden": args.mlp, "epochs": MLP_EPOCHS, "lr": MLP_LR, "weight_decay": MLP_WEIGHT_DECAY}
         refit = {"from": str(args.checkpoint), "extra": args.extra, "kinds": list(args.kinds), "mlp": args.mlp,
-                 "keep_speech": args.keep_speech}
+                 "keep_speech": keep_record(args.keep_speech)}
         what = f"speech-presence head (an MLP of {args.mlp} units over the pooled vector) fitted"
         student = with_presence_head(student, mlp)
     else:
         fits = {p: fit_row(h_tr, y_tr, p, original) for p in PENALTIES}
-        if args.keep_speech:
-            fits = {p: keep_speech(h_tr, y_tr, row, hits) for p, row in fits.items()}
+        fits = {p: keep_speech(h_tr, y_tr, row, hits) for p, row in fits.items()}
         scores = {}
         for p, row in fits.items():
             r = val_rates(row_logits(h_va, row))
@@ -331,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         refit_tr, refit_va = row_logits(h_tr, row), row_logits(h_va, row)
         report.update(penalties={str(p): round(v, 5) for p, v in scores.items()}, chosen_penalty=chosen)
         refit = {"from": str(args.checkpoint), "extra": args.extra, "kinds": list(args.kinds), "penalty": chosen,
-                 "keep_speech": args.keep_speech}
+                 "keep_speech": keep_record(args.keep_speech)}
         what = "speech-presence row refitted"
         set_presence_row(student, row)
     report["original"] = {"train": rates(judged(row_logits(h_tr, original)), y_tr.numpy(), kinds_tr),
@@ -339,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     report["refit"] = {"train": rates(judged(refit_tr), y_tr.numpy(), kinds_tr), "val": val_rates(refit_va)}
     extra = ", ".join(f"{n} {split}" for split, n in args.extra.items())
     data = "; ".join(filter(None, [meta.get("training_data"), (
-        f"{what} by train.presence_refit{' --keep-speech' if args.keep_speech else ''} "
+        f"{what} by train.presence_refit{keep_flag(args.keep_speech)} "
         f"with {extra} more no-speech renders ({', '.join(KIND_NAMES[k] for k in args.kinds)})")]))
     save_checkpoint(args.out, student, {**meta, "training_data": data, "presence_refit": refit})
     text = json.dumps(report, indent=1)
