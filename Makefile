@@ -35,7 +35,7 @@ train: sysdeps $(VENV)/.full
 	$(BIN)/python -m train.pipeline --out runs/release --clips 28500 --festival-clips 4400 \
 		--real-clips train=4000,val=500,test=900 --no-speech-clips train=1000,val=120,test=200 \
 		--mild-clips train=2500 --music-clips train=600,val=60 --hard-no-speech train=3000 --converted-clips 4800 \
-		--students s --epochs 12 --warp 0.1 --balance-voices --balance-cap 60 --real-share 0.53 --dropout 0.1 --presence-refit train=3000,val=400 \
+		--students s --epochs 12 --warp 0.1 --balance-voices --balance-cap 60 --real-share 0.53 --dropout 0.1 --presence-refit train=9000,val=400 --presence-keep 0.998 \
 		--train-threads 1 --ship s
 
 # Rebuild streamqa-l (Distill-MOS pruned to 23.8 %, docs/compression.md "Shipping it as
