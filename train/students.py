@@ -115,7 +115,7 @@ FAMILY: dict[str, StudentConfig] = {
     "xxs": StudentConfig("xxs", channels=16, blocks=(0, 1, 1), embed=16, head_hidden=16, expansion=2),
     "xs": StudentConfig("xs", channels=32, blocks=(0, 1, 2), embed=32, head_hidden=32),
     # ``streamqa-s``: a 12 ms Gabor window (192 taps) costs its accuracy nothing on val and
-    # makes a live hop about 11 % cheaper (docs/experiments/2026-12-real-voices.md, rounds 18-20).
+    # 20 % of its MACs (docs/experiments/2026-12-real-voices.md, rounds 18-20).
     "s": StudentConfig("s", channels=64, blocks=(1, 2, 2), embed=64, head_hidden=64, gabor_kernel=192),
     # Near the top of the shipping budget (<= 250 k parameters, <= 20 M MAC/s): wider,
     # and its depth moved to the 50 and 25 frames/s stages where a block costs less.
