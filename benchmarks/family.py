@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import write_json
-from benchmarks.real_voices import add_clip_args, clean_offsets, clean_windows, degraded, labelled, named_models
+from benchmarks.real_voices import add_clip_args, clean_offsets, degraded, labelled, named_models
+from train.evaluate import clean_windows
 
 HOP_SAMPLES = 16000  # the live monitor's default 1 s hop at 16 kHz
 

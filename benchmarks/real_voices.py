@@ -27,9 +27,7 @@ import numpy as np
 from benchmarks import write_json
 from train.distill import pearson, spearman
 from train.data.voices import is_real
-from train.evaluate import accuracy, clip_scores, select_rows
-
-CLIP_SAMPLES = 122880
+from train.evaluate import accuracy, clean_scores, clean_windows, clip_scores, select_rows
 
 
 def pooled(pred: np.ndarray, target: np.ndarray) -> dict:
@@ -39,31 +37,14 @@ def pooled(pred: np.ndarray, target: np.ndarray) -> dict:
             "srcc": spearman(p, t), "bias": float(np.mean(p - t))}
 
 
-def clean_windows(voices: list[str], per_voice: int, cache: Path) -> dict[str, list[np.ndarray]]:
-    """The first 7.68 s of up to ``per_voice`` clean utterances of each voice (at -26 dBFS)."""
-    from train.data.speech import list_utterances, load_utterance
-
-    by_voice: dict[str, list[np.ndarray]] = {v: [] for v in voices}
-    for u in list_utterances(cache, real=True):
-        if u.speaker in by_voice and len(by_voice[u.speaker]) < per_voice:
-            by_voice[u.speaker].append(load_utterance(u, cache)[:CLIP_SAMPLES])
-    return {v: clips for v, clips in by_voice.items() if clips}
-
-
 def clean_offsets(models: dict[str, Path], windows: dict[str, list[np.ndarray]]) -> dict:
     """Per voice: Distill-MOS's mean on the clean windows and each model's mean offset."""
-    from streamqa.api import score
-    from streamqa.model import Model
-    from train.teachers.base import get_teacher
-
-    teacher = get_teacher("distillmos", threads=1)
-    loaded = {name: Model(path) for name, path in models.items()}
     out: dict = {}
-    for voice, clips in windows.items():
-        ref = np.array([s["mos"] for s in teacher.score_batch(clips)])
-        row: dict = {"n": len(clips), "distillmos_mean": float(ref.mean())}
-        for name, model in loaded.items():
-            pred = np.array([np.nan if (m := score(c, model.info.sample_rate, model=model).mos) is None else m for c in clips])
+    for voice, scores in clean_scores(models, windows).items():
+        ref = scores["distillmos"]
+        row: dict = {"n": len(ref), "distillmos_mean": float(ref.mean())}
+        for name in models:
+            pred = scores[name]
             ok = np.isfinite(pred)
             row[name] = {"mean": float(pred[ok].mean()) if ok.any() else None,
                          "offset": float(pred[ok].mean() - ref[ok].mean()) if ok.any() else None,

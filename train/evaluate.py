@@ -71,6 +71,36 @@ def clip_scores(model_path: Path, rows: list[dict[str, str]], audio_dir: Path = 
             for k in model.info.scores}
 
 
+def clean_windows(voices: list[str], per_voice: int, cache: Path) -> dict[str, list[np.ndarray]]:
+    """The first 7.68 s of up to ``per_voice`` clean utterances of each voice (at -26 dBFS):
+    what a clean call in that voice gives a scorer."""
+    from train.data.manifest import CLIP_SAMPLES
+    from train.data.speech import list_utterances, load_utterance
+
+    by_voice: dict[str, list[np.ndarray]] = {v: [] for v in voices}
+    for u in list_utterances(cache, real=True):
+        if u.speaker in by_voice and len(by_voice[u.speaker]) < per_voice:
+            by_voice[u.speaker].append(load_utterance(u, cache)[:CLIP_SAMPLES])
+    return {v: clips for v, clips in by_voice.items() if clips}
+
+
+def clean_scores(models: dict[str, Path], windows: dict[str, list[np.ndarray]]) -> dict[str, dict[str, np.ndarray]]:
+    """Per voice, Distill-MOS's score of each clean window (``distillmos``) and each model's
+    ``mos`` through ``streamqa.score`` (NaN where it judged the window to hold no speech)."""
+    from train.teachers.base import get_teacher
+
+    teacher = get_teacher("distillmos", threads=1)
+    loaded = {name: Model(path) for name, path in models.items()}
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for voice, clips in windows.items():
+        row = {"distillmos": np.array([s["mos"] for s in teacher.score_batch(clips)])}
+        for name, model in loaded.items():
+            row[name] = np.array([np.nan if (m := score(c, model.info.sample_rate, model=model).mos) is None else m
+                                  for c in clips])
+        out[voice] = row
+    return out
+
+
 def accuracy(preds: dict[str, np.ndarray], rows: list[dict[str, str]]) -> dict:
     """PCC/SRCC/RMSE and the per-speaker breakdown per output, on the rows the teacher labelled
     and the student scored (``no_speech``: labelled rows it judged to hold no speech)."""

@@ -41,6 +41,8 @@ OUTPUTS = ("mos", "sig", "bak", "ovrl")
 # a level-based detector. The graph outputs a probability (a sigmoid in ``step``); training
 # works on its logit.
 PRESENCE = "speech"
+# Stands for an open end of a mos_map's end segment in the graph's clamps.
+MAP_OPEN_END = 1e4
 
 
 @dataclass(frozen=True)
@@ -77,8 +79,18 @@ class StudentConfig:
     # 2 * n_bands * gabor_kernel MACs per frame, the largest single cost of a live hop
     # (docs/experiments/2026-12-real-voices.md, round 18).
     gabor_kernel: int = GABOR_KERNEL
+    # Knots (raw, mapped) of a monotone piecewise-linear map of the ``mos`` output, fitted
+    # after training on voices the student never heard (``train.mos_calibration``), carried
+    # on beyond the end knots with the end segments' slopes; empty: no map. Why: on unheard
+    # voices the trained output reads the bottom of the scale high and the top low
+    # (docs/experiments/2026-12-real-voices.md, round 21). Training never applies it.
+    mos_map: tuple[tuple[float, float], ...] = ()
 
     def __post_init__(self) -> None:
+        if self.mos_map:
+            xs, ys = zip(*self.mos_map)
+            if len(xs) < 2 or any(b <= a for a, b in zip(xs, xs[1:])) or any(b < a for a, b in zip(ys, ys[1:])):
+                raise ValueError(f"mos_map {self.mos_map} needs at least 2 knots, raw values rising and mapped values not falling")
         if self.gabor_kernel <= self.feature_hop:  # the audio cache holds the kernel's overlap
             raise ValueError(f"gabor_kernel {self.gabor_kernel} must be longer than feature_hop {self.feature_hop}")
         if FRAME_SAMPLES != self.feature_hop * 2 ** (len(self.blocks) - 1):
@@ -104,6 +116,7 @@ class StudentConfig:
         d["blocks"] = tuple(d["blocks"])
         d["outputs"] = tuple(d["outputs"])
         d["dilations"] = tuple(d.get("dilations", ()))
+        d["mos_map"] = tuple((float(x), float(y)) for x, y in d.get("mos_map", ()))
         return cls(**d)
 
 
@@ -219,6 +232,15 @@ class Student(nn.Module):
             nn.Linear(2 * cfg.embed, cfg.head_hidden), nn.GELU(), nn.Linear(cfg.head_hidden, len(cfg.outputs))
         )
         self.out_bias = nn.Parameter(torch.full((len(cfg.outputs),), 3.0))
+        if cfg.mos_map:  # as clamps per segment: y = y0 + sum_k slope_k * (clamp(x, lo_k, hi_k) - x_{k-1})
+            xs, ys = (torch.tensor(v, dtype=torch.float32) for v in zip(*cfg.mos_map))
+            slopes = (ys[1:] - ys[:-1]) / (xs[1:] - xs[:-1])
+            lo, hi = xs[:-1].clone(), xs[1:].clone()
+            lo[0], hi[-1] = -MAP_OPEN_END, MAP_OPEN_END  # the end segments carry on
+            self.register_buffer("map_lo", lo[None, :], persistent=False)
+            self.register_buffer("map_hi", hi[None, :], persistent=False)
+            self.register_buffer("map_slope", slopes[:, None], persistent=False)
+            self.register_buffer("map_base", (ys[0] - (slopes * xs[:-1]).sum()).reshape(1, 1), persistent=False)
         self.presence_head = None
         if cfg.presence_hidden:
             if PRESENCE not in cfg.outputs:
@@ -296,7 +318,17 @@ class Student(nn.Module):
         ring = torch.cat([state["ring"], frames], dim=1)[:, n:]
         mask = torch.cat([state["mask"], torch.ones_like(frames[..., 0])], dim=1)[:, n:]
         new.update(audio=audio_cache, ring=ring, mask=mask)
-        return self.presence_probability(self.pool(ring, mask)), new
+        return self.presence_probability(self.map_mos(self.pool(ring, mask))), new
+
+    def map_mos(self, scores: Tensor) -> Tensor:
+        """``scores`` with the ``mos`` column (the first) through the config's ``mos_map``;
+        without a map the graph gets no node for it."""
+        if not self.cfg.mos_map:
+            return scores
+        clamped = torch.minimum(torch.maximum(scores[:, :1], self.map_lo), self.map_hi)
+        mapped = torch.matmul(clamped, self.map_slope) + self.map_base
+        is_mos = torch.arange(len(self.cfg.outputs), device=scores.device) == 0
+        return torch.where(is_mos, mapped, scores)
 
     def presence_probability(self, scores: Tensor) -> Tensor:
         """``scores`` with the speech-presence logit (if any) turned into a probability."""
