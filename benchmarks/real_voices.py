@@ -27,7 +27,7 @@ import numpy as np
 from benchmarks import write_json
 from train.distill import pearson, spearman
 from train.data.voices import is_real
-from train.evaluate import accuracy, clean_scores, clean_windows, clip_scores, select_rows
+from train.evaluate import CLEAN_WINDOWS, accuracy, clean_scores, clean_windows, clip_scores, select_rows
 
 
 def pooled(pred: np.ndarray, target: np.ndarray) -> dict:
@@ -70,7 +70,7 @@ def add_clip_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--split", default="test")
     ap.add_argument("--audio-dir", type=Path, default=Path("cache/audio"))
     ap.add_argument("--speech-cache", type=Path, default=Path("cache/speech"))
-    ap.add_argument("--clean", type=int, default=24, help="clean windows per held-out real voice")
+    ap.add_argument("--clean", type=int, default=CLEAN_WINDOWS, help="clean windows per held-out real voice")
     ap.add_argument("--json", type=Path)
 
 

@@ -31,6 +31,7 @@ from train.distill import clip_audio, merge_labels, pearson, spearman, with_audi
 # Bands of teacher score in ``by_level``: edges and names.
 LEVEL_EDGES = (2.0, 3.0, 4.0)
 LEVEL_NAMES = ("<2", "2-3", "3-4", "4+")
+CLEAN_WINDOWS = 24  # clean windows per held-out real voice that the real-voice figures score
 
 
 def speaker_breakdown(pred: np.ndarray, target: np.ndarray, speakers: list[str]) -> dict[str, dict]:

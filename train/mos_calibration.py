@@ -32,7 +32,7 @@ from scipy.optimize import nnls
 
 from train.data.voices import is_real
 from train.distill import pearson, spearman
-from train.evaluate import clean_scores, clean_windows, clip_scores, select_rows
+from train.evaluate import CLEAN_WINDOWS, clean_scores, clean_windows, clip_scores, select_rows
 
 # The map's outer knots: the ends of the MOS scale (the segments go on beyond them).
 SCALE = (1.0, 5.0)
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
                     metavar="NAME=INNER_KNOTS")
     ap.add_argument("--audio-dir", type=Path, default=Path("cache/audio"))
     ap.add_argument("--speech-cache", type=Path, default=Path("cache/speech"))
-    ap.add_argument("--clean", type=int, default=24, help="clean windows per real voice")
+    ap.add_argument("--clean", type=int, default=CLEAN_WINDOWS, help="clean windows per real voice")
     ap.add_argument("--out", type=Path, required=True, help="where each candidate's ONNX goes")
     ap.add_argument("--json", type=Path, required=True)
     args = ap.parse_args(argv)
