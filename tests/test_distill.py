@@ -122,8 +122,8 @@ def test_every_batch_target_and_parameter_is_on_the_chosen_device(monkeypatch):
     gen = torch.Generator().manual_seed(0)
     batches = list(epoch_batches(_labelled(32, 1), aug, batch=8, steps=4, gen=gen, device=meta))
     assert len(batches) == 4
-    for x, y in batches:
-        assert x.device == meta and y.device == meta
+    for x, y, a in batches:
+        assert x.device == meta and y.device == meta and a is None
         assert x.shape[0] == y.shape[0] == 8
     seen = []
 
@@ -277,7 +277,7 @@ def _drawn(data, weights, epochs: int, seed: int = 0) -> torch.Tensor:
     index = {v: i for i, v in enumerate(data.targets[:, 1].tolist())}  # the sig labels are distinct too
     steps = len(data.ids) // 8
     for _ in range(epochs):
-        for _, y in epoch_batches(data, Augment(gain_db=0.0), batch=8, steps=steps, gen=gen,
+        for _, y, _ in epoch_batches(data, Augment(gain_db=0.0), batch=8, steps=steps, gen=gen,
                                   device=torch.device("cpu"), weights=weights):
             for v in y[:, 1].tolist():
                 counts[index[v]] += 1
@@ -306,7 +306,7 @@ def test_without_balancing_an_epoch_is_the_plain_shuffle_of_before():
 
     data = _labelled(32, 1)
     order = torch.randperm(32, generator=torch.Generator().manual_seed(7))
-    ys = [y for _, y in epoch_batches(data, Augment(gain_db=0.0), batch=8, steps=4,
+    ys = [y for _, y, _ in epoch_batches(data, Augment(gain_db=0.0), batch=8, steps=4,
                                       gen=torch.Generator().manual_seed(7), device=torch.device("cpu"))]
     assert torch.equal(torch.cat(ys), data.targets[order])
 

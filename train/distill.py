@@ -80,6 +80,9 @@ class LabelledSet:
     speakers: list[str]
     feats: Tensor
     targets: Tensor
+    # The teacher's pooled vectors [N, D] as a second target (``--feature-targets``; NaN rows
+    # where a clip has none), or None.
+    aux: Tensor | None = None
 
 
 def read_labels(path: Path, split: str | None = None) -> list[dict[str, str]]:
@@ -350,14 +353,18 @@ def init_feature_norm(student: Student, feats: Tensor) -> None:
 
 
 class _FeatureModel(torch.nn.Module):
-    """Training entry point (features in), so that DDP's gradient hooks see the forward."""
+    """Training entry point (features in), so that DDP's gradient hooks see the forward. With
+    ``aux_dim``, a linear map (training only, never exported) from the student's pooled vector
+    to the teacher's: (scores, predicted teacher vectors)."""
 
-    def __init__(self, student: Student):
+    def __init__(self, student: Student, aux_dim: int = 0):
         super().__init__()
         self.student = student
+        self.aux = torch.nn.Linear(2 * student.cfg.embed, aux_dim) if aux_dim else None
 
-    def forward(self, logmel: Tensor) -> Tensor:
-        return self.student.forward_features(logmel)
+    def forward(self, logmel: Tensor) -> tuple[Tensor, Tensor | None]:
+        pooled = self.student.pooled_features(logmel)
+        return self.student.head_scores(pooled), self.aux(pooled) if self.aux is not None else None
 
 
 @dataclass
@@ -372,8 +379,9 @@ class Augment:
 
 def epoch_batches(data: LabelledSet, aug: Augment, *, batch: int, steps: int, gen: torch.Generator,
                   device: torch.device, rank: int = 0, world: int = 1,
-                  weights: Tensor | None = None) -> Iterator[tuple[Tensor, Tensor]]:
-    """One epoch of this rank's (features, targets) batches, augmented, on ``device``.
+                  weights: Tensor | None = None) -> Iterator[tuple[Tensor, Tensor, Tensor | None]]:
+    """One epoch of this rank's (features, targets, teacher vectors or None) batches,
+    augmented, on ``device``.
 
     ``gen`` is seeded alike on every rank; each draw is made for all ``world`` ranks and a
     rank keeps every ``world``-th value from its ``rank``, the same positions its shard takes
@@ -392,16 +400,19 @@ def epoch_batches(data: LabelledSet, aug: Augment, *, batch: int, steps: int, ge
         if len(idx) == 0:
             return
         x, y = data.feats[idx].to(device), data.targets[idx].to(device)
+        a = data.aux[idx].to(device) if data.aux is not None else None
         if n_human:
             h = torch.randint(len(aug.human.ids), (world * n_human,), generator=gen)[rank::world]
             x = torch.cat([x, aug.human.feats[h].to(device)])
             y = torch.cat([y, aug.human.targets[h].to(device)])
+            if a is not None:  # human-rated clips have no teacher vector
+                a = torch.cat([a, a.new_full((len(h), a.shape[1]), math.nan)])
         gains = (torch.rand(world * len(x), generator=gen)[rank::world] * 2 - 1) * aug.gain_db
         x = regain(x, gains.to(device))
         if aug.warp > 0:
             u = torch.rand(world * len(x), generator=gen)[rank::world]
             x = warp_bands(x, torch.exp((u * 2 - 1) * math.log1p(aug.warp)))
-        yield x, y
+        yield x, y, a
 
 
 def train(
@@ -421,6 +432,7 @@ def train(
     balance_voices: bool = False,
     balance_cap: float = 10.0,
     real_share: float | None = None,
+    feature_weight: float = 1.0,
     checkpoint: Path | None = None,
     resume: bool = False,
     device: str | torch.device | None = None,
@@ -432,13 +444,16 @@ def train(
     ``balance_bins`` > 0 draws epochs by :func:`balance_weights` of the ``mos`` labels,
     ``balance_voices`` by :func:`voice_balance_weights` of the speakers. With
     ``checkpoint`` the state is written there after every epoch; with ``resume`` too, a state
-    found there is loaded first (refused, naming the settings, if it is of another run)."""
+    found there is loaded first (refused, naming the settings, if it is of another run).
+    With ``train_set.aux`` the loss adds ``feature_weight`` times the masked MSE of the
+    teacher's vectors as predicted from the student's pooled vector."""
     rank, world, dev = init_ranks(device if device is not None else default_device())
     student.to(dev)
-    model: torch.nn.Module = _FeatureModel(student)
+    inner = _FeatureModel(student, train_set.aux.shape[1] if train_set.aux is not None else 0).to(dev)
+    model: torch.nn.Module = inner
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev] if dev.type == "cuda" else None)
-    opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=1e-4)
+    opt = torch.optim.AdamW(inner.parameters(), lr=lr, weight_decay=1e-4)
     steps_per_epoch = max(1, len(train_set.ids) // (batch * world))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.1)
     gen = torch.Generator().manual_seed(seed)
@@ -462,6 +477,8 @@ def train(
            "human_clips": len(human.ids) if human is not None else 0, "gain_db": gain_db, "warp": warp,
            "balance_bins": balance_bins, "balance_cap": balance_cap, "balance_voices": balance_voices,
            **({"real_share": real_share} if real_share is not None else {}),
+           **({"feature_weight": feature_weight, "aux_clips": int(torch.isfinite(train_set.aux[:, 0]).sum())}
+              if train_set.aux is not None else {}),
            "clips": hashlib.sha256("\n".join(train_set.ids).encode()).hexdigest()}
     metrics: dict[str, float] = {}
     start = 0
@@ -472,6 +489,8 @@ def train(
         if changed:
             raise ValueError(f"{checkpoint} is of another run: {'; '.join(changed)}")
         student.load_state_dict(state["student"])
+        if inner.aux is not None:
+            inner.aux.load_state_dict(state["aux"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         gen.set_state(state["generator"])
@@ -487,9 +506,12 @@ def train(
     for epoch in range(start, epochs):
         student.train()
         total = 0.0
-        for x, y in epoch_batches(train_set, aug, batch=batch, steps=steps_per_epoch, gen=gen, device=dev,
-                                  rank=rank, world=world, weights=weights):
-            loss = distill_loss(model(x), y, student.cfg.outputs)
+        for x, y, a in epoch_batches(train_set, aug, batch=batch, steps=steps_per_epoch, gen=gen, device=dev,
+                                     rank=rank, world=world, weights=weights):
+            scores, predicted = model(x)
+            loss = distill_loss(scores, y, student.cfg.outputs)
+            if predicted is not None:
+                loss = loss + feature_weight * masked_mse(predicted, a)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -508,12 +530,12 @@ def train(
             log(f"epoch {epoch + 1}/{epochs} loss={total / steps_per_epoch:.4f} {shown} ({time.time() - t0:.0f}s)")
         if checkpoint is not None:
             _save_state(checkpoint, rank=rank, world=world, dev=dev, run=run, epoch=epoch + 1, metrics=metrics,
-                        student=student, opt=opt, sched=sched, gen=gen)
+                        model=inner, opt=opt, sched=sched, gen=gen)
     return metrics
 
 
 def _save_state(path: Path, *, rank: int, world: int, dev: torch.device, run: dict, epoch: int,
-                metrics: dict[str, float], student: Student, opt: torch.optim.Optimizer,
+                metrics: dict[str, float], model: _FeatureModel, opt: torch.optim.Optimizer,
                 sched: torch.optim.lr_scheduler.LRScheduler, gen: torch.Generator) -> None:
     """Everything :func:`train` needs to continue after ``epoch``, written by rank 0. Every rank
     draws dropout from its own torch generator, so those states are gathered from all ranks;
@@ -529,7 +551,9 @@ def _save_state(path: Path, *, rank: int, world: int, dev: torch.device, run: di
     cuda = gathered(torch.cuda.get_rng_state(dev)) if dev.type == "cuda" else []
     if rank == 0:
         save_atomic({"run": run, "epoch": epoch, "val": metrics,
-                      "student": {k: v.detach().cpu() for k, v in student.state_dict().items()},
+                      "student": {k: v.detach().cpu() for k, v in model.student.state_dict().items()},
+                      **({"aux": {k: v.detach().cpu() for k, v in model.aux.state_dict().items()}}
+                         if model.aux is not None else {}),
                       "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "generator": gen.get_state(),
                       "torch_rng": rngs, "cuda_rng": cuda}, path)
 
@@ -561,6 +585,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--real-share", type=float, metavar="F",
                     help="with --balance-voices: the recorded voices' clips together take this fraction of an epoch "
                          "(default: their fraction of the training clips)")
+    ap.add_argument("--feature-targets", type=Path, metavar="NPZ",
+                    help="Distill-MOS's pooled vectors of training clips (train.teacher_features --merge) as a "
+                         "second target, predicted from the student's pooled vector by a training-only linear map")
+    ap.add_argument("--feature-weight", type=float, default=1.0,
+                    help="with --feature-targets: the weight of their MSE in the loss")
     ap.add_argument("--resume", action="store_true",
                     help="continue from OUT's .partial.pt (written after every epoch) when there is one")
     ap.add_argument("--teacher", default="distillmos+dnsmos", help="recorded in the checkpoint and model card")
@@ -589,6 +618,10 @@ def main(argv: list[str] | None = None) -> None:
     val_rows = [r for r in rows if r.get("split") == "val"]
     print(f"loading {len(train_rows)} train / {len(val_rows)} val clips", file=sys.stderr)
     train_set = load_set(train_rows, student, args.audio_dir)
+    if args.feature_targets:
+        from train.teacher_features import targets_for
+
+        train_set.aux = targets_for(args.feature_targets, [r["sha256"] for r in train_rows])
     val_set = load_set(val_rows, student, args.audio_dir) if val_rows else None
     human = None
     if args.human:
@@ -606,7 +639,8 @@ def main(argv: list[str] | None = None) -> None:
     metrics = train(
         student, train_set, val_set, epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed,
         human=human, human_ratio=args.human_ratio, warp=args.warp, balance_bins=args.balance_labels,
-        balance_voices=args.balance_voices, balance_cap=args.balance_cap, real_share=args.real_share, checkpoint=partial, resume=args.resume, device=args.device,
+        balance_voices=args.balance_voices, balance_cap=args.balance_cap, real_share=args.real_share,
+        feature_weight=args.feature_weight, checkpoint=partial, resume=args.resume, device=args.device,
     )
     rank, _, _ = init_ranks(args.device)
     student.cpu()  # checkpoints hold CPU tensors whatever the training device
@@ -634,6 +668,12 @@ def main(argv: list[str] | None = None) -> None:
             meta["balance_cap"] = args.balance_cap
             if args.real_share is not None:
                 meta["real_share"] = args.real_share
+        if train_set.aux is not None:
+            with_vectors = int(torch.isfinite(train_set.aux[:, 0]).sum())
+            meta["training_data"] += (f"; Distill-MOS's pooled vectors of {with_vectors} clips as a second target "
+                                      f"(weight {args.feature_weight:g})")
+            meta["feature_targets"] = {"file": args.feature_targets.name, "clips": with_vectors,
+                                       "weight": args.feature_weight}
         save_checkpoint(args.out, student, meta)
         partial.unlink(missing_ok=True)
         print(f"saved {args.out} ({count_params(student)} params)", file=sys.stderr)

@@ -201,7 +201,9 @@ def train_student(args: argparse.Namespace, name: str, labels: list[Path]) -> Pa
               "--threads", str(args.train_threads), "--warp", str(args.warp), "--teacher", args.teachers.replace(",", "+"),
               *(["--balance-voices", "--balance-cap", str(args.balance_cap)] if args.balance_voices else []),
               *(["--real-share", str(args.real_share)] if args.real_share is not None else []),
-              *(["--dropout", str(args.dropout)] if args.dropout is not None else [])])
+              *(["--dropout", str(args.dropout)] if args.dropout is not None else []),
+              *(["--feature-targets", str(args.feature_targets), "--feature-weight", str(args.feature_weight)]
+                if args.feature_targets else [])])
     refit = load_checkpoint(ckpt)[1].get("presence_refit")
     if args.presence_refit and (refit is None or refit.get("mlp", 0) != args.presence_mlp
                                 or refit.get("keep_speech") != keep_record(args.presence_keep)):
@@ -391,6 +393,11 @@ def main(argv: list[str] | None = None) -> None:
                          "(train.distill --balance-cap)")
     ap.add_argument("--real-share", type=float, metavar="F",
                     help="with --balance-voices: the recorded voices' share of an epoch (train.distill --real-share)")
+    ap.add_argument("--feature-targets", type=Path, metavar="NPZ",
+                    help="Distill-MOS's pooled vectors of training clips as a second target (train.distill "
+                         "--feature-targets; made by train.teacher_features)")
+    ap.add_argument("--feature-weight", type=float, default=1.0,
+                    help="with --feature-targets: their weight in the loss (train.distill --feature-weight)")
     ap.add_argument("--presence-refit", metavar="SPLIT=N,...",
                     help="after training, refit the speech-presence row with this many more no-speech renders per "
                          "split, at the trained row's operating point (train.presence_refit --keep-speech)")

@@ -295,15 +295,18 @@ class Student(nn.Module):
                 x, new[f"s{s}b{b}"] = block(x, state[f"s{s}b{b}"])
         return self.proj(x.transpose(1, 2)), new
 
-    def pool(self, ring: Tensor, mask: Tensor) -> Tensor:
-        """Masked attention + mean pooling over the ring, then the head: [B, K] scores."""
+    def pooled(self, ring: Tensor, mask: Tensor) -> Tensor:
+        """The pooled vector [B, 2 * embed] the head reads: attention and mean pooling of the ring."""
         values, logits = ring[..., :-1], ring[..., -1]
         logits = logits + (mask - 1.0) * 1e4
         # Both poolings as one [B, 2, N] x [B, N, E] product: one MatMul node in the graph
         # instead of two multiplies and four sums, for the live step's fixed cost per hop.
         rows = torch.stack([torch.softmax(logits, dim=1) * mask, mask], dim=1)
         sums = torch.matmul(rows, values) / (rows.sum(2, keepdim=True) + 1e-6)
-        pooled = F.dropout(sums.flatten(1), self.cfg.dropout, self.training)
+        return F.dropout(sums.flatten(1), self.cfg.dropout, self.training)
+
+    def head_scores(self, pooled: Tensor) -> Tensor:
+        """The head on a pooled vector: [B, K] scores (the speech-presence column a logit)."""
         scores = self.head(pooled) + self.out_bias
         if self.presence_head is None:
             return scores
@@ -318,7 +321,7 @@ class Student(nn.Module):
         ring = torch.cat([state["ring"], frames], dim=1)[:, n:]
         mask = torch.cat([state["mask"], torch.ones_like(frames[..., 0])], dim=1)[:, n:]
         new.update(audio=audio_cache, ring=ring, mask=mask)
-        return self.presence_probability(self.map_mos(self.pool(ring, mask))), new
+        return self.presence_probability(self.map_mos(self.head_scores(self.pooled(ring, mask)))), new
 
     def map_mos(self, scores: Tensor) -> Tensor:
         """``scores`` with the ``mos`` column (the first) through the config's ``mos_map``;
@@ -347,10 +350,14 @@ class Student(nn.Module):
     def forward_features(self, logmel: Tensor) -> Tensor:
         """Score whole clips from precomputed log energies [B, bands, T / feature_hop] (fast
         training; the speech-presence column is a logit here)."""
+        return self.head_scores(self.pooled_features(logmel))
+
+    def pooled_features(self, logmel: Tensor) -> Tensor:
+        """The pooled vectors [B, 2 * embed] of whole clips given as log energies."""
         state = self.init_state(logmel.shape[0], logmel.shape[2] * self.cfg.feature_hop // FRAME_SAMPLES)
         state = {k: v.to(logmel) for k, v in state.items()}
         frames, _ = self.embed_frames(logmel, state)
-        return self.pool(frames, torch.ones_like(frames[..., 0]))
+        return self.pooled(frames, torch.ones_like(frames[..., 0]))
 
 
 def macs_per_second(cfg: StudentConfig, window_frames: int = 192) -> int:
