@@ -71,6 +71,7 @@ def test_the_merged_file_keeps_the_main_components_and_marks_clips_it_lacks(tmp_
     assert torch.isnan(targets[1]).all() and torch.isfinite(targets[[0, 2]]).all()
     every = targets_for(tmp_path / "m.npz", shas)
     assert float(every.pow(2).mean()) == pytest.approx(1.0, rel=1e-3)
+    assert merge(sorted(tmp_path.glob("shard*.npz")), tmp_path / "few.npz", 8, only={"0001", "0200", "x"})["clips"] == 2
 
 
 def test_a_student_learns_the_vectors_and_clips_without_one_do_not_count(tmp_path, monkeypatch):

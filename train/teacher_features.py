@@ -113,17 +113,18 @@ def extract(rows: list[dict[str, str]], store: Path, audio_dir: Path, teacher: F
     return len(todo)
 
 
-def merge(stores: list[Path], out: Path, components: int) -> dict:
+def merge(stores: list[Path], out: Path, components: int, only: set[str] | None = None) -> dict:
     """The vectors of ``stores`` as one compact file for training: each of the teacher's 200
     units z-scored over these clips, then their first ``components`` principal components
     (float16, in sha256 order) with the teacher's own scores. Why compact: the file is
     committed beside the label CSVs, and 64 components of 200 keep most of the variance
-    (``explained`` says how much). Returns the summary it prints."""
+    (``explained`` says how much). With ``only``, just those clips (sha256). Returns the
+    summary it prints."""
     by_sha: dict[str, tuple[np.ndarray, float]] = {}
     for s in stores:
         shas, feats, scores = load_store(s)
         by_sha.update(zip(shas, zip(feats, scores)))
-    order = sorted(by_sha)
+    order = sorted(s for s in by_sha if only is None or s in only)
     if not order:
         raise SystemExit("no vectors to merge")
     raw = np.stack([by_sha[s][0] for s in order]).astype(np.float64)
@@ -166,9 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--save-every", type=int, default=200)
     ap.add_argument("--merge", type=Path, metavar="NPZ", help="merge the shard stores into this file and stop")
     ap.add_argument("--components", type=int, default=64, help="with --merge: principal components kept")
+    ap.add_argument("--only", action="store_true", help="with --merge: only the clips of the --labels rows")
     args = ap.parse_args(argv)
     if args.merge:
-        summary = merge(sorted(args.out.glob("shard*.npz")), args.merge, args.components)
+        only = {r["sha256"] for r in wanted_rows(args.labels, args.split)} if args.only else None
+        summary = merge(sorted(args.out.glob("shard*.npz")), args.merge, args.components, only)
         print(f"[features] {summary} -> {args.merge}")
         return 0
     i, n = (int(v) for v in args.shard.split("/"))
