@@ -105,3 +105,12 @@ def test_a_student_learns_the_vectors_and_clips_without_one_do_not_count(tmp_pat
     known = aux[:40]
     spread = float(masked_mse(known.mean(0).expand_as(known), known))  # the error of always guessing the mean
     assert float(masked_mse(predicted[:40], known)) < 0.5 * spread
+
+
+def test_agreement_leaves_out_clips_either_side_did_not_score():
+    from benchmarks.reference_audio import agreement
+
+    pred = np.array([1.0, 2.0, np.nan, 4.0, 3.0])
+    target = np.array([1.1, 2.1, 3.0, np.nan, 2.9])
+    got = agreement(pred, target)
+    assert got["n"] == 3 and got["pcc"] == pytest.approx(np.corrcoef([1, 2, 3], [1.1, 2.1, 2.9])[0, 1])
