@@ -5,9 +5,10 @@
         --candidate cal-affine= --candidate cal-pwl=1.5,2.25,3,3.75 \
         --out runs/r21 --json benchmarks/results/candidates_s/mos_calibration_r21.json
 
-Why: on voices a student never heard, its ``mos`` reads the bottom of the scale too high and
-the top too low, and training changes have moved that slope little
-(docs/experiments/2026-12-real-voices.md, round 21). The map is piecewise linear in the raw
+Why: a student can be off on every voice it never heard in the same way, and a map fitted
+on held-out voices then corrects what no training change reaches. Whether it is, leaving one
+voice out says (for ``streamqa-s`` it is not: docs/experiments/2026-12-real-voices.md,
+round 21, where both maps did worse on the voice left out). The map is piecewise linear in the raw
 score, slopes at least zero (it keeps every order), carried on beyond its end knots with the
 end segments' slopes; ``StudentConfig.mos_map`` holds its knots and the graph applies it
 (``Student.map_mos``), so every consumer of the ONNX file publishes the mapped value.

@@ -81,9 +81,10 @@ class StudentConfig:
     gabor_kernel: int = GABOR_KERNEL
     # Knots (raw, mapped) of a monotone piecewise-linear map of the ``mos`` output, fitted
     # after training on voices the student never heard (``train.mos_calibration``), carried
-    # on beyond the end knots with the end segments' slopes; empty: no map. Why: on unheard
-    # voices the trained output reads the bottom of the scale high and the top low
-    # (docs/experiments/2026-12-real-voices.md, round 21). Training never applies it.
+    # on beyond the end knots with the end segments' slopes; empty: no map. For a student
+    # whose offset on unheard voices is shared by them; streamqa-s's is not, and its maps
+    # did worse on held-out voices (docs/experiments/2026-12-real-voices.md, round 21).
+    # Training never applies it.
     mos_map: tuple[tuple[float, float], ...] = ()
 
     def __post_init__(self) -> None:
