@@ -16,9 +16,9 @@ Rows are the label CSVs' rows with a Distill-MOS ``mos`` label, in file order (s
 files come first: name the most wanted first); a shard takes every N-th. Each shard appends
 to its own ``.npz`` every ``--save-every`` clips (written atomically, so a killed run resumes
 where it stopped). Beside each vector the store keeps the score the teacher gives the same
-audio, which is what the vector says: the committed labels of a few clips were made from
-audio that differs slightly from the cached clip (by up to 0.3 MOS on a probe of 32 real-voice
-rows, 0.03 or less on 30 of them), and the progress lines print the largest difference.
+audio, which is what the vector says: the committed labels were made from the float render,
+not the cached int16 clip, which Distill-MOS scores differently on some clips
+(``benchmarks.reference_audio``); the progress lines print the largest difference.
 """
 
 from __future__ import annotations
