@@ -36,6 +36,7 @@ import soundfile as sf
 jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is in the dev extra: pip install -e '.[dev]'")
 
 from benchmarks import free_port  # noqa: E402
+from tests.alsa_device import asound_conf  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = json.loads((ROOT / "docs" / "protocol.schema.json").read_text())
@@ -327,17 +328,13 @@ def test_monitor_mic_through_alsa(tmp_path: Path, speech_wav: Path) -> None:
     pytest.importorskip("sounddevice", reason="needs the mic extra: pip install -e '.[mic]'")
     import soxr
 
-    # The ALSA default device reads this raw file as its capture (test_source_mic.py does the
-    # same); the monitor opens it at the device's default rate, 44.1 kHz, one channel.
+    # The ALSA default device reads this raw file as its capture (tests/alsa_device.py); the
+    # monitor opens it at the device's default rate, 44.1 kHz, one channel.
     speech, rate = sf.read(speech_wav, dtype="float32")
     pcm = np.tile(soxr.resample(speech, rate, 44100), 10)  # a minute: the capture must not run dry
     raw = tmp_path / "mic.raw"
     np.round(pcm * 32767).astype("<i2").tofile(raw)
-    conf = tmp_path / "asound.conf"
-    conf.write_text('pcm.!default { type asym  capture.pcm "filein"  playback.pcm "null" }\n'
-                    f'pcm.filein {{ type file  slave.pcm "null"  file "/dev/null"  infile "{raw}"  format "raw" }}\n'
-                    "pcm.null { type null }\n")
-    env = dict(os.environ, ALSA_CONFIG_PATH=str(conf))
+    env = dict(os.environ, ALSA_CONFIG_PATH=str(asound_conf(tmp_path, raw)))
     scored = lambda msgs: any(m["type"] == "score" for m in msgs)  # noqa: E731
     messages = asyncio.run(watch_monitor(tmp_path, ["--mic"], until=scored, env=env))
     assert_valid(messages, *UNTIL_STOPPED)

@@ -2,8 +2,8 @@
 
 The unit tests replace the ``sounddevice`` module with a small fake whose stream calls the
 callback from its own thread, like PortAudio does. The integration tests capture through
-real PortAudio + ALSA from a raw file (ALSA's "file" plugin), so no sound card is needed;
-they run in a child process because ALSA reads its configuration once, when PortAudio
+real PortAudio + ALSA from a named pipe written in real time (ALSA's "file" plugin,
+tests/alsa_device.py), so no sound card is needed; they run in a child process because ALSA reads its configuration once, when PortAudio
 initialises.
 """
 
@@ -29,6 +29,7 @@ import soundfile as sf
 
 from streamqa.sources import StreamInfo
 from streamqa.sources.mic import MicError, MicSource, list_input_devices
+from tests.alsa_device import PacedFifo, asound_conf
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -344,42 +345,25 @@ _CHILD = textwrap.dedent(
 )
 
 
-def _asoundrc(tmp_path: Path, raw: Path) -> Path:
-    conf = tmp_path / "asound.conf"
-    conf.write_text(
-        'pcm.!default { type asym  capture.pcm "filein"  playback.pcm "null" }\n'
-        f'pcm.filein {{ type file  slave.pcm "null"  file "/dev/null"  infile "{raw}"  '
-        'format "raw" }\n'
-        "pcm.null { type null }\n"
-    )
-    return conf
-
-
-def _capture(tmp_path: Path, raw: Path, attempts: int = 3, **spec: Any) -> tuple[dict[str, Any], np.ndarray | None]:
-    """Run MicSource in a child whose ALSA reads only our config (no sound card).
-
-    The file device has no clock: after the file it delivers silence as fast as PortAudio's
-    thread can read, so a child whose loop is held off the CPU (a loaded machine) can see
-    MicSource's bounded queue fill and drop its oldest blocks, the file's, as it must for a
-    live microphone. Such a run reports ``overflows`` and is repeated, up to ``attempts``
-    runs; the result of the last run is returned, and the tests assert it lost nothing."""
+def _capture(tmp_path: Path, pcm16: np.ndarray, **spec: Any) -> tuple[dict[str, Any], np.ndarray | None]:
+    """Run MicSource in a child whose ALSA reads only our config (no sound card), its device
+    serving ``pcm16`` (int16, channels interleaved) in real time, as a microphone would."""
     out = tmp_path / "captured.npy"
     spec = {"device": None, "rate": 16000, "channels": 1, "out": str(out), **spec}
+    rate = spec["rate"] or 44100  # ALSA's default rate for this device when none is asked
+    fifo = tmp_path / "in.fifo"
     env = dict(
         os.environ,
-        ALSA_CONFIG_PATH=str(_asoundrc(tmp_path, raw)),
+        ALSA_CONFIG_PATH=str(asound_conf(tmp_path, fifo)),
         PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
     )
-    for _ in range(attempts):
-        out.unlink(missing_ok=True)
+    with PacedFifo(fifo, pcm16.astype("<i2").tobytes(), 2 * spec["channels"] * rate):
         proc = subprocess.run(
             [sys.executable, "-c", _CHILD, json.dumps(spec)],
             env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path,
         )
-        assert proc.returncode == 0, proc.stderr
-        result = json.loads(proc.stdout.strip().splitlines()[-1])
-        if not result.get("overflows"):
-            break
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
     return result, (np.load(out) if out.exists() else None)
 
 
@@ -416,12 +400,10 @@ def test_capture_from_alsa_file_device(tmp_path: Path) -> None:
     speech = _speech_16k(tmp_path)
     reference = np.concatenate([tone, 0.9 * speech / np.abs(speech).max()])
     pcm16 = np.round(reference * 32767).astype("<i2")
-    raw = tmp_path / "in.raw"
-    pcm16.tofile(raw)
 
-    result, captured = _capture(tmp_path, raw, samples=len(pcm16) + 4000)
+    result, captured = _capture(tmp_path, pcm16, samples=len(pcm16) + 4000)
     assert "error" not in result, result
-    assert result["overflows"] == 0, f"the clock-less device outran the loop in every run: {result}"
+    assert result["overflows"] == 0, result
     assert result["first"] == "start" and result["last"] == "end"
     assert result["rate"] == 16000
     assert result["info"]["device"] == "default" and result["info"]["channels"] == 1
@@ -442,14 +424,12 @@ def test_capture_from_alsa_file_device(tmp_path: Path) -> None:
 def test_capture_by_name_with_stereo_mixdown_at_default_rate(tmp_path: Path) -> None:
     n = 8000
     rng = np.random.default_rng(1)
-    stereo = rng.integers(-20000, 20000, size=(n, 2), dtype=np.int16)
-    raw = tmp_path / "in.raw"
-    stereo.astype("<i2").tofile(raw)  # interleaved L R L R ...
+    stereo = rng.integers(-20000, 20000, size=(n, 2), dtype=np.int16)  # served as L R L R ...
 
-    result, captured = _capture(tmp_path, raw, device="FILEIN", rate=None, channels=2,
+    result, captured = _capture(tmp_path, stereo.reshape(-1), device="FILEIN", rate=None, channels=2,
                                 samples=n + 4000)
     assert "error" not in result, result
-    assert result["overflows"] == 0, f"the clock-less device outran the loop in every run: {result}"
+    assert result["overflows"] == 0, result
     assert result["info"]["device"] == "filein" and result["info"]["channels"] == 2
     assert result["rate"] == 44100  # ALSA's default rate for this device: no rate asked
     expected = stereo.astype(np.float64).mean(axis=1) / 32768
@@ -460,9 +440,7 @@ def test_capture_by_name_with_stereo_mixdown_at_default_rate(tmp_path: Path) -> 
 @pytest.mark.integration
 @needs_alsa
 def test_real_portaudio_unknown_device_lists_the_available_ones(tmp_path: Path) -> None:
-    raw = tmp_path / "in.raw"
-    np.zeros(1600, "<i2").tofile(raw)
-    result, captured = _capture(tmp_path, raw, device="zoom h5", samples=1)
+    result, captured = _capture(tmp_path, np.zeros(1600, "<i2"), device="zoom h5", samples=1)
     assert captured is None
     assert result["error"].startswith("no input device matching 'zoom h5'; available: ")
     assert "'filein'" in result["error"] and "'default'" in result["error"]
