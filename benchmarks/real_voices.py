@@ -13,6 +13,12 @@ Two measurements per model, both against Distill-MOS (the teacher):
   clean utterances, scored by Distill-MOS in this run and by the student; the mean offset per
   voice is what a clean call in that voice reads too high or too low.
 
+Beside the pooled real-voice figures, ``real_offsets_removed`` is the same pooling after each
+voice's mean offset is taken out of the model's scores: what the pooled PCC would be if the
+model knew every unheard voice's offset. Far above ``real`` means the pooled figure is held
+down by how each voice as a whole reads (which more training voices teach); close to it means
+by the ranking of clips within a voice.
+
 Rows without speech (``speaker`` ``none``) have no MOS label and are left out. The real voices
 are those of ``train.data.voices`` plus the Asterisk prompt sets (``asterisk-*``).
 """
@@ -37,6 +43,18 @@ def pooled(pred: np.ndarray, target: np.ndarray) -> dict:
             "srcc": spearman(p, t), "bias": float(np.mean(p - t))}
 
 
+def offsets_removed(pred: np.ndarray, target: np.ndarray, voices: list[str]) -> dict:
+    """``pooled`` after subtracting, per voice, the model's mean offset from the target on the
+    clips it scored (unscored clips stay unscored)."""
+    centred = pred.astype(float).copy()
+    names = np.asarray(voices)
+    for voice in set(voices):
+        ok = (names == voice) & np.isfinite(pred)
+        if ok.any():
+            centred[ok] -= np.mean(pred[ok] - target[ok])
+    return pooled(centred, target)
+
+
 def clean_offsets(models: dict[str, Path], windows: dict[str, list[np.ndarray]]) -> dict:
     """Per voice: Distill-MOS's mean on the clean windows and each model's mean offset."""
     out: dict = {}
@@ -59,7 +77,9 @@ def degraded(model: Path, rows: list[dict[str, str]], audio_dir: Path) -> dict:
     mos = preds["mos"]
     target = np.array([float(r["mos"]) for r in rows])
     real = np.array([is_real(r["speaker"]) for r in rows])
-    result = {"real": pooled(mos[real], target[real]), "tts": pooled(mos[~real], target[~real])}
+    speakers = [r["speaker"] for r, is_r in zip(rows, real) if is_r]
+    result = {"real": pooled(mos[real], target[real]), "tts": pooled(mos[~real], target[~real]),
+              "real_offsets_removed": offsets_removed(mos[real], target[real], speakers)}
     result.update(accuracy(preds, rows))
     return result
 
@@ -107,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     for group in ("real", "tts"):
         cells = [result["degraded"][n][group] for n in names]
         print(f"{group + ' (degraded) PCC/SRCC':28s}" + "".join(f"{c['pcc']:>13.3f} / {c['srcc']:.3f}" for c in cells))
+    cells = [result["degraded"][n]["real_offsets_removed"] for n in names]
+    print(f"{'real, offsets removed':28s}" + "".join(f"{c['pcc']:>13.3f} / {c['srcc']:.3f}" for c in cells))
     for voice, row in result["clean"].items():
         cells = [row[n]["offset"] for n in names]
         print(f"{voice + ' clean offset':28s}" + "".join(f"{c:>22.2f}" if c is not None else f"{'-':>22s}" for c in cells)
