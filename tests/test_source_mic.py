@@ -3,8 +3,8 @@
 The unit tests replace the ``sounddevice`` module with a small fake whose stream calls the
 callback from its own thread, like PortAudio does. The integration tests capture through
 real PortAudio + ALSA from a named pipe written in real time (ALSA's "file" plugin,
-tests/alsa_device.py), so no sound card is needed; they run in a child process because ALSA reads its configuration once, when PortAudio
-initialises.
+tests/alsa_device.py), so no sound card is needed; they run in a child process because
+ALSA reads its configuration once, when PortAudio initialises.
 """
 
 from __future__ import annotations
