@@ -16,8 +16,7 @@ Two measurements per model, both against Distill-MOS (the teacher):
 Beside the pooled real-voice figures, ``real_offsets_removed`` is the same pooling after each
 voice's mean offset is taken out of the model's scores: what the pooled PCC would be if the
 model knew every unheard voice's offset. Far above ``real`` means the pooled figure is held
-down by how each voice as a whole reads (which more training voices teach); close to it means
-by the ranking of clips within a voice.
+down by how each voice as a whole reads; close to it, by the ranking of clips within a voice.
 
 Rows without speech (``speaker`` ``none``) have no MOS label and are left out. The real voices
 are those of ``train.data.voices`` plus the Asterisk prompt sets (``asterisk-*``).
